@@ -1,0 +1,25 @@
+# lesiontrack: lesion tracking across longitudinal CT with multi-scale anatomical embeddings.
+# Wiring only: every rule is a thin call into the lesiontrack package (see README).
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the package beside this Snakefile
+
+from lesiontrack.config import validate
+
+
+configfile: "config.yaml"
+
+
+validate(config, source="config (config.yaml + --configfile overlays)")
+
+
+include: "rules/common.smk"
+include: "rules/synthetic.smk"
+include: "rules/preprocess.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

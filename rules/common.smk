@@ -1,0 +1,59 @@
+# Input functions and shard lists; no other logic.
+from lesiontrack.data import synthetic as synthetic_data
+from lesiontrack.provenance import fingerprint
+
+
+wildcard_constraints:
+    shard=r"\d{3}",
+    dataset="synthetic",
+
+
+SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
+SYNTHETIC_SHARDS = synthetic_data.shards(SYNTHETIC, config["shard_size"])
+
+
+def code(*modules):
+    """Fingerprint of the package modules a rule calls (a param: edits rerun the rule)."""
+    return fingerprint(workflow.basedir, *modules)
+
+
+def shard_names(dataset):
+    return [f"{k:03d}" for k in range(len(SYNTHETIC_SHARDS))]
+
+
+def synthetic_shard_subjects(wildcards):
+    return SYNTHETIC_SHARDS[int(wildcards.shard)]
+
+
+def synthetic_shard_tables(name):
+    return expand(
+        "results/synthetic/shards/{name}-{shard}.csv",
+        name=name,
+        shard=shard_names("synthetic"),
+    )
+
+
+def resampled_dir(wildcards):
+    return f"results/{wildcards.dataset}/resampled"
+
+
+def enabled_datasets():
+    return [name for name, spec in config["datasets"].items() if spec["enabled"]]
+
+
+def all_outputs():
+    outputs = []
+    if "synthetic" in enabled_datasets():
+        outputs += [
+            "results/synthetic/pairs.csv",
+            "results/synthetic/lesions.csv",
+            "results/synthetic/images.csv",
+            "results/figures/synthetic_preview.png",
+        ]
+    for dataset in enabled_datasets():
+        outputs += expand(
+            "results/{dataset}/shards/resampled-{shard}.csv",
+            dataset=dataset,
+            shard=shard_names(dataset),
+        )
+    return outputs

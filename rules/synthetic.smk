@@ -1,0 +1,39 @@
+rule synth:
+    output:
+        images="results/synthetic/shards/images-{shard}.csv",
+        lesions="results/synthetic/shards/lesions-{shard}.csv",
+        pairs="results/synthetic/shards/pairs-{shard}.csv",
+    params:
+        synthetic=lookup(dpath="synthetic", within=config),
+        subjects=synthetic_shard_subjects,
+        out_dir="results/synthetic",
+        code=code("lesiontrack.data.synthetic"),
+    log:
+        "results/logs/synth/{shard}.log",
+    benchmark:
+        "results/benchmarks/synth/{shard}.tsv"
+    conda:
+        "../envs/synth.yaml"
+    script:
+        "../workflow_scripts/synth.py"
+
+
+rule synth_tables:
+    input:
+        images=synthetic_shard_tables("images"),
+        lesions=synthetic_shard_tables("lesions"),
+        pairs=synthetic_shard_tables("pairs"),
+    output:
+        images="results/synthetic/images.csv",
+        lesions="results/synthetic/lesions.csv",
+        pairs="results/synthetic/pairs.csv",
+    params:
+        code=code("lesiontrack.data.synthetic"),
+    log:
+        "results/logs/synth_tables.log",
+    benchmark:
+        "results/benchmarks/synth_tables.tsv"
+    conda:
+        "../envs/synth.yaml"
+    script:
+        "../workflow_scripts/synth_tables.py"

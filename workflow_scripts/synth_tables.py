@@ -1,0 +1,14 @@
+"""Rule synth_tables: merge the shard tables of the synthetic dataset."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
+
+from lesiontrack.data import synthetic  # noqa: E402
+from lesiontrack.workflow import logged  # noqa: E402
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0], sm.rule):
+    for name in ("images", "lesions", "pairs"):
+        synthetic.merge_tables(list(sm.input[name]), sm.output[name])
