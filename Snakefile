@@ -1,5 +1,6 @@
 # lesiontrack: lesion tracking across longitudinal CT with multi-scale anatomical embeddings.
 # Wiring only: every rule is a thin call into the lesiontrack package (see README).
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # the package beside this Snakefile
@@ -7,7 +8,7 @@ sys.path.insert(0, workflow.basedir)  # the package beside this Snakefile
 from lesiontrack.config import validate
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, source="config (config.yaml + --configfile overlays)")

@@ -203,7 +203,7 @@ class Anatomy:
             scoliosis_mm=rng.uniform(-8, 8),
             dome_right_z=dome_r,
             dome_left_z=dome_r - rng.uniform(10, 22),
-            heart_center=np.array([rng.uniform(25, 45) * sw, rng.uniform(-40, -25) * sd, 0.0]),
+            heart_center=np.array([rng.uniform(38, 55) * sw, rng.uniform(-40, -25) * sd, 0.0]),
             heart_radii=np.array([rng.uniform(50, 62), rng.uniform(40, 50), rng.uniform(52, 65)]),
             heart_angles=np.array([rng.uniform(-25, -10), rng.uniform(20, 35), rng.uniform(-40, -20)]),
             liver_center=np.array([rng.uniform(-72, -55) * sw, rng.uniform(-10, 10) * sd, 0.0]),
@@ -279,6 +279,9 @@ class Anatomy:
             k = int(name[1:])
             return (13.0 + 0.7 * k) * self.width_scale, (11.0 + 0.5 * k) * self.depth_scale
         return 12.0 * self.width_scale, 9.0 * self.depth_scale
+
+    def pubic_symphysis_z(self) -> float:
+        return (PROMONTORY_Z - 102.0) * self.height_scale
 
     def carina(self) -> np.ndarray:
         levels = self.vertebra_levels()
@@ -375,7 +378,10 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
             cap = np.sqrt(np.clip(1.0 - ((z - (apex_z - 70.0)) / 70.0) ** 2, 0, 1))
             cap = np.where(z < apex_z - 70.0, 1.0, cap)
             xs, _ = anat.spine_xy(z)
-            medial = side * (x - xs) > (22.0 + 18.0 * np.exp(-((y - yc + 20) / 45.0) ** 2))
+            # the mediastinum bulges to the left (heart): the left lung is the smaller one
+            width = (30.0 + 28.0 * np.exp(-((y - yc + 25) / 45.0) ** 2)) if side > 0 else (
+                16.0 + 10.0 * np.exp(-((y - yc + 20) / 45.0) ** 2))
+            medial = side * (x - xs) > width
             spine = (np.abs(x - xs) < 42.0) & (y > anat.spine_xy(z)[1] - 25.0)
             return (r <= cap) & medial & ~spine & (z > anat.dome_z(x, y)) & (z < apex_z)
 
@@ -414,8 +420,11 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         canvas.tube([carina, hilum], 4.5, AIRWAY, within=[AIRWAY_WALL])
     # Esophagus behind the trachea, left of the spine.
     esoph = [[6.0, carina[1] + 14.0, 360.0], [12.0, carina[1] + 18.0, carina[2]],
-             [25.0, carina[1] + 10.0, anat.dome_left_z - 10.0]]
+             [45.0 * sw, -15.0 * sd, anat.dome_left_z - 20.0]]
     canvas.tube(esoph, 8.0, MUSCLE, L["esophagus"], within=[VISCERAL_FAT, MUSCLE, LUNG])
+    points["esophagogastric_junction"] = np.array(esoph[-1])
+    for side, tag, dome in ((1, "left", anat.dome_left_z), (-1, "right", anat.dome_right_z)):
+        points[f"diaphragm_dome_{tag}"] = np.array([side * 60.0 * sw, -10.0, dome])
 
     # Aorta: ascending, arch, descending along the left of the spine, bifurcation at L4.
     zl4 = levels["L4"][0]
@@ -434,6 +443,7 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     aorta_r = np.array([14.0, 13.0, 12.5, 12.0, 11.0, 10.0, 9.0])
     canvas.tube(aorta, aorta_r, BLOOD, L["aorta"])
     points["aortic_arch_top"] = np.array([8.0, carina[1] - 5.0, arch_z])
+    points["aortic_root"] = aorta[0].copy()
     points["aortic_bifurcation"] = aorta[-1].copy()
     for side, name in ((1, "iliac_artery_left"), (-1, "iliac_artery_right")):
         iliac = [aorta[-1], aorta[-1] + [side * 35.0 * sw, 5.0, -45.0], [side * 75.0 * sw, -10.0, -370.0 * sh]]
@@ -443,6 +453,7 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     vessel_rng = np.random.default_rng(anat.vessel_seed)
     for side in (1, -1):
         hilum = carina + np.array([side * 55.0 * sw, 5.0, -35.0])
+        points[f"lung_hilum_{'left' if side > 0 else 'right'}"] = hilum
         for direction in ([side, 0.0, 1.0], [side, 0.3, -0.8], [side, -0.8, -0.2], [side, 0.9, -0.3]):
             segments: list = []
             d = np.asarray(direction) + vessel_rng.normal(scale=0.25, size=3)
@@ -526,9 +537,9 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
 
         def posterior(x, y, z, xv=xv, yc=yc_can, zc=zc, arch_h=arch_h):
             r = np.sqrt((x - xv) ** 2 + (y - yc) ** 2)
-            ring = (r >= 8.0) & (r <= 14.0) & (y > yc - 9.0)
+            ring = (r >= 8.0) & (r <= 14.0) & (y > yc - 12.0)
             spinous = (np.abs(x - xv) <= 4.0) & (y >= yc + 8.0) & (y <= yc + 40.0)
-            transverse = (np.abs(y - yc) <= 4.5) & (np.abs(x - xv) <= 36.0 + 4.0 * (z < 0))
+            transverse = (np.abs(y - yc) <= 4.5) & (np.abs(x - xv) <= 36.0 + 4.0 * (z < 0)) & (np.abs(x - xv) >= 12.0)
             return (ring | spinous | transverse) & (np.abs(z - zc) <= arch_h)
 
         canvas.paint(lo, hi, posterior, CORTICAL_BONE, lab)
@@ -624,7 +635,7 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         points[f"iliac_crest_{'left' if side > 0 else 'right'}"] = np.array(
             [side * 75.0 * sw, ys0 + 5.0, wing_c[2] + wr[2] - 7.0])
         del crest
-    points["pubic_symphysis"] = np.array([0.0, ys0 - 85.0 * sd, z_head + 8.0])
+    points["pubic_symphysis"] = np.array([0.0, ys0 - 85.0 * sd, anat.pubic_symphysis_z()])
 
     return Structures(aorta_path=aorta, bowel_paths=bowel_paths, stomach_center=stc, points=points)
 

@@ -170,15 +170,18 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
     levels = anatomy.vertebra_levels()
     apex_z = levels["T1"][0] + 22.0 * anatomy.height_scale
     protocol = "chest-abdomen-pelvis" if rng.uniform() < cfg.pelvis_fraction else "chest-abdomen"
-    z_range = cfg.fov_z_mm if protocol == "chest-abdomen" else (cfg.fov_z_mm[0] + 180, cfg.fov_z_mm[1] + 180)
-    lengths: list[float] = []
-    while len(lengths) < n_scans:  # fields of view differ in length by >= fov_min_difference_mm
-        length = _pick(rng, z_range)
-        if all(abs(length - other) >= cfg.fov_min_difference_mm for other in lengths):
-            lengths.append(length)
+    fovs: list[tuple[float, float]] = []
+    while len(fovs) < n_scans:  # fields of view differ in length by >= fov_min_difference_mm
+        top = apex_z + rng.uniform(5.0, 45.0)
+        if protocol == "chest-abdomen":
+            bottom = top - _pick(rng, cfg.fov_z_mm)
+        else:  # down to below the pubic symphysis
+            bottom = anatomy.pubic_symphysis_z() - rng.uniform(15.0, 60.0)
+        if all(abs((top - bottom) - (t - b)) >= cfg.fov_min_difference_mm for b, t in fovs):
+            fovs.append((bottom, top))
     body_center = np.array([0.0, 0.0, apex_z - 200.0])
     table_offset = np.array([rng.uniform(-20, 20), rng.uniform(-30, 30), rng.uniform(-900, -300)])
-    for tp, length in enumerate(lengths):
+    for tp, fov_z in enumerate(fovs):
         if tp == 0:
             rotation, translation, deformation = np.eye(3), table_offset, Deformation.none()
         else:
@@ -187,8 +190,7 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
             rotation = ph.rotation_matrix(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, size=3))
             translation = table_offset + delta
             deformation = _sample_deformation(rng, anatomy, apex_z, _pick(rng, cfg.deformation_peak_mm))
-        top = apex_z + rng.uniform(5.0, 45.0)
-        fov_z = (top - length, top)
+        length = fov_z[1] - fov_z[0]
         inplane = _pick(rng, cfg.inplane_spacing_mm)
         spacing = np.array([inplane, inplane, _pick(rng, cfg.slice_spacing_mm)])
         side = _pick(rng, cfg.fov_xy_mm)
@@ -501,6 +503,17 @@ def _canonical_coordinates(scan: Scan, canvas: ph.Canvas, step=(2, 4, 4)) -> np.
     return out
 
 
+def sample_nearest(canonical: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour sample of a canonical class map (labels, tissues) at scan voxels."""
+    return ndimage.map_coordinates(canonical, coords, order=0, cval=0, prefilter=False)
+
+
+def scan_tissue(rendered: RenderedSubject, scan: Scan) -> np.ndarray:
+    """Tissue classes (phantom.* ids) of every voxel of ``scan``, array [z, y, x]."""
+    tissue = _timepoint_tissue(rendered, scan.timepoint)
+    return sample_nearest(tissue, _canonical_coordinates(scan, rendered.canvas))
+
+
 def render_scan(rendered: RenderedSubject, scan: Scan, tissue: np.ndarray | None = None
                 ) -> tuple[sitk.Image, sitk.Image]:
     """Sample a scan (int16 HU image, uint8 TotalSegmentator v2 label map) from the canonical grid."""
@@ -512,7 +525,7 @@ def render_scan(rendered: RenderedSubject, scan: Scan, tissue: np.ndarray | None
     geo = scan.geometry
     coords = _canonical_coordinates(scan, canvas)
     hu = ndimage.map_coordinates(canonical_hu, coords, order=1, cval=-1000.0, prefilter=False)
-    label = ndimage.map_coordinates(canvas.label, coords, order=0, cval=0, prefilter=False)
+    label = sample_nearest(canvas.label, coords)
     del coords
     rng = np.random.default_rng([rendered.subject.seed, 11, scan.timepoint])
     spacing_zyx = np.asarray(geo.spacing)[::-1]

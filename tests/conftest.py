@@ -1,0 +1,70 @@
+"""Shared fixtures: repository paths, the real reference data, and one smoke workflow run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "schemas", "configs",
+                  "envs", "profiles", "pyproject.toml")
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """``$LESIONTRACK_TEST_DATA`` (default ../shared/data); tests skip where it is absent."""
+    path = Path(os.environ.get("LESIONTRACK_TEST_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"reference data folder {path} not found (set LESIONTRACK_TEST_DATA)")
+    return path
+
+
+def copy_workflow(target: Path) -> Path:
+    """A copy of the workflow and package (no results), for runs that must not touch the repo."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+def run_workflow(workdir: Path, configfiles: list[Path] | None = None, targets: list[str] | None = None,
+                 dryrun: bool = False, cores: int = 2) -> list[str]:
+    """Run the workflow in ``workdir`` (its own Snakefile) through the Snakemake API.
+
+    Returns the output files that the run (re)created.
+    """
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    updated: list[str] = []
+    configfiles = [workdir / "configs" / "smoke.yaml"] if configfiles is None else configfiles
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(verbose=False)) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=cores),
+                config_settings=ConfigSettings(configfiles=[Path(c) for c in configfiles]),
+                snakefile=workdir / "Snakefile",
+                workdir=workdir,
+            )
+            dag = workflow.dag(DAGSettings(targets=frozenset(targets or [])))
+            dag.execute_workflow(executor="local", pseudo_executor="dryrun" if dryrun else None,
+                                 updated_files=updated)
+    finally:
+        os.chdir(cwd)
+    return updated
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """One smoke run of the whole default workflow (configs/smoke.yaml), shared by workflow tests."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke") / "repo")
+    run_workflow(workdir)
+    return workdir
