@@ -14,6 +14,11 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 validate(config, source="config (config.yaml + --configfile overlays)")
 
 
+wildcard_constraints:
+    shard=r"\d{3}",
+    dataset="synthetic",
+
+
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"

@@ -43,7 +43,8 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | None = None, so
     """Fill defaults into ``config`` in place and validate it; raise :class:`ConfigError` on the
     first problem, naming the key path (``preprocess.spacing_mm``) and the offending value."""
     schema = load_schema() if schema is None else schema
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(_Validator(schema).iter_errors(config),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         _check_ranges(config, schema, schema, [], source)
         return config

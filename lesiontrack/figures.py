@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, atomic_path, read_image, read_table  # noqa: E402
-from lesiontrack.preprocess import window  # noqa: E402
+from lesiontrack.io import Geometry, atomic_path, read_image, read_table
+from lesiontrack.preprocess import window
 
 # Okabe-Ito colour-blind-safe palette: the only colours figures draw with.
 PALETTE = {
@@ -97,7 +97,8 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path, window_hu: t
             ax.set_ylabel("xyz"[r_axis] + " (mm, LPS)", fontsize=8)
             ax.tick_params(labelsize=7)
     handles = [
-        plt.Line2D([], [], ls="none", marker="o", mfc="none", mec=PALETTE["truth"], ms=10, label=f"tracked lesion {tracked_id}"),
+        plt.Line2D([], [], ls="none", marker="o", mfc="none", mec=PALETTE["truth"], ms=10,
+                   label=f"tracked lesion {tracked_id}"),
         plt.Line2D([], [], ls="none", marker="o", mfc="none", mec=PALETTE["accent"], ms=10, label="other lesions"),
         plt.Line2D([], [], ls="none", marker="o", mfc="none", mec=PALETTE["landmark"], ms=5,
                    label="ground-truth landmarks (within 6 mm of the plane)"),

@@ -145,4 +145,4 @@ class Geometry:
         idx = self.world_to_index(points_mm)
         margin = margin_mm / np.asarray(self.spacing)
         upper = np.asarray(self.size, float) - 1.0 - margin
-        return np.all((idx >= margin) & (idx <= upper), axis=1)
+        return np.all((idx >= margin - 1e-6) & (idx <= upper + 1e-6), axis=1)

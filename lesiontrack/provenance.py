@@ -53,6 +53,8 @@ def modules_used(root: str | Path, *modules: str) -> list[Path]:
             continue
         seen[module] = path
         todo.extend(_imports(path, module))
+        parts = module.split(".")
+        todo.extend(".".join(parts[:k]) for k in range(1, len(parts)))  # parent packages run too
     return sorted(set(seen.values()))
 
 

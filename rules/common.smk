@@ -1,19 +1,15 @@
 # Input functions and shard lists; no other logic.
+from pathlib import Path
+
 from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.provenance import fingerprint
-
-
-wildcard_constraints:
-    shard=r"\d{3}",
-    dataset="synthetic",
-
 
 SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
 SYNTHETIC_SHARDS = synthetic_data.shards(SYNTHETIC, config["shard_size"])
 
 
 def code(*modules):
-    """Fingerprint of the package modules a rule calls (a param: edits rerun the rule)."""
+    """Fingerprint of the package modules behind a step; passed as a param so edits rerun it."""
     return fingerprint(workflow.basedir, *modules)
 
 
@@ -31,6 +27,16 @@ def synthetic_shard_tables(name):
         name=name,
         shard=shard_names("synthetic"),
     )
+
+
+def dataset_dir_of_output(wildcards, output):
+    """results/<dataset> for outputs under results/<dataset>/shards/."""
+    return str(Path(output[0]).parent.parent)
+
+
+def dataset_dir_of_input(wildcards, input):
+    """results/<dataset> for inputs directly under it."""
+    return str(Path(input[0]).parent)
 
 
 def resampled_dir(wildcards):

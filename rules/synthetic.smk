@@ -3,17 +3,17 @@ rule synth:
         images="results/synthetic/shards/images-{shard}.csv",
         lesions="results/synthetic/shards/lesions-{shard}.csv",
         pairs="results/synthetic/shards/pairs-{shard}.csv",
-    params:
-        synthetic=lookup(dpath="synthetic", within=config),
-        subjects=synthetic_shard_subjects,
-        out_dir="results/synthetic",
-        code=code("lesiontrack.data.synthetic"),
     log:
         "results/logs/synth/{shard}.log",
     benchmark:
         "results/benchmarks/synth/{shard}.tsv"
     conda:
         "../envs/synth.yaml"
+    params:
+        synthetic=lookup(dpath="synthetic", within=config),
+        subjects=synthetic_shard_subjects,
+        out_dir=dataset_dir_of_output,
+        code=code("lesiontrack.data.synthetic"),
     script:
         "../workflow_scripts/synth.py"
 
@@ -27,13 +27,13 @@ rule synth_tables:
         images="results/synthetic/images.csv",
         lesions="results/synthetic/lesions.csv",
         pairs="results/synthetic/pairs.csv",
-    params:
-        code=code("lesiontrack.data.synthetic"),
     log:
         "results/logs/synth_tables.log",
     benchmark:
         "results/benchmarks/synth_tables.tsv"
     conda:
         "../envs/synth.yaml"
+    params:
+        code=code("lesiontrack.data.synthetic"),
     script:
         "../workflow_scripts/synth_tables.py"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
 
-from lesiontrack.data import synthetic  # noqa: E402
-from lesiontrack.workflow import logged  # noqa: E402
+from lesiontrack.data import synthetic
+from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):

@@ -9,10 +9,10 @@ scan's pose and deformation (see :mod:`lesiontrack.data.synthetic`). Arrays are 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from lesiontrack.vocabulary import TOTALSEG_V2, VERTEBRAE
 
@@ -268,7 +268,7 @@ class Anatomy:
 
     def spine_xy(self, z):
         """Centre (x, y) of the vertebral body at height z."""
-        a, b, yc = self.trunk(np.clip(z, -330 * self.height_scale, 230 * self.height_scale))
+        _, b, yc = self.trunk(np.clip(z, -330 * self.height_scale, 230 * self.height_scale))
         x = self.scoliosis_mm * np.sin(np.asarray(z) / 260.0)
         return x, yc + b - 72.0 * self.depth_scale
 
@@ -347,8 +347,6 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     L = TOTALSEG_V2
     sw, sd, sh = anat.width_scale, anat.depth_scale, anat.height_scale
     x_ax, y_ax, z_ax = canvas.axes()
-    lo_all = np.array([x_ax[0], y_ax[0], z_ax[0]])
-    hi_all = np.array([x_ax[-1], y_ax[-1], z_ax[-1]])
     grow_out = anat.muscle_mm + anat.fat_mm
 
     # Body wall: skin, subcutaneous fat, muscle; the trunk cavity is visceral fat for now.
@@ -485,7 +483,7 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         kc = np.array([side * 72.0 * sw, yv + 2.0, zl1 - 5.0 - (anat.kidney_drop_right_mm if side < 0 else 0.0)])
         rot_k = rotation_matrix([-12.0, side * 12.0, 0.0])
         canvas.ellipsoid(kc, anat.kidney_radii, KIDNEY, L[name], rot_k)
-        canvas.ellipsoid(kc + [-side * 12.0, -4.0, 0.0], [10.0, 10.0, 22.0], VISCERAL_FAT, 0, rot_k)
+        canvas.ellipsoid(kc + np.array([-side * 12.0, -4.0, 0.0]), [10.0, 10.0, 22.0], VISCERAL_FAT, 0, rot_k)
         axis = rot_k @ np.array([0.0, 0.0, anat.kidney_radii[2]])
         points[f"{name}_upper_pole"] = kc + axis * 0.97
         points[f"{name}_lower_pole"] = kc - axis * 0.97
@@ -546,7 +544,7 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         points[f"vertebra_{name}"] = np.array([xv, yv, zc])
     # Discs between bodies and the spinal cord through the canal.
     names = list(levels)
-    for upper, lower in zip(names[:-1], names[1:], strict=True):
+    for upper, lower in itertools.pairwise(names):
         zu, hu = levels[upper]
         zlw, hl = levels[lower]
         zd = 0.5 * ((zu - hu / 2) + (zlw + hl / 2))
@@ -627,9 +625,9 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         canvas.tube([head, [side * 55.0 * sw, head[1] + 25.0, z_head - 45.0]], 10.0, CORTICAL_BONE, L[hip])
         canvas.ellipsoid(head, [24.0, 24.0, 24.0], CANCELLOUS_BONE, L[femur])
         neck_end = head + np.array([side * 45.0, 5.0, -30.0])
-        canvas.tube([head, neck_end, neck_end + [side * 5.0, 0.0, -200.0]], [14.0, 16.0, 15.0],
+        canvas.tube([head, neck_end, neck_end + np.array([side * 5.0, 0.0, -200.0])], [14.0, 16.0, 15.0],
                     CORTICAL_BONE, L[femur])
-        canvas.tube([head, neck_end, neck_end + [side * 5.0, 0.0, -200.0]], [10.0, 11.0, 9.0],
+        canvas.tube([head, neck_end, neck_end + np.array([side * 5.0, 0.0, -200.0])], [10.0, 11.0, 9.0],
                     CANCELLOUS_BONE, L[femur], within=[CORTICAL_BONE])
         points[f"femoral_head_{'left' if side > 0 else 'right'}"] = head
         points[f"iliac_crest_{'left' if side > 0 else 'right'}"] = np.array(
@@ -646,7 +644,7 @@ def extreme_point(mask: np.ndarray, canvas: Canvas, axis_mm: int, top: bool, sla
     idx = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != arr_axis)))[0]
     if idx.size == 0:
         return None
-    n = max(1, int(round(slab_mm / canvas.spacing)))
+    n = max(1, round(slab_mm / canvas.spacing))
     sel = idx[-n:] if top else idx[:n]
     index = [slice(None)] * 3
     index[arr_axis] = slice(sel[0], sel[-1] + 1)

@@ -12,6 +12,7 @@ phase, noise and blur are drawn per scan.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -326,7 +327,7 @@ def _lesion_sites(rendered_canvas: ph.Canvas, structures: ph.Structures, kind: s
     else:  # lymph-node-like: visceral fat near the aorta (mediastinal, para-aortic)
         near = np.zeros(c.shape_zyx, bool)
         path = structures.aorta_path
-        dense = np.concatenate([np.linspace(a, b, 10) for a, b in zip(path[:-1], path[1:], strict=True)])
+        dense = np.concatenate([np.linspace(a, b, 10) for a, b in itertools.pairwise(path)])
         for point in dense:
             found = c.box(point - 45.0, point + 45.0)
             if found is None:

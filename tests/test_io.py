@@ -1,0 +1,44 @@
+"""World <-> voxel conversion against SimpleITK, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image
+
+
+def test_geometry_matches_simpleitk():
+    image = sitk.Image(20, 30, 10, sitk.sitkInt16)
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetSpacing((0.7, 0.9, 2.5))
+    rotation = sitk.VersorTransform((0.1, -0.2, 0.3), 0.4).GetMatrix()
+    image.SetDirection(rotation)
+    geometry = Geometry.of(image)
+    index = np.array([[0, 0, 0], [3.5, 7.25, 2.0], [19, 29, 9]])
+    expected = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in index])
+    np.testing.assert_allclose(geometry.index_to_world(index), expected, atol=1e-9)
+    np.testing.assert_allclose(geometry.world_to_index(expected), index, atol=1e-9)
+    assert geometry.contains(expected).tolist() == [True, True, True]
+    assert not geometry.contains(geometry.index_to_world([[-1, 0, 0]]))[0]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out" / "x.nii.gz"
+    with pytest.raises(TypeError):
+        write_image("not an image", target)  # type: ignore[arg-type]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("not a nifti")
+    with pytest.raises(InputError, match=r"bad\.nii\.gz"):
+        read_image(bad)
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=r"t\.csv: missing column\(s\) \['image_id'\]"):
+        read_table(table, required=["image_id"])

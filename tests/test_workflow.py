@@ -1,0 +1,104 @@
+"""The workflow through the Snakemake API: outputs, logs, benchmarks, and what reruns after a change."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_workflow
+
+from lesiontrack.io import read_table
+
+PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
+                "source_z", "target_x", "target_y", "target_z", "target_radius_mm"]
+LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status"]
+
+
+def _snapshot(workdir: Path) -> dict[str, int]:
+    """Modification times (ns) of every volume and table under results/."""
+    results = workdir / "results"
+    return {p.relative_to(results).as_posix(): p.stat().st_mtime_ns
+            for p in results.rglob("*") if p.is_file() and p.suffix in (".gz", ".csv", ".png")}
+
+
+def _copy_run(smoke_run: Path, target: Path) -> Path:
+    shutil.copytree(smoke_run, target, symlinks=True)  # copy2 keeps modification times
+    return target
+
+
+def test_smoke_outputs(smoke_run):
+    results = smoke_run / "results"
+    pairs = read_table(results / "synthetic" / "pairs.csv", required=PAIR_COLUMNS)
+    lesions = read_table(results / "synthetic" / "lesions.csv", required=LESION_COLUMNS)
+    images = read_table(results / "synthetic" / "images.csv", required=["image_id", "path", "sha256"])
+    assert len(pairs) > 0 and set(pairs["direction"]) == {"forward", "backward"}
+    assert set(lesions["image_id"]) <= set(images["image_id"])
+    for image_id in images["image_id"]:
+        assert (results / "synthetic" / "images" / f"{image_id}.nii.gz").exists()
+        assert (results / "synthetic" / "resampled" / f"{image_id}.nii.gz").exists()
+    assert (results / "figures" / "synthetic_preview.png").stat().st_size > 50_000
+    for rule in ("synth", "resample"):
+        benchmarks = list((results / "benchmarks" / rule).glob("*.tsv"))
+        logs = list((results / "logs" / rule).glob("*.log"))
+        assert benchmarks and logs
+        assert all("finished in" in log.read_text() for log in logs)
+        assert all(pd.read_csv(b, sep="\t")["s"].iloc[0] > 0 for b in benchmarks)
+
+
+def test_spacing_change_reruns_resample_not_synth(smoke_run, tmp_path):
+    workdir = _copy_run(smoke_run, tmp_path / "repo")
+    before = _snapshot(workdir)
+    overlay = tmp_path / "spacing.yaml"
+    overlay.write_text("preprocess:\n  spacing_mm: 5.0\n")
+    updated = run_workflow(workdir, [workdir / "configs" / "smoke.yaml", overlay])
+    after = _snapshot(workdir)
+    changed = {name for name in before if after[name] != before[name]}
+    assert any(u.startswith("results/synthetic/shards/resampled-") for u in updated)
+    assert not any(u.startswith("results/synthetic/shards/images-") for u in updated)
+    assert {n for n in changed if n.startswith("synthetic/resampled/")} == {
+        n for n in before if n.startswith("synthetic/resampled/")}
+    assert not {n for n in changed if n.startswith(("synthetic/images/", "synthetic/labels/", "synthetic/truth/"))}
+    resampled = read_table(workdir / "results" / "synthetic" / "shards" / "resampled-000.csv")
+    assert (resampled["spacing_mm"] == 5.0).all()
+
+
+def test_editing_resample_module_reruns_resample_only(smoke_run, tmp_path):
+    workdir = _copy_run(smoke_run, tmp_path / "repo")
+    before = _snapshot(workdir)
+    module = workdir / "lesiontrack" / "preprocess.py"
+    module.write_text(module.read_text() + "\n# an edit that changes the module's fingerprint\n")
+    updated = run_workflow(workdir)
+    after = _snapshot(workdir)
+    changed = {name for name in before if after[name] != before[name]}
+    assert any(u.startswith("results/synthetic/shards/resampled-") for u in updated)
+    assert not any(u.startswith("results/synthetic/shards/images-") for u in updated)
+    assert any(n.startswith("synthetic/resampled/") for n in changed)
+    assert not {n for n in changed if n.startswith(("synthetic/images/", "synthetic/labels/", "synthetic/truth/"))}
+
+
+def test_nothing_to_do_after_a_run(smoke_run, tmp_path):
+    workdir = _copy_run(smoke_run, tmp_path / "repo")
+    assert run_workflow(workdir, dryrun=True) == []
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "snakemake", "--lint"],
+    [sys.executable, "-m", "snakefmt", "--check", "."],
+    [sys.executable, "-m", "ruff", "check", "."],
+])
+def test_lint_and_format(command):
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if "--lint" in command:
+        assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_cli_help():
+    for stage in ("synth", "resample", "figures"):
+        result = subprocess.run([sys.executable, "-m", "lesiontrack.cli", stage, "--help"], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0 and "usage: lesiontrack" in result.stdout
