@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="draw figures", description="Draw the synthetic dataset preview.")
     p.add_argument("--dataset-dir", default="results/synthetic")
     p.add_argument("--out", default="results/figures/synthetic_preview.png")
-    p.add_argument("--window-hu", type=float, nargs=2, default=(-1000.0, 400.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
+                   help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
     return parser
 

@@ -24,6 +24,9 @@ PALETTE = {
     "neutral": "#000000",
 }
 
+# Display window for soft tissue and lesions (level 0, width 500 HU); lungs show black with vessels.
+DISPLAY_WINDOW_HU = (-250.0, 250.0)
+
 _VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))  # view name, world axis held fixed
 
 
@@ -50,7 +53,8 @@ def _plane(volume_zyx: np.ndarray, geometry: Geometry, center_mm: np.ndarray, fi
     return plane, extent, (rows, cols)
 
 
-def synthetic_preview(dataset_dir: str | Path, out_png: str | Path, window_hu: tuple[float, float]) -> Path:
+def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
+                      window_hu: tuple[float, float] = DISPLAY_WINDOW_HU) -> Path:
     """Baseline and first follow-up of the first test subject in three orthogonal views through one
     tracked lesion, with ground-truth landmarks and lesions marked."""
     dataset_dir = Path(dataset_dir)

@@ -13,7 +13,6 @@ rule synthetic_preview:
         "../envs/figures.yaml"
     params:
         dataset_dir=dataset_dir_of_input,
-        window_hu=lookup(dpath="preprocess/window_hu", within=config),
         code=code("lesiontrack.figures"),
     script:
         "../workflow_scripts/synthetic_preview.py"

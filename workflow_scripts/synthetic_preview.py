@@ -10,4 +10,4 @@ from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):
-    synthetic_preview(sm.params.dataset_dir, sm.output.png, tuple(sm.params.window_hu))
+    synthetic_preview(sm.params.dataset_dir, sm.output.png)

@@ -350,18 +350,20 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     grow_out = anat.muscle_mm + anat.fat_mm
 
     # Body wall: skin, subcutaneous fat, muscle; the trunk cavity is visceral fat for now.
-    x3, y3 = x_ax[None, None, :].astype(np.float32), y_ax[None, :, None].astype(np.float32)
-    for z0 in range(0, len(z_ax), 24):
-        z3 = z_ax[z0:z0 + 24, None, None]
-        a, b, yc = (v.astype(np.float32) for v in anat.trunk(z3))
-        dy = y3 - yc
-        w2 = anat.wobble(x3, dy) ** 2
-        layer = np.zeros(np.broadcast_shapes(x3.shape, dy.shape), np.uint8)
+    x2, y2 = x_ax[None, :].astype(np.float32), y_ax[:, None].astype(np.float32)
+    wobble2: dict[float, np.ndarray] = {}  # the outline depends on z only through the trunk centre
+    for k, z in enumerate(z_ax):
+        a, b, yc = (float(v) for v in anat.trunk(z))
+        yc = round(yc, 1)
+        if yc not in wobble2:
+            wobble2[yc] = anat.wobble(x2, y2 - np.float32(yc)) ** 2
+        dy2 = (y2 - np.float32(yc)) ** 2
+        x2sq = x2 * x2
+        layer = np.zeros((len(y_ax), len(x_ax)), np.uint8)
         for grow, tissue in ((grow_out, SKIN), (grow_out - 2.0, FAT), (anat.muscle_mm, MUSCLE),
                              (0.0, VISCERAL_FAT)):
-            inside = (x3 / (a + grow)) ** 2 + (dy / (b + grow)) ** 2 <= w2
-            layer[inside] = tissue
-        canvas.tissue[z0:z0 + 24] = layer
+            layer[x2sq / np.float32((a + grow) ** 2) + dy2 / np.float32((b + grow) ** 2) <= wobble2[yc]] = tissue
+        canvas.tissue[k] = layer
 
     levels = anat.vertebra_levels()
     carina = anat.carina()

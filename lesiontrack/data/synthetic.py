@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
 from scipy import ndimage
 
 from lesiontrack.data import phantom as ph
@@ -301,8 +303,9 @@ def _smooth_texture(shape, rng: np.random.Generator) -> np.ndarray:
     coarse_shape = tuple(n // 2 + 1 for n in shape)
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse_shape, dtype=np.float32), 1.0)
     noise /= noise.std() + 1e-6
-    fine = noise.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: shape[0], : shape[1], : shape[2]]
-    return ndimage.uniform_filter(fine, 2)
+    fine = F.interpolate(torch.from_numpy(noise)[None, None], scale_factor=2.0, mode="trilinear",
+                         align_corners=False)[0, 0]
+    return fine[: shape[0], : shape[1], : shape[2]].contiguous().numpy()
 
 
 def _sample_radius(rng: np.random.Generator) -> float:
@@ -481,11 +484,12 @@ def hu_table(rendered: RenderedSubject, scan: Scan) -> tuple[np.ndarray, np.ndar
     return mean, amplitude
 
 
-def _canonical_coordinates(scan: Scan, canvas: ph.Canvas, step=(2, 4, 4)) -> np.ndarray:
-    """Canonical-grid (z, y, x) coordinates of every voxel of the scan, shape (3, nz, ny, nx).
+def _sampling_grid(scan: Scan, canvas: ph.Canvas, step=(2, 4, 4)) -> torch.Tensor:
+    """Where every voxel of the scan lies on the canonical grid, as a ``grid_sample`` grid
+    (1, nz, ny, nx, 3) of normalised (x, y, z) canonical coordinates.
 
     The pose is evaluated exactly on a lattice of every ``step`` voxels and interpolated
-    linearly in between: exact for the rigid part, well under 0.2 mm for the smooth
+    trilinearly in between: exact for the rigid part, well under 0.2 mm for the smooth
     deformation (Gaussian bumps of sigma >= 60 mm), and several times faster.
     """
     nx, ny, nz = scan.geometry.size
@@ -494,25 +498,29 @@ def _canonical_coordinates(scan: Scan, canvas: ph.Canvas, step=(2, 4, 4)) -> np.
     zz, yy, xx = np.meshgrid(*lattice, indexing="ij")
     index_xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
     anatomy = scan.to_anatomy(scan.geometry.index_to_world(index_xyz))
-    grid = ((anatomy - canvas.origin) / canvas.spacing).astype(np.float32)
-    coarse_shape = zz.shape
-    out = np.empty((3, nz, ny, nx), np.float32)
-    for axis in range(3):  # canonical z, y, x = anatomy columns 2, 1, 0
-        component = grid[:, 2 - axis].reshape(coarse_shape)
-        zoom = [n / c for n, c in zip((nz, ny, nx), coarse_shape, strict=True)]
-        out[axis] = ndimage.zoom(component, zoom, order=1, grid_mode=False)
-    return out
+    shape_xyz = np.asarray(canvas.shape_zyx[::-1], float)
+    normalised = ((anatomy - canvas.origin) / canvas.spacing) * (2.0 / (shape_xyz - 1.0)) - 1.0
+    coarse = torch.from_numpy(np.ascontiguousarray(normalised.T.reshape(3, *zz.shape), np.float32))[None]
+    fine = F.interpolate(coarse, size=(nz, ny, nx), mode="trilinear", align_corners=True)
+    return fine.permute(0, 2, 3, 4, 1)
 
 
-def sample_nearest(canonical: np.ndarray, coords: np.ndarray) -> np.ndarray:
+def _sample(canonical: np.ndarray, grid: torch.Tensor, nearest: bool) -> np.ndarray:
+    """Sample a canonical array [z, y, x] on a scan's sampling grid (zero outside), float32."""
+    volume = torch.from_numpy(np.asarray(canonical, np.float32))[None, None]
+    return F.grid_sample(volume, grid, mode="nearest" if nearest else "bilinear", padding_mode="zeros",
+                         align_corners=True)[0, 0].numpy()
+
+
+def sample_nearest(canonical: np.ndarray, grid: torch.Tensor) -> np.ndarray:
     """Nearest-neighbour sample of a canonical class map (labels, tissues) at scan voxels."""
-    return ndimage.map_coordinates(canonical, coords, order=0, cval=0, prefilter=False)
+    return _sample(canonical, grid, nearest=True).astype(canonical.dtype)
 
 
 def scan_tissue(rendered: RenderedSubject, scan: Scan) -> np.ndarray:
     """Tissue classes (phantom.* ids) of every voxel of ``scan``, array [z, y, x]."""
     tissue = _timepoint_tissue(rendered, scan.timepoint)
-    return sample_nearest(tissue, _canonical_coordinates(scan, rendered.canvas))
+    return sample_nearest(tissue, _sampling_grid(scan, rendered.canvas))
 
 
 def render_scan(rendered: RenderedSubject, scan: Scan, tissue: np.ndarray | None = None
@@ -522,12 +530,15 @@ def render_scan(rendered: RenderedSubject, scan: Scan, tissue: np.ndarray | None
     if tissue is None:
         tissue = _timepoint_tissue(rendered, scan.timepoint)
     mean, amplitude = hu_table(rendered, scan)
-    canonical_hu = mean[tissue] + amplitude[tissue] * rendered.texture
+    # sampled as HU + 1000, so that outside the canonical grid (zero padding) is air
+    above_air = (mean + 1000.0)[tissue]
+    above_air += amplitude[tissue] * rendered.texture
     geo = scan.geometry
-    coords = _canonical_coordinates(scan, canvas)
-    hu = ndimage.map_coordinates(canonical_hu, coords, order=1, cval=-1000.0, prefilter=False)
-    label = sample_nearest(canvas.label, coords)
-    del coords
+    grid = _sampling_grid(scan, canvas)
+    hu = _sample(above_air, grid, nearest=False)
+    hu -= 1000.0
+    label = sample_nearest(canvas.label, grid)
+    del grid, above_air
     rng = np.random.default_rng([rendered.subject.seed, 11, scan.timepoint])
     spacing_zyx = np.asarray(geo.spacing)[::-1]
     psf = np.array([0.45 * geo.spacing[2], scan.blur_mm, scan.blur_mm]) / spacing_zyx
