@@ -243,19 +243,6 @@ def _sample_deformation(rng, anatomy: ph.Anatomy, apex_z: float, peak_mm: float)
     return field_
 
 
-def plan_images(cfg: SyntheticConfig) -> pd.DataFrame:
-    """One row per scan of every subject: ids, split, timepoint, protocol and grid."""
-    rows = []
-    for index in range(len(subject_ids(cfg))):
-        for scan in plan_subject(cfg, index).scans:
-            geo = scan.geometry
-            rows.append({"image_id": scan.image_id, "subject_id": scan.subject_id, "split": scan.split,
-                         "timepoint": scan.timepoint, "protocol": scan.protocol,
-                         **{f"spacing_{a}": s for a, s in zip("xyz", geo.spacing, strict=True)},
-                         **{f"size_{a}": n for a, n in zip("xyz", geo.size, strict=True)}})
-    return pd.DataFrame(rows)
-
-
 def shards(cfg: SyntheticConfig, shard_size: int) -> list[list[int]]:
     """Subject indices per shard: consecutive subjects, at most ``shard_size`` scans per shard
     (a subject with more scans than that gets a shard of its own)."""
