@@ -52,6 +52,29 @@ def cmd_figures(args: argparse.Namespace) -> None:
     print(figures.synthetic_preview(args.dataset_dir, args.out, tuple(args.window_hu)))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lesiontrack import evaluate
+
+    result = evaluate.evaluate_files(args.predictions, args.out, args.pairs, args.prediction_field, args.per_pair,
+                                     args.split, args.min_radius_mm, args.bootstrap_samples, args.seed)
+    print(f"{Path(args.predictions).name}: n {result['n']}  CPM@10mm {result['cpm_10mm']:.2f}  CPM@Radius "
+          f"{result['cpm_radius']:.2f}  MED {result['med']:.2f} +- {result['med_std']:.2f} mm  -> {args.out}")
+
+
+def cmd_track(args: argparse.Namespace) -> None:
+    from lesiontrack.track import baselines
+
+    table = baselines.predict_file(args.pairs, args.method, args.out, args.split)
+    print(f"{args.method}: {len(table)} predictions -> {args.out}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from lesiontrack import evaluate
+
+    table = evaluate.table_files(args.dataset, [tuple(m) for m in args.method], args.reference, args.out_dir)
+    print(table.to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
@@ -85,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
                    help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
+    p = sub.add_parser("evaluate", help="score predictions against ground-truth pairs",
+                       description="CPM@10mm, CPM@Radius, MED (DLT evaluator), lenient convention, NLST "
+                                   "relaxation, bootstrap intervals and size strata, as a metrics JSON.")
+    p.add_argument("--predictions", required=True,
+                   help="predictions CSV (pair_id, direction, pred_x/y/z) or a DLS-format JSON")
+    p.add_argument("--pairs", help="ground-truth pairs.csv (for a predictions CSV)")
+    p.add_argument("--prediction-field", default="predict target center",
+                   help="field of a DLS JSON holding the prediction (default: %(default)s)")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--per-pair", help="optional CSV of per-pair distances")
+    p.add_argument("--min-radius-mm", type=float, default=0.0, help="NLST relaxation r_eff = max(r, this)")
+    p.add_argument("--bootstrap-samples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", help="score only the pairs of this split (pairs.csv column 'split')")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("track", help="predict target points for lesion pairs",
+                       description="Predict each pair's target point (world mm). Methods so far: identity.")
+    p.add_argument("--pairs", required=True, help="pairs.csv")
+    p.add_argument("--method", default="identity", choices=["identity"])
+    p.add_argument("--split", help="only the pairs of this split")
+    p.add_argument("--out", required=True, help="predictions CSV")
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("table", help="Table-1-style comparison of methods",
+                       description="Rows = methods; CPM@10mm, CPM@Radius, MEDx/y/z, MED and the paired t-test "
+                                   "p-value against the reference, as CSV, Markdown and LaTeX.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", nargs=3, action="append", required=True, metavar=("NAME", "METRICS", "PER_PAIR"))
+    p.add_argument("--reference", required=True, help="method the p-values compare against")
+    p.add_argument("--out-dir", default="results/tables")
+    p.set_defaults(func=cmd_table)
     return parser
 
 

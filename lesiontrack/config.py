@@ -47,6 +47,7 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | None = None, so
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if not errors:
         _check_ranges(config, schema, schema, [], source)
+        _check_reference(config, source)
         return config
     error = errors[0]
     where = ".".join(str(p) for p in error.absolute_path)
@@ -79,6 +80,14 @@ def _check_ranges(instance: Any, schema: Mapping, root: Mapping, path: list[str]
         for key, sub in schema.get("properties", {}).items():
             if key in instance:
                 _check_ranges(instance[key], sub, root, [*path, key], source)
+
+
+def _check_reference(config: dict[str, Any], source: str) -> None:
+    methods = config.get("track", {}).get("methods", [])
+    reference = config.get("evaluate", {}).get("reference_method")
+    if reference is not None and methods and reference not in methods:
+        raise ConfigError(f"{source}: evaluate.reference_method = {reference!r}: must be one of track.methods "
+                          f"{methods}")
 
 
 def load(paths: list[str | os.PathLike]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "synth": ("numpy", "scipy", "pandas", "SimpleITK", "tqdm"),
     "resample": ("numpy", "pandas", "SimpleITK", "tqdm"),
     "figures": ("numpy", "pandas", "SimpleITK", "matplotlib"),
+    "evaluate": ("numpy", "pandas", "scipy", "SimpleITK"),
 }
 
 

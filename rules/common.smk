@@ -47,6 +47,17 @@ def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 
 
+def method_files(pattern):
+    """One file per tracking method of the dataset (``pattern`` has {dataset} and {method})."""
+
+    def files(wildcards):
+        return expand(
+            pattern, dataset=wildcards.dataset, method=config["track"]["methods"]
+        )
+
+    return files
+
+
 def all_outputs():
     outputs = []
     if "synthetic" in enabled_datasets():
@@ -57,6 +68,7 @@ def all_outputs():
             "results/figures/synthetic_preview.png",
         ]
     for dataset in enabled_datasets():
+        outputs.append(f"results/tables/{dataset}.csv")
         outputs += expand(
             "results/{dataset}/shards/resampled-{shard}.csv",
             dataset=dataset,

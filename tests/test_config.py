@@ -44,3 +44,8 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert "preprocess.spacing_mm = 'two': expected number" in output
     assert output.count("preprocess.spacing_mm") == 1
     assert not (workdir / "results").exists()
+
+
+def test_reference_method_must_be_tracked():
+    with pytest.raises(config.ConfigError, match=r"evaluate\.reference_method = 'multiscale': must be one of"):
+        config.validate(config.merge(_default(), {"evaluate": {"reference_method": "multiscale"}}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -102,3 +103,21 @@ def test_cli_help():
         result = subprocess.run([sys.executable, "-m", "lesiontrack.cli", stage, "--help"], capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 0 and "usage: lesiontrack" in result.stdout
+
+
+def test_default_run_ends_with_identity_table(smoke_run):
+    results = smoke_run / "results"
+    table = read_table(results / "tables" / "synthetic.csv")
+    assert list(table["method"]) == ["identity"]
+    assert (results / "tables" / "synthetic.md").exists() and (results / "tables" / "synthetic.tex").exists()
+    metrics = json.loads((results / "synthetic" / "metrics" / "identity.json").read_text())
+    pairs = read_table(results / "synthetic" / "pairs.csv")
+    test_pairs = pairs[pairs["split"] == "test"]
+    assert metrics["n"] == table["n"].iloc[0] == len(test_pairs)
+    # identity's distance is exactly |source - target|, recomputed here from pairs.csv
+    distance = ((test_pairs[["source_x", "source_y", "source_z"]].to_numpy()
+                 - test_pairs[["target_x", "target_y", "target_z"]].to_numpy()) ** 2).sum(axis=1) ** 0.5
+    assert metrics["med"] == pytest.approx(distance.mean(), rel=1e-6)
+    predictions = read_table(results / "synthetic" / "predictions" / "identity.csv")
+    assert list(predictions.columns) == ["pair_id", "lesion_id", "direction", "source_image", "target_image",
+                                         "pred_x", "pred_y", "pred_z", "confidence", "found", "seconds"]

@@ -1,0 +1,347 @@
+"""Tracking metrics with the Deep Lesion Tracker evaluator's definitions, intervals and paired tests.
+
+One function owns each definition: :func:`recist_radius_mm` (lesion radius), :func:`hits_radius`
+(CPM@Radius), :func:`hits_10mm` (CPM@10mm), :func:`hits_box` (the lenient box convention).
+Distances are millimetres in the target volume's frame. Every ground-truth pair counts, whatever
+a prediction's ``found`` flag; a pair with no prediction is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from lesiontrack.io import InputError
+
+KEY = ["pair_id", "direction"]
+SIZE_STRATA = {"r_lt_5": (0.0, 5.0, False), "r_5_to_10": (5.0, 10.0, True), "r_gt_10": (10.0, math.inf, False)}
+
+
+def recist_radius_mm(recist_diameter_px, spacing_x_mm: float) -> float:
+    """Lesion radius as the DLT evaluator: max(RECIST diameters in pixels) / 2 x pixel spacing."""
+    return float(max(recist_diameter_px)) / 2.0 * float(spacing_x_mm)
+
+
+def hits_radius(distance_mm: np.ndarray, radius_mm: np.ndarray) -> np.ndarray:
+    """CPM@Radius hit: d < r (strict)."""
+    return np.asarray(distance_mm) < np.asarray(radius_mm)
+
+
+def hits_10mm(distance_mm: np.ndarray, radius_mm: np.ndarray) -> np.ndarray:
+    """CPM@10mm hit (the DLT evaluator's adjustable threshold): d <= min(r, 10 mm)."""
+    return np.asarray(distance_mm) <= np.minimum(np.asarray(radius_mm), 10.0)
+
+
+def hits_box(points: np.ndarray, box_min: np.ndarray, box_max: np.ndarray) -> np.ndarray:
+    """Lenient convention: the predicted point lies inside the target box, bounds inclusive."""
+    return np.all((points >= box_min) & (points <= box_max), axis=1)
+
+
+def _check_finite(table: pd.DataFrame, columns: list[str], source: str) -> None:
+    values = table[columns].to_numpy(float)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        row = table.loc[bad].iloc[0]
+        raise InputError(f"{source}: pair {row['pair_id']} ({row['direction']}) has a non-finite value in "
+                         f"{columns}: {row[columns].tolist()}")
+
+
+def per_pair(truth: pd.DataFrame, predictions: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+    """Join predictions to ground truth on (pair_id, direction); distances in mm per pair.
+
+    ``truth``: ``pair_id, direction, target_x/y/z, target_radius_mm`` [+ ``target_box_min/max_x/y/z``];
+    ``predictions``: ``pair_id, direction, pred_x/y/z``. Missing, duplicate or unknown pairs are errors.
+    """
+    truth = truth.copy()
+    predictions = predictions.copy()
+    for table in (truth, predictions):
+        table["pair_id"] = table["pair_id"].astype(str)
+    duplicated = predictions[predictions.duplicated(KEY)]
+    if not duplicated.empty:
+        row = duplicated.iloc[0]
+        raise InputError(f"{source}: more than one prediction for pair {row['pair_id']} ({row['direction']})")
+    merged = truth.merge(predictions[[*KEY, "pred_x", "pred_y", "pred_z"]], on=KEY, how="outer", indicator=True)
+    unknown = merged[merged["_merge"] == "right_only"]
+    if not unknown.empty:
+        row = unknown.iloc[0]
+        raise InputError(f"{source}: prediction for unknown pair {row['pair_id']} ({row['direction']})")
+    missing = merged[merged["_merge"] == "left_only"]
+    if not missing.empty:
+        row = missing.iloc[0]
+        raise InputError(f"{source}: no prediction for pair {row['pair_id']} ({row['direction']}); "
+                         f"{len(missing)} pair(s) missing")
+    merged = merged.drop(columns="_merge")
+    _check_finite(merged, ["pred_x", "pred_y", "pred_z"], source)
+    _check_finite(merged, ["target_x", "target_y", "target_z", "target_radius_mm"], "ground truth")
+    delta = merged[["pred_x", "pred_y", "pred_z"]].to_numpy(float) - merged[
+        ["target_x", "target_y", "target_z"]].to_numpy(float)
+    out = merged[[*KEY, "target_radius_mm"]].copy()
+    out["error_x"], out["error_y"], out["error_z"] = np.abs(delta).T
+    out["distance_mm"] = np.linalg.norm(delta, axis=1)
+    box_columns = [f"target_box_{m}_{a}" for m in ("min", "max") for a in "xyz"]
+    if set(box_columns) <= set(merged.columns):
+        out["inside_box"] = hits_box(merged[["pred_x", "pred_y", "pred_z"]].to_numpy(float),
+                                     merged[box_columns[:3]].to_numpy(float), merged[box_columns[3:]].to_numpy(float))
+    return out
+
+
+def _summary(pairs: pd.DataFrame, min_radius_mm: float = 0.0) -> dict[str, float]:
+    d = pairs["distance_mm"].to_numpy(float)
+    r = np.maximum(pairs["target_radius_mm"].to_numpy(float), min_radius_mm)
+    if len(d) == 0:
+        return {"n": 0}
+    return {
+        "n": len(d),
+        "cpm_10mm": 100.0 * hits_10mm(d, r).mean(),
+        "cpm_radius": 100.0 * hits_radius(d, r).mean(),
+        "med": float(d.mean()),
+        "med_std": float(d.std()),
+        "med_x": float(pairs["error_x"].mean()),
+        "med_y": float(pairs["error_y"].mean()),
+        "med_z": float(pairs["error_z"].mean()),
+        "med_x_std": float(pairs["error_x"].std(ddof=0)),
+        "med_y_std": float(pairs["error_y"].std(ddof=0)),
+        "med_z_std": float(pairs["error_z"].std(ddof=0)),
+        "median": float(np.median(d)),
+        "over_20mm": 100.0 * float((d > 20.0).mean()),
+    }
+
+
+def bootstrap_ci(pairs: pd.DataFrame, samples: int = 2000, seed: int = 0, level: float = 0.95
+                 ) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of CPM@10mm, CPM@Radius and MED, resampling lesion pairs
+    (both directions of a pair together), seeded."""
+    groups = pairs.groupby("pair_id", sort=True).indices
+    members = list(groups.values())
+    rng = np.random.default_rng(seed)
+    d = pairs["distance_mm"].to_numpy(float)
+    r = pairs["target_radius_mm"].to_numpy(float)
+    hit10, hitr = hits_10mm(d, r), hits_radius(d, r)
+    sums = np.array([[hit10[m].sum(), hitr[m].sum(), d[m].sum(), len(m)] for m in members], float)
+    draws = rng.integers(0, len(members), size=(samples, len(members)))
+    totals = sums[draws].sum(axis=1)
+    values = {"cpm_10mm": 100.0 * totals[:, 0] / totals[:, 3], "cpm_radius": 100.0 * totals[:, 1] / totals[:, 3],
+              "med": totals[:, 2] / totals[:, 3]}
+    tail = 100.0 * (1.0 - level) / 2.0
+    return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))] for k, v in values.items()}
+
+
+def metrics(pairs: pd.DataFrame, min_radius_mm: float = 0.0, bootstrap_samples: int = 2000, seed: int = 0
+            ) -> dict[str, Any]:
+    """The metrics JSON: DLT-evaluator figures, lenient convention, NLST relaxation, CIs, size strata."""
+    out: dict[str, Any] = _summary(pairs)
+    d = pairs["distance_mm"].to_numpy(float)
+    lenient: dict[str, float] = {"cpm_10mm": 100.0 * float((d <= 10.0).mean())}
+    if "inside_box" in pairs:
+        lenient["cpm_box"] = 100.0 * float(pairs["inside_box"].mean())
+    out["lenient"] = lenient
+    relaxed = _summary(pairs, min_radius_mm)
+    out["nlst"] = {"min_radius_mm": min_radius_mm, "cpm_10mm": relaxed["cpm_10mm"],
+                   "cpm_radius": relaxed["cpm_radius"]}
+    out["ci"] = bootstrap_ci(pairs, bootstrap_samples, seed) if bootstrap_samples else {}
+    out["ci"]["level"] = 0.95
+    out["ci"]["samples"] = bootstrap_samples
+    radius = pairs["target_radius_mm"].to_numpy(float)
+    by_size = {}
+    for name, (low, high, inclusive) in SIZE_STRATA.items():
+        keep = (radius >= low) & ((radius <= high) if inclusive else (radius < high))
+        summary = _summary(pairs[keep])
+        by_size[name] = {k: summary[k] for k in ("n", "cpm_10mm", "cpm_radius", "med") if k in summary}
+    out["by_size"] = by_size
+    return out
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    """Compare two methods on the same pairs: paired t-test on distances (as the paper), Wilcoxon
+    signed-rank on distances, exact McNemar on CPM@Radius hit/miss."""
+    joined = a.merge(b, on=KEY, suffixes=("_a", "_b"), how="outer", indicator=True)
+    if (joined["_merge"] != "both").any():
+        row = joined[joined["_merge"] != "both"].iloc[0]
+        raise InputError(f"paired comparison: pair {row['pair_id']} ({row['direction']}) is scored by one method only")
+    da, db = joined["distance_mm_a"].to_numpy(float), joined["distance_mm_b"].to_numpy(float)
+    t = stats.ttest_rel(da, db)
+    diff = da - db
+    wilcoxon = stats.wilcoxon(da, db) if np.any(diff != 0) else None
+    wilcoxon_w = float(wilcoxon.statistic) if wilcoxon else 0.0
+    wilcoxon_p = float(wilcoxon.pvalue) if wilcoxon else 1.0
+    ha = hits_radius(da, joined["target_radius_mm_a"].to_numpy(float))
+    hb = hits_radius(db, joined["target_radius_mm_b"].to_numpy(float))
+    only_a, only_b = int((ha & ~hb).sum()), int((~ha & hb).sum())
+    mcnemar_p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {"n": len(da), "t": float(t.statistic), "df": len(da) - 1, "p_ttest": float(t.pvalue),
+            "wilcoxon_w": wilcoxon_w, "p_wilcoxon": wilcoxon_p, "mcnemar_only_a": only_a,
+            "mcnemar_only_b": only_b, "p_mcnemar": mcnemar_p}
+
+
+# --- Deep Lesion Tracker (DLS) JSON, converted here, at the edge --------------------------------
+
+
+def load_dls_entries(path: str | Path) -> list[dict[str, Any]]:
+    """Entries of a DLS-format JSON in any published shape: an object keyed by entry id
+    (``test.json``), a list, or ``{"results": [...]}`` (``DLTMix.json``); in entry order."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "results" in data:
+        return list(data["results"])
+    if isinstance(data, dict):
+        return [data[key] for key in sorted(data)]
+    if isinstance(data, list):
+        return data
+    raise InputError(f"{path}: expected an object or a list of DLS entries, found {type(data).__name__}")
+
+
+def dls_tables(path: str | Path, field: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ground truth and predictions (``field``, e.g. ``predict target center``) of a DLS JSON.
+
+    Voxel coordinates ``[x=column, y=row, z=slice]`` become millimetres in the target sub-volume's
+    frame (voxel x spacing); distances are those of the DLT evaluator. Entries 2k-1 and 2k are one
+    pair (DLTMix's ``lesion pair id`` where present): ``forward`` for the odd entry.
+    """
+    path = Path(path)
+    truth_rows, prediction_rows = [], []
+    required = ["target center", "target spacing", "target recist diameter", "target box", field]
+    for number, entry in enumerate(load_dls_entries(path), start=1):
+        missing = [k for k in required if k not in entry]
+        if missing:
+            raise InputError(f"{path}: entry {number} lacks field(s) {missing}")
+        spacing = np.asarray(entry["target spacing"], float)
+        for name in ("target center", field):
+            value = np.asarray(entry[name], float)
+            if value.shape != (3,) or not np.isfinite(value).all():
+                raise InputError(f"{path}: entry {number} field {name!r} = {entry[name]!r}: expected 3 finite numbers")
+        pair_id = entry.get("lesion pair id")
+        pair_id = str(int(pair_id)) if pair_id is not None else str((number + 1) // 2)
+        key = {"pair_id": pair_id, "direction": "forward" if number % 2 else "backward"}
+        target = np.asarray(entry["target center"], float) * spacing
+        box = np.asarray(entry["target box"], float)
+        truth_rows.append({**key, "dls_entry": number, "target_x": target[0], "target_y": target[1],
+                           "target_z": target[2],
+                           "target_radius_mm": recist_radius_mm(entry["target recist diameter"], spacing[0]),
+                           **{f"target_box_min_{a}": v for a, v in zip("xyz", box[:3] * spacing, strict=True)},
+                           **{f"target_box_max_{a}": v for a, v in zip("xyz", (box[:3] + box[3:]) * spacing,
+                                                                          strict=True)}})
+        predicted = np.asarray(entry[field], float) * spacing
+        prediction_rows.append({**key, "pred_x": predicted[0], "pred_y": predicted[1], "pred_z": predicted[2]})
+    return pd.DataFrame(truth_rows), pd.DataFrame(prediction_rows)
+
+
+# --- files: one call for the command line and the workflow ----------------------------------------
+
+TRUTH_COLUMNS = ["pair_id", "direction", "target_x", "target_y", "target_z", "target_radius_mm"]
+PREDICTED_COLUMNS = ["pair_id", "direction", "pred_x", "pred_y", "pred_z"]
+
+
+def select_split(pairs: pd.DataFrame, split: str | None, source: str) -> pd.DataFrame:
+    """The pairs of one split (``split`` column), or all pairs where ``split`` is None."""
+    if split is None:
+        return pairs
+    if "split" not in pairs:
+        raise InputError(f"{source}: no 'split' column to select split {split!r} from")
+    selected = pairs[pairs["split"] == split]
+    if selected.empty:
+        raise InputError(f"{source}: no pairs in split {split!r} (splits: {sorted(set(pairs['split']))})")
+    return selected
+
+
+def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path | None = None,
+                   prediction_field: str = "predict target center", per_pair_out: str | Path | None = None,
+                   split: str | None = None, min_radius_mm: float = 0.0, bootstrap_samples: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Score a predictions CSV against ``pairs`` (or a DLS-format JSON on its own); write the
+    metrics JSON (and the per-pair distances). Nothing is written if any input is bad."""
+    from lesiontrack.io import atomic_path, read_table, write_table
+
+    source = Path(predictions)
+    if source.suffix == ".json":
+        truth, predicted = dls_tables(source, prediction_field)
+    else:
+        if pairs is None:
+            raise InputError(f"{source}: a predictions CSV needs the ground-truth pairs.csv (--pairs)")
+        truth = select_split(read_table(pairs, required=TRUTH_COLUMNS), split, str(pairs))
+        predicted = read_table(source, required=PREDICTED_COLUMNS)
+    scored = per_pair(truth, predicted, source=str(source))
+    result = metrics(scored, min_radius_mm, bootstrap_samples, seed)
+    result["source"] = {"predictions": str(source), "pairs": str(pairs) if pairs else None, "split": split,
+                        "field": prediction_field if source.suffix == ".json" else None,
+                        "convention": "DLT evaluator: CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm); "
+                                      "lenient: point in target box, d <= 10 mm"}
+    if per_pair_out:
+        write_table(scored, per_pair_out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    return result
+
+
+# --- Table 1 style comparison -------------------------------------------------------------------
+
+TABLE_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]
+
+
+def method_table(results: dict[str, tuple[dict[str, Any], pd.DataFrame]], reference: str) -> pd.DataFrame:
+    """Rows = methods; CPM in percent, MEDs as "mean ± std" mm, and the paired t-test p-value of each
+    method's distances against ``reference`` (as the paper) on the same pairs."""
+    if reference not in results:
+        raise InputError(f"reference method {reference!r} is not among the methods {sorted(results)}")
+    rows = []
+    for method, (result, pairs) in results.items():
+        p_value = math.nan if method == reference else paired_comparison(pairs, results[reference][1])["p_ttest"]
+        rows.append({"method": method, "n": result["n"], "CPM@10mm": round(result["cpm_10mm"], 2),
+                     "CPM@Radius": round(result["cpm_radius"], 2),
+                     **{f"MED{a}": f"{result[f'med_{a}']:.1f} ± {result[f'med_{a}_std']:.1f}" for a in "xyz"},
+                     "MED": f"{result['med']:.1f} ± {result['med_std']:.1f}", "p_vs_reference": p_value})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _p_text(p: float) -> str:
+    if not np.isfinite(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def write_tables(table: pd.DataFrame, out_prefix: str | Path, caption: str) -> list[Path]:
+    """Write ``<prefix>.csv``, ``.md`` and ``.tex`` (each atomically)."""
+    from lesiontrack.io import atomic_path, write_table
+
+    out_prefix = Path(out_prefix)
+    paths = [write_table(table, out_prefix.with_suffix(".csv"), float_format="%.6g")]
+    shown = table.assign(p_vs_reference=table["p_vs_reference"].map(_p_text))
+    header = "| " + " | ".join(shown.columns) + " |"
+    lines = [caption, "", header, "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    with atomic_path(out_prefix.with_suffix(".md")) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    paths.append(out_prefix.with_suffix(".md"))
+
+    def tex(value: Any) -> str:
+        text = str(value).replace("±", r"$\pm$").replace("%", r"\%").replace("_", r"\_")
+        return text.replace("<=", r"$\le$").replace("<", r"$<$")
+
+    body = [r"\begin{table}", r"\centering", rf"\caption{{{tex(caption)}}}",
+            r"\begin{tabular}{l" + "r" * (len(shown.columns) - 1) + "}", r"\hline",
+            " & ".join(tex(c) for c in shown.columns) + r" \\", r"\hline"]
+    body += [" & ".join(tex(v) for v in row) + r" \\" for row in shown.itertuples(index=False)]
+    body += [r"\hline", r"\end{tabular}", r"\end{table}"]
+    with atomic_path(out_prefix.with_suffix(".tex")) as tmp:
+        tmp.write_text("\n".join(body) + "\n")
+    paths.append(out_prefix.with_suffix(".tex"))
+    return paths
+
+
+def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]], reference: str,
+                out_dir: str | Path) -> pd.DataFrame:
+    """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``."""
+    from lesiontrack.io import read_table
+
+    results = {name: (json.loads(Path(metrics_path).read_text()), read_table(per_pair_path))
+               for name, metrics_path, per_pair_path in methods}
+    table = method_table(results, reference)
+    caption = (f"{dataset}: tracking accuracy (DLT evaluator convention: CPM@Radius d < r, CPM@10mm "
+               f"d <= min(r, 10 mm); MED in mm, mean ± std; p: paired t-test on distances against {reference})")
+    write_tables(table, Path(out_dir) / dataset, caption)
+    return table

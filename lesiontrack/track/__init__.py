@@ -1,0 +1,1 @@
+"""Tracking: every method maps a source point to a predicted target point through one interface."""

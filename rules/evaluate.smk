@@ -1,0 +1,63 @@
+rule track_baseline:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+    output:
+        predictions="results/{dataset}/predictions/{method}.csv",
+    log:
+        "results/logs/track/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/track/{dataset}-{method}.tsv"
+    wildcard_constraints:
+        method="identity",
+    conda:
+        "../envs/evaluate.yaml"
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        code=code("lesiontrack.track.baselines"),
+    script:
+        "../workflow_scripts/track_baseline.py"
+
+
+rule evaluate:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        predictions="results/{dataset}/predictions/{method}.csv",
+    output:
+        metrics="results/{dataset}/metrics/{method}.json",
+        per_pair="results/{dataset}/metrics/{method}-pairs.csv",
+    log:
+        "results/logs/evaluate/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}-{method}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        min_radius_mm=lookup(dpath="evaluate/min_radius_mm", within=config),
+        bootstrap_samples=lookup(dpath="evaluate/bootstrap_samples", within=config),
+        seed=lookup(dpath="evaluate/seed", within=config),
+        code=code("lesiontrack.evaluate"),
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule table:
+    input:
+        metrics=method_files("results/{dataset}/metrics/{method}.json"),
+        per_pair=method_files("results/{dataset}/metrics/{method}-pairs.csv"),
+    output:
+        csv="results/tables/{dataset}.csv",
+        md="results/tables/{dataset}.md",
+        tex="results/tables/{dataset}.tex",
+    log:
+        "results/logs/table/{dataset}.log",
+    benchmark:
+        "results/benchmarks/table/{dataset}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    params:
+        methods=lookup(dpath="track/methods", within=config),
+        reference=lookup(dpath="evaluate/reference_method", within=config),
+        code=code("lesiontrack.evaluate"),
+    script:
+        "../workflow_scripts/table.py"

@@ -1,0 +1,128 @@
+"""Metrics reproduce the published DLS figures; boundary cases; paired tests by hand; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesiontrack import evaluate as ev
+from lesiontrack.cli import main as cli
+from lesiontrack.io import InputError
+
+
+def _scores(test_data, name, field):
+    truth, predictions = ev.dls_tables(test_data / "dls" / name, field)
+    scored = ev.per_pair(truth, predictions)
+    return scored, ev.metrics(scored, bootstrap_samples=2000, seed=0)
+
+
+@pytest.mark.parametrize(("name", "field", "expected", "lenient"), [
+    ("DLTMix.json", "predict target center", (78.85, 86.88, 6.98), (95.31, 86.67)),
+    ("DLTMix.json", "initial center", (48.33, 65.21, 11.23), (81.88, 58.02)),
+    ("test.json", "predict target center", (48.33, 65.10, 11.23), None),  # DLT's rounded affine start
+])
+def test_published_dls_figures(test_data, name, field, expected, lenient):
+    _, result = _scores(test_data, name, field)
+    assert result["n"] == 960
+    assert (round(result["cpm_10mm"], 2), round(result["cpm_radius"], 2), round(result["med"], 2)) == expected
+    if lenient:
+        assert (round(result["lenient"]["cpm_box"], 2), round(result["lenient"]["cpm_10mm"], 2)) == lenient
+
+
+def test_bootstrap_reproducible_and_contains_estimate(test_data):
+    scored, first = _scores(test_data, "DLTMix.json", "predict target center")
+    second = ev.metrics(scored, bootstrap_samples=2000, seed=0)
+    low, high = first["ci"]["cpm_radius"]
+    assert [round(low, 2), round(high, 2)] == [round(v, 2) for v in second["ci"]["cpm_radius"]]
+    assert low < 86.88 < high
+    assert scored["pair_id"].nunique() == 480  # both directions resampled together
+
+
+def test_boundaries():
+    assert not ev.hits_radius(np.array([5.0]), np.array([5.0]))[0]  # d == r misses CPM@Radius
+    assert ev.hits_10mm(np.array([5.0]), np.array([5.0]))[0]  # d == min(r, 10) hits CPM@10mm
+    assert ev.hits_10mm(np.array([10.0]), np.array([12.0]))[0]
+    assert not ev.hits_10mm(np.array([10.01]), np.array([12.0]))[0]
+    assert ev.recist_radius_mm([20.0, 12.0], 0.8) == pytest.approx(8.0)
+
+
+def _pairs(distances, radius=5.0):
+    n = len(distances)
+    truth = pd.DataFrame({"pair_id": [str(i // 2) for i in range(n)], "direction": ["forward", "backward"] * (n // 2),
+                          "target_x": 0.0, "target_y": 0.0, "target_z": 0.0, "target_radius_mm": radius})
+    predictions = truth[["pair_id", "direction"]].assign(pred_x=distances, pred_y=0.0, pred_z=0.0)
+    return truth, predictions
+
+
+def test_paired_tests_by_hand():
+    a = np.array([1.0, 4.0, 6.0, 2.0, 9.0, 3.0])
+    b = np.array([2.0, 7.0, 5.0, 6.0, 12.0, 4.0])
+    scored_a = ev.per_pair(*_pairs(a))
+    scored_b = ev.per_pair(*_pairs(b))
+    result = ev.paired_comparison(scored_a, scored_b)
+    # by hand: differences -1, -3, 1, -4, -3, -1; mean -11/6; sample sd sqrt(16.8333 / 5) = 1.834848
+    t = (-11 / 6) / (math.sqrt((16 + 5 / 6) / 5) / math.sqrt(6))
+    assert t == pytest.approx(-2.447468, abs=1e-6)
+    assert result["t"] == pytest.approx(t)
+    assert result["df"] == 5
+    assert result["p_ttest"] == pytest.approx(0.058117, abs=1e-6)  # two-sided, Student t with 5 df
+    # Wilcoxon: |d| ranks 2, 4.5, 2, 6, 4.5, 2; the one positive difference has rank 2 -> W+ = 2
+    assert result["wilcoxon_w"] == 2.0
+    # CPM@Radius hits at r = 5 (d < 5): a hits 1, 4, 2, 3; b hits 2, 4 -> a only: 4 (b 7) and 2 (b 6)
+    assert result["mcnemar_only_a"] == 2
+    assert result["mcnemar_only_b"] == 0
+    assert result["p_mcnemar"] == pytest.approx(0.5)  # exact binomial: 2 * 0.5**2
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda t, p: (t, p.iloc[1:]), r"no prediction for pair 0 \(forward\); 1 pair\(s\) missing"),
+    (lambda t, p: (t, pd.concat([p, p.iloc[:1].assign(pair_id="99")])), r"unknown pair 99 \(forward\)"),
+    (lambda t, p: (t, p.assign(pred_y=[0.0, float("nan"), 0.0, 0.0])), r"pair 0 \(backward\) has a non-finite"),
+])
+def test_bad_predictions_named(mutate, message):
+    truth, predictions = mutate(*_pairs(np.array([1.0, 2.0, 3.0, 4.0])))
+    with pytest.raises(InputError, match=message):
+        ev.per_pair(truth, predictions)
+
+
+def test_cli_on_dls_json_and_bad_entry(test_data, tmp_path):
+    out = tmp_path / "metrics.json"
+    assert cli(["evaluate", "--predictions", str(test_data / "dls" / "DLTMix.json"), "--out", str(out),
+                "--bootstrap-samples", "200"]) == 0
+    result = json.loads(out.read_text())
+    for key in ("n", "cpm_10mm", "cpm_radius", "med", "med_std", "med_x", "med_y", "med_z"):
+        assert key in result
+    assert {"cpm_box", "cpm_10mm"} <= set(result["lenient"]) and "r_5_to_10" in result["by_size"]
+    entries = json.loads((test_data / "dls" / "DLTMix.json").read_text())["results"][:4]
+    entries[2]["predict target center"] = [1.0, 2.0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(entries))
+    bad_out = tmp_path / "bad_metrics.json"
+    assert cli(["evaluate", "--predictions", str(bad), "--out", str(bad_out)]) == 2
+    assert not bad_out.exists()
+    with pytest.raises(InputError, match=r"entry 3 field 'predict target center' = \[1.0, 2.0\]"):
+        ev.dls_tables(bad, "predict target center")
+
+
+def test_table_rows_and_p_values(tmp_path):
+    truth, a_pred = _pairs(np.array([1.0, 4.0, 6.0, 2.0, 9.0, 3.0]))
+    _, b_pred = _pairs(np.array([2.0, 7.0, 5.0, 6.0, 12.0, 4.0]))
+    scored = {"ours": ev.per_pair(truth, a_pred), "baseline": ev.per_pair(truth, b_pred)}
+    results = {name: (ev.metrics(pairs, bootstrap_samples=100), pairs) for name, pairs in scored.items()}
+    table = ev.method_table(results, reference="ours")
+    assert list(table.columns) == ev.TABLE_COLUMNS
+    ours, baseline = table.set_index("method").loc["ours"], table.set_index("method").loc["baseline"]
+    assert math.isnan(ours["p_vs_reference"])
+    assert baseline["p_vs_reference"] == pytest.approx(0.058117, abs=1e-6)
+    assert ours["CPM@Radius"] == pytest.approx(100 * 4 / 6, abs=0.01)
+    assert ours["MED"] == f"{np.mean([1, 4, 6, 2, 9, 3]):.1f} ± {np.std([1, 4, 6, 2, 9, 3]):.1f}"
+    paths = ev.write_tables(table, tmp_path / "demo", caption="demo")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert "| baseline |" in (tmp_path / "demo.md").read_text()
+    assert r"$\pm$" in (tmp_path / "demo.tex").read_text()
+    with pytest.raises(InputError, match="reference method 'dlt'"):
+        ev.method_table(results, reference="dlt")
