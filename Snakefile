@@ -16,13 +16,14 @@ validate(config, source="config (config.yaml + --configfile overlays)")
 
 wildcard_constraints:
     shard=r"\d{3}",
-    dataset="synthetic",
+    dataset="synthetic|dls",
 
 
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/evaluate.smk"
+include: "rules/dls.smk"
 include: "rules/figures.smk"
 
 

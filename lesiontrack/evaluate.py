@@ -20,6 +20,8 @@ from scipy import stats
 from lesiontrack.io import InputError
 
 KEY = ["pair_id", "direction"]
+# Published rows of the DLS table: name -> field of DLTMix.json holding that method's prediction.
+PUBLISHED_DLS = {"DLT": "predict target center", "Affine (DLT init)": "initial center"}
 SIZE_STRATA = {"r_lt_5": (0.0, 5.0, False), "r_5_to_10": (5.0, 10.0, True), "r_gt_10": (10.0, math.inf, False)}
 
 
@@ -283,14 +285,20 @@ def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path |
 TABLE_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]
 
 
-def method_table(results: dict[str, tuple[dict[str, Any], pd.DataFrame]], reference: str) -> pd.DataFrame:
+def method_slug(name: str) -> str:
+    """File-name form of a method name: ``Affine (DLT init)`` -> ``affine-dlt-init``."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def method_table(results: dict[str, tuple[dict[str, Any], pd.DataFrame]], reference: str | None) -> pd.DataFrame:
     """Rows = methods; CPM in percent, MEDs as "mean ± std" mm, and the paired t-test p-value of each
-    method's distances against ``reference`` (as the paper) on the same pairs."""
-    if reference not in results:
+    method's distances against ``reference`` (as the paper) on the same pairs (none if ``None``)."""
+    if reference is not None and reference not in results:
         raise InputError(f"reference method {reference!r} is not among the methods {sorted(results)}")
     rows = []
     for method, (result, pairs) in results.items():
-        p_value = math.nan if method == reference else paired_comparison(pairs, results[reference][1])["p_ttest"]
+        p_value = (math.nan if reference is None or method == reference
+                   else paired_comparison(pairs, results[reference][1])["p_ttest"])
         rows.append({"method": method, "n": result["n"], "CPM@10mm": round(result["cpm_10mm"], 2),
                      "CPM@Radius": round(result["cpm_radius"], 2),
                      **{f"MED{a}": f"{result[f'med_{a}']:.1f} ± {result[f'med_{a}_std']:.1f}" for a in "xyz"},
@@ -335,13 +343,19 @@ def write_tables(table: pd.DataFrame, out_prefix: str | Path, caption: str) -> l
 
 def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]], reference: str,
                 out_dir: str | Path) -> pd.DataFrame:
-    """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``."""
+    """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``.
+
+    Rows keep the order of ``methods``; p-values are against ``reference`` where it is among them.
+    """
     from lesiontrack.io import read_table
 
     results = {name: (json.loads(Path(metrics_path).read_text()), read_table(per_pair_path))
                for name, metrics_path, per_pair_path in methods}
-    table = method_table(results, reference)
+    present = reference if reference in results else None
+    table = method_table(results, present)
+    against = (f"p: paired t-test on distances against {reference}" if present
+               else f"no p-values: {reference} has not been run on {dataset}")
     caption = (f"{dataset}: tracking accuracy (DLT evaluator convention: CPM@Radius d < r, CPM@10mm "
-               f"d <= min(r, 10 mm); MED in mm, mean ± std; p: paired t-test on distances against {reference})")
+               f"d <= min(r, 10 mm); MED in mm, mean ± std; {against})")
     write_tables(table, Path(out_dir) / dataset, caption)
     return table

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from lesiontrack.data import synthetic as synthetic_data
+from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
 from lesiontrack.provenance import fingerprint
 
 SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
@@ -47,15 +48,35 @@ def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 
 
+PUBLISHED_ROWS = {"dls": PUBLISHED_DLS}
+PUBLISHED_FIELDS = {method_slug(name): field for name, field in PUBLISHED_DLS.items()}
+
+
+def table_rows(dataset):
+    """(name, file slug) of each row of the dataset's table: our methods, then published rows.
+
+    Our methods run where the dataset's images exist: so far the synthetic dataset."""
+    own = config["track"]["methods"] if dataset == "synthetic" else []
+    published = list(PUBLISHED_ROWS.get(dataset, {}))
+    return [(name, method_slug(name)) for name in own + published]
+
+
 def method_files(pattern):
-    """One file per tracking method of the dataset (``pattern`` has {dataset} and {method})."""
+    """One file per table row of the dataset (``pattern`` has {dataset} and {method})."""
 
     def files(wildcards):
-        return expand(
-            pattern, dataset=wildcards.dataset, method=config["track"]["methods"]
-        )
+        slugs = [slug for _, slug in table_rows(wildcards.dataset)]
+        return expand(pattern, dataset=wildcards.dataset, method=slugs)
 
     return files
+
+
+def table_row_names(wildcards):
+    return [name for name, _ in table_rows(wildcards.dataset)]
+
+
+def published_field(wildcards):
+    return PUBLISHED_FIELDS[wildcards.published]
 
 
 def all_outputs():
@@ -66,12 +87,12 @@ def all_outputs():
             "results/synthetic/lesions.csv",
             "results/synthetic/images.csv",
             "results/figures/synthetic_preview.png",
+            "results/tables/synthetic.csv",
         ]
-    for dataset in enabled_datasets():
-        outputs.append(f"results/tables/{dataset}.csv")
         outputs += expand(
-            "results/{dataset}/shards/resampled-{shard}.csv",
-            dataset=dataset,
-            shard=shard_names(dataset),
+            "results/synthetic/shards/resampled-{shard}.csv",
+            shard=shard_names("synthetic"),
         )
+    if "dls" in enabled_datasets():
+        outputs.append("results/tables/dls.csv")
     return outputs

@@ -56,7 +56,7 @@ rule table:
     conda:
         "../envs/evaluate.yaml"
     params:
-        methods=lookup(dpath="track/methods", within=config),
+        methods=table_row_names,
         reference=lookup(dpath="evaluate/reference_method", within=config),
         code=code("lesiontrack.evaluate"),
     script:

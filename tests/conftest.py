@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,58 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "schemas", "configs",
                   "envs", "profiles", "pyproject.toml")
+
+
+class LocalHTTPServer:
+    """A thread on 127.0.0.1 serving ``files`` (URL path -> bytes) with HTTP Range support.
+
+    ``drop_after`` cuts the first response after that many bytes; ``failures`` answers 503 first.
+    """
+
+    def __init__(self, files: dict[str, bytes], drop_after: int | None = None, failures: int = 0):
+        self.files, self.drop_after, self.failures = files, drop_after, failures
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.headers.get("Range"))
+                if server.failures > 0:
+                    server.failures -= 1
+                    self.send_error(503, "try again")
+                    return
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404, "no such file")
+                    return
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if server.drop_after is not None:
+                    body, server.drop_after = body[: server.drop_after], None  # cut this one response
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -121,3 +121,22 @@ def test_default_run_ends_with_identity_table(smoke_run):
     predictions = read_table(results / "synthetic" / "predictions" / "identity.csv")
     assert list(predictions.columns) == ["pair_id", "lesion_id", "direction", "source_image", "target_image",
                                          "pred_x", "pred_y", "pred_z", "confidence", "found", "seconds"]
+
+
+def test_dls_table_reproduces_published_rows(test_data, tmp_path):
+    """With DLS enabled, the workflow downloads DLTMix.json (here from a local server) and its table
+    repeats the paper's Table 1 rows "Affine" and "DLT" to the printed digit."""
+    from conftest import LocalHTTPServer, copy_workflow
+
+    workdir = copy_workflow(tmp_path / "repo")
+    overlay = tmp_path / "dls.yaml"
+    with LocalHTTPServer({"/DLTMix.json": (test_data / "dls" / "DLTMix.json").read_bytes()}) as server:
+        overlay.write_text("datasets:\n  synthetic: {enabled: false}\n  dls: {enabled: true}\n"
+                           f"dls:\n  dlt_predictions_url: {server.url}/DLTMix.json\n")
+        run_workflow(workdir, [overlay])
+    table = read_table(workdir / "results" / "tables" / "dls.csv").set_index("method")
+    columns = ["CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED"]
+    assert table.loc["DLT", columns].tolist() == [78.85, 86.88, "3.5 ± 5.6", "2.9 ± 4.9", "4.0 ± 6.1", "7.0 ± 8.9"]
+    assert table.loc["Affine (DLT init)", columns].tolist() == [
+        48.33, 65.21, "4.1 ± 5.0", "5.4 ± 5.6", "7.1 ± 8.3", "11.2 ± 9.9"]
+    assert (table["n"] == 960).all()
