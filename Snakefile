@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
+include: "rules/pretrain.smk"
 include: "rules/evaluate.smk"
 include: "rules/dls.smk"
 include: "rules/figures.smk"

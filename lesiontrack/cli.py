@@ -75,6 +75,15 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain
+
+    cfg = _config(args.config)
+    log = pretrain(args.volumes, args.validation, args.out_dir, TrainConfig.from_dict(cfg["train"]),
+                   ModelConfig.from_dict(cfg["model"]), tuple(cfg["preprocess"]["window_hu"]))
+    print(log.tail(1).to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
@@ -108,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
                    help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
+    p = sub.add_parser("pretrain", help="self-supervised pretraining of the embedding network",
+                       description="Train the multi-scale embedding network on NIfTI volumes resampled to one "
+                                   "isotropic spacing (model and train settings from the config); resumes from "
+                                   "OUT_DIR/checkpoint_latest.pt.")
+    p.add_argument("--volumes", nargs="+", required=True, help="training volumes (NIfTI)")
+    p.add_argument("--validation", nargs="+", required=True, help="held-out volumes for early stopping")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.set_defaults(func=cmd_pretrain)
+
     p = sub.add_parser("evaluate", help="score predictions against ground-truth pairs",
                        description="CPM@10mm, CPM@Radius, MED (DLT evaluator), lenient convention, NLST "
                                    "relaxation, bootstrap intervals and size strata, as a metrics JSON.")

@@ -44,6 +44,11 @@ def resampled_dir(wildcards):
     return f"results/{wildcards.dataset}/resampled"
 
 
+def gpu_count(wildcards):
+    """GPUs a training job holds: 1 with train.device = cuda (keeps GPU jobs from overlapping)."""
+    return 1 if config["train"]["device"] == "cuda" else 0
+
+
 def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 
@@ -88,6 +93,7 @@ def all_outputs():
             "results/synthetic/images.csv",
             "results/figures/synthetic_preview.png",
             "results/tables/synthetic.csv",
+            f"results/models/{config['model']['name']}/checkpoint_best.pt",
         ]
         outputs += expand(
             "results/synthetic/shards/resampled-{shard}.csv",

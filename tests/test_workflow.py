@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_spacing_change_reruns_resample_not_synth(smoke_run, tmp_path):
     workdir = _copy_run(smoke_run, tmp_path / "repo")
     before = _snapshot(workdir)
     overlay = tmp_path / "spacing.yaml"
-    overlay.write_text("preprocess:\n  spacing_mm: 5.0\n")
+    overlay.write_text("preprocess:\n  spacing_mm: 3.5\n")
     updated = run_workflow(workdir, [workdir / "configs" / "smoke.yaml", overlay])
     after = _snapshot(workdir)
     changed = {name for name in before if after[name] != before[name]}
@@ -64,7 +65,8 @@ def test_spacing_change_reruns_resample_not_synth(smoke_run, tmp_path):
         n for n in before if n.startswith("synthetic/resampled/")}
     assert not {n for n in changed if n.startswith(("synthetic/images/", "synthetic/labels/", "synthetic/truth/"))}
     resampled = read_table(workdir / "results" / "synthetic" / "shards" / "resampled-000.csv")
-    assert (resampled["spacing_mm"] == 5.0).all()
+    assert (resampled["spacing_mm"] == 3.5).all()
+    assert "results/models/default/checkpoint_best.pt" in updated  # a dependant of resample
 
 
 def test_editing_resample_module_reruns_resample_only(smoke_run, tmp_path):
@@ -140,3 +142,40 @@ def test_dls_table_reproduces_published_rows(test_data, tmp_path):
     assert table.loc["Affine (DLT init)", columns].tolist() == [
         48.33, 65.21, "4.1 ± 5.0", "5.4 ± 5.6", "7.1 ± 8.3", "11.2 ± 9.9"]
     assert (table["n"] == 960).all()
+
+
+def test_paper_model_config_plans_paper_training(tmp_path):
+    """`snakemake -n --configfile configs/paper-model.yaml` plans pretrain with the paper's settings."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    cwd = Path.cwd()
+    try:
+        with SnakemakeApi(OutputSettings(verbose=False)) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[REPO / "configs" / "paper-model.yaml"]),
+                snakefile=REPO / "Snakefile", workdir=tmp_path)
+            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
+            jobs = [job for job in workflow._workflow.dag.jobs if job.rule.name == "pretrain"]
+            assert len(jobs) == 1
+            params, resources = jobs[0].params, jobs[0].resources
+            assert params.model["width"] == 64 and params.model["embedding_dim"] == 128
+            assert params.train["batch_size"] == 8 and list(params.train["patch_size"]) == [32, 96, 96]
+            assert params.train["max_epochs"] == 64 and params.train["patience"] == 5
+            assert params.train["temperature"] == 0.5 and params.train["lr"] == 0.0001
+            assert resources["gpu"] == 1
+            assert str(jobs[0].output.best) == "results/models/paper/checkpoint_best.pt"
+    finally:
+        os.chdir(cwd)
+
+
+def test_smoke_pretraining_outputs(smoke_run):
+    model_dir = smoke_run / "results" / "models" / "default"
+    log = pd.read_csv(model_dir / "training_log.tsv", sep="\t")
+    assert list(log["epoch"]) == [0, 1]
+    assert {f"validation_loss_s{k}" for k in range(1, 6)} <= set(log.columns)
+    for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "progress.png"):
+        assert (model_dir / name).stat().st_size > 0
+    benchmark = pd.read_csv(smoke_run / "results" / "benchmarks" / "pretrain" / "default.tsv", sep="\t")
+    assert benchmark["s"].iloc[0] < 120  # the smoke config trains in under 2 minutes

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: paired patches, negative sampling, multi-scale InfoNCE, the loop."""

@@ -1,0 +1,243 @@
+"""The pretraining loop: AdamW, early stopping on a held-out loss, checkpoints and exact resume.
+
+Leaves ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (model, optimizer, epoch, config and
+random states), ``training_log.tsv`` (one row per epoch: losses per scale, lr, seconds) and
+``progress.png`` in the output folder, as nnU-Net does. Seeded and deterministic on the CPU;
+mixed precision (bfloat16 autocast) on CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+
+from lesiontrack.io import atomic_path, read_image, write_table
+from lesiontrack.model import build_model
+from lesiontrack.train.loss import choose_negatives, multiscale_loss
+from lesiontrack.train.patches import PatchConfig, sample_pair
+
+N_SCALES = 5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` config section (defaults and ranges live in the config schema)."""
+
+    device: str = "cpu"
+    batch_size: int = 8
+    max_epochs: int = 64
+    patience: int = 5
+    lr: float = 1e-4
+    temperature: float = 0.5
+    patch_size: tuple[int, int, int] = (32, 96, 96)
+    n_pos: int = 100
+    n_hard_neg: int = 100
+    n_diverse_neg: int = 200
+    neg_exclusion_mm: float = 8.0
+    n_candidates: int = 2000
+    steps_per_epoch: int = 20
+    validation_pairs: int = 8
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA (no effect on the CPU)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int = 64
+    embedding_dim: int = 128
+    n_scales: int = 5
+    init_resnet18: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, float]:
+    """A resampled volume as int16 HU [z, y, x] and its (isotropic) spacing in mm."""
+    image = read_image(path)
+    return sitk.GetArrayFromImage(image).astype(np.int16), float(image.GetSpacing()[0])
+
+
+class _Volumes:
+    def __init__(self, paths: list[str | Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.arrays, self.body, spacings = [], [], set()
+        for path in self.paths:
+            array, spacing = load_volume(path)
+            spacings.add(round(spacing, 4))
+            body = np.stack(np.nonzero(array[::2, ::4, ::4] > -500), axis=1) * np.array([2, 4, 4])
+            self.arrays.append(array)
+            self.body.append(body)
+        if len(spacings) > 1:
+            raise ValueError(f"training volumes have different spacings {sorted(spacings)}: resample them first")
+        self.spacing_mm = spacings.pop()
+
+
+def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -> tuple[torch.Tensor, list[float]]:
+    views = torch.stack([p.view1.image for p in pairs] + [p.view2.image for p in pairs]).to(device)
+    use_amp = cfg.amp and device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    with autocast:
+        outputs = model.decode(views)
+    outputs = [o.float().cpu() for o in outputs]
+    head = model.module.project if hasattr(model, "module") else model.project
+    total, per_scale = torch.zeros(()), torch.zeros(N_SCALES)
+    for b, pair in enumerate(pairs):
+        e1 = [o[b] for o in outputs]
+        e2 = [o[len(pairs) + b] for o in outputs]
+        candidates, negatives = choose_negatives(
+            e1, e2, head, pair.positives1, pair.positives2, pair.view2.valid, cfg.patch_size, spacing_mm,
+            cfg.neg_exclusion_mm, cfg.n_hard_neg, cfg.n_diverse_neg, cfg.n_candidates, rng)
+        loss, scales = multiscale_loss(e1, e2, head, pair.positives1, pair.positives2, candidates, negatives,
+                                       cfg.patch_size, cfg.temperature)
+        total = total + loss / len(pairs)
+        per_scale = per_scale + torch.stack(scales).detach() / len(pairs)
+    return total, per_scale.tolist()
+
+
+def _sample_pairs(volumes: _Volumes, count: int, cfg: TrainConfig, patches: PatchConfig, rng) -> list:
+    pairs = []
+    for _ in range(count):
+        k = int(rng.integers(len(volumes.arrays)))
+        pairs.append(sample_pair(volumes.arrays[k], volumes.body[k], patches, cfg.n_pos, rng))
+    return pairs
+
+
+def select_volumes(images_csv: str | Path, resampled_tables: list[str | Path], split: str = "train",
+                   validation_subjects: int = 1) -> tuple[list[str], list[str]]:
+    """Resampled volumes of the ``split`` subjects: (training, validation = the last subjects)."""
+    from lesiontrack.io import InputError, read_table
+
+    images = read_table(images_csv, required=["image_id", "subject_id", "split"])
+    resampled = pd.concat([read_table(t, required=["image_id", "path"]) for t in resampled_tables])
+    table = images[images["split"] == split].merge(resampled[["image_id", "path"]], on="image_id",
+                                                    suffixes=("_native", ""))
+    subjects = sorted(table["subject_id"].unique())
+    if len(subjects) <= validation_subjects:
+        raise InputError(f"{images_csv}: {len(subjects)} {split} subject(s); pretraining needs more than "
+                         f"train.validation_subjects = {validation_subjects}")
+    held_out = set(subjects[-validation_subjects:])
+    validation = table["subject_id"].isin(held_out)
+    return table.loc[~validation, "path"].tolist(), table.loc[validation, "path"].tolist()
+
+
+def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
+             train: TrainConfig, model_cfg: ModelConfig, window_hu: tuple[float, float] = (-1000.0, 400.0),
+             progress: bool = True) -> pd.DataFrame:
+    """Train (or resume from ``checkpoint_latest.pt``) until ``max_epochs`` or early stopping."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(train.device if train.device != "cuda" or torch.cuda.is_available() else "cpu")
+    torch.manual_seed(train.seed)
+    rng = np.random.default_rng(train.seed)
+    patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
+    volumes = _Volumes(train_paths)
+    held_out = _Volumes(validation_paths)
+    model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    config = {"train": asdict(train), "model": asdict(model_cfg), "window_hu": list(window_hu),
+              "spacing_mm": volumes.spacing_mm}
+    log_rows: list[dict[str, Any]] = []
+    start_epoch, best, bad_epochs = 0, float("inf"), 0
+    latest = out_dir / "checkpoint_latest.pt"
+    if latest.exists():
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best_validation"], state["bad_epochs"]
+        log_rows = state["log"]
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = state["numpy_rng"]
+    for epoch in range(start_epoch, train.max_epochs):
+        if bad_epochs >= train.patience:
+            break
+        began = time.perf_counter()
+        model.train()
+        sums, count = np.zeros(N_SCALES + 1), 0
+        for _ in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress):
+            pairs = _sample_pairs(volumes, train.batch_size, train, patches, rng)
+            loss, per_scale = _pair_loss(model, pairs, train, volumes.spacing_mm, rng, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += np.array([loss.item(), *per_scale])
+            count += 1
+        validation = _validation_loss(model, held_out, train, patches, device)
+        row = {"epoch": epoch, "train_loss": sums[0] / count,
+               **{f"train_loss_s{k + 1}": sums[k + 1] / count for k in range(N_SCALES)},
+               "validation_loss": validation[0],
+               **{f"validation_loss_s{k + 1}": validation[k + 1] for k in range(N_SCALES)},
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+        log_rows.append(row)
+        improved = validation[0] < best
+        best, bad_epochs = (validation[0], 0) if improved else (best, bad_epochs + 1)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "config": config,
+                 "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows,
+                 "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state}
+        if improved:
+            _save(state, out_dir / "checkpoint_best.pt")
+        _save(state, latest)
+        write_table(pd.DataFrame(log_rows), out_dir / "training_log.tsv", float_format="%.6f")
+    log = pd.DataFrame(log_rows)
+    plot_progress(log, out_dir / "progress.png")
+    return log
+
+
+def _validation_loss(model, held_out: _Volumes, train: TrainConfig, patches: PatchConfig, device) -> list[float]:
+    """Loss on fixed held-out patch pairs (same pairs, candidates and random negatives every epoch)."""
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(train.seed + 1)
+    rng = np.random.default_rng(train.seed + 1)
+    model.eval()
+    with torch.no_grad():
+        pairs = _sample_pairs(held_out, train.validation_pairs, train, patches, rng)
+        loss, per_scale = _pair_loss(model, pairs, train, held_out.spacing_mm, rng, device)
+    torch.set_rng_state(torch_state)
+    return [loss.item(), *per_scale]
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def plot_progress(log: pd.DataFrame, out_png: str | Path) -> None:
+    """Training and validation loss per epoch, total and per scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lesiontrack.figures import PALETTE
+
+    fig, (ax_total, ax_scales) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    if not log.empty:
+        ax_total.plot(log["epoch"], log["train_loss"], "-o", color=PALETTE["truth"], label="training")
+        ax_total.plot(log["epoch"], log["validation_loss"], "-s", color=PALETTE["prediction"], label="validation")
+        for k, colour in enumerate(PALETTE.values()):
+            ax_scales.plot(log["epoch"], log[f"validation_loss_s{k + 1}"], "-", color=colour, label=f"scale {k + 1}")
+    ax_total.set(xlabel="epoch", ylabel="InfoNCE loss (mean over scales)", title="loss")
+    ax_scales.set(xlabel="epoch", ylabel="validation loss", title="validation loss per scale (1 = finest)")
+    ax_total.legend(frameon=False)
+    ax_scales.legend(frameon=False, fontsize=8)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

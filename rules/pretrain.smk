@@ -1,0 +1,28 @@
+rule pretrain:
+    input:
+        images="results/synthetic/images.csv",
+        resampled=expand(
+            "results/synthetic/shards/resampled-{shard}.csv",
+            shard=shard_names("synthetic"),
+        ),
+    output:
+        best="results/models/{model}/checkpoint_best.pt",
+        latest="results/models/{model}/checkpoint_latest.pt",
+        log="results/models/{model}/training_log.tsv",
+        progress="results/models/{model}/progress.png",
+    log:
+        "results/logs/pretrain/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{model}.tsv"
+    conda:
+        "../envs/pretrain.yaml"
+    threads: lookup(dpath="train/threads", within=config)
+    resources:
+        gpu=gpu_count,
+    params:
+        train=lookup(dpath="train", within=config),
+        model=lookup(dpath="model", within=config),
+        window_hu=lookup(dpath="preprocess/window_hu", within=config),
+        code=code("lesiontrack.train.loop"),
+    script:
+        "../workflow_scripts/pretrain.py"
