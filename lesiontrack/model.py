@@ -87,9 +87,14 @@ class MultiScaleEmbedding(nn.Module):
         level5 = self.layer4(level4)
         return [level1, level2, level3, level4, level5]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Dense embedding maps, one per level (finest first), L2-normalised along channels."""
-        return [F.normalize(head(d), dim=1) for head, d in zip(self.heads, self.decode(x), strict=True)]
+    def forward(self, x: torch.Tensor, dense: bool = True) -> list[torch.Tensor]:
+        """Dense embedding maps, one per level (finest first), L2-normalised along channels; with
+        ``dense=False`` the decoder features instead (see :meth:`project`), so that training goes
+        through ``forward`` (as DistributedDataParallel requires) without projecting whole maps."""
+        decoded = self.decode(x)
+        if not dense:
+            return decoded
+        return [F.normalize(head(d), dim=1) for head, d in zip(self.heads, decoded, strict=True)]
 
     def project(self, level: int, features: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, embedding_dim) of decoder features (N, C) sampled at points of ``level``.

@@ -100,3 +100,83 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
         assert (tmp_path / "c" / name).exists()
     state = torch.load(tmp_path / "c" / "checkpoint_latest.pt", weights_only=False)
     assert state["epoch"] == 1 and {"model", "optimizer", "config"} <= set(state)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, pairs_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lesiontrack.model import MultiScaleEmbedding
+    from lesiontrack.train.loop import _pair_loss
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = MultiScaleEmbedding(width=4, embedding_dim=8)
+    model.eval()  # normalisation layers in eval mode (GroupNorm has no running statistics anyway)
+    network = DistributedDataParallel(model)
+    pairs = torch.load(pairs_file, weights_only=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss, _ = _pair_loss(network, [pairs[rank]], DDP_CFG, 4.0, np.random.default_rng(rank), torch.device("cpu"))
+    loss.backward()
+    gradients = [p.grad.clone() for p in model.parameters()]
+    optimizer.step()
+    torch.save({"gradients": gradients, "parameters": [p.detach().clone() for p in model.parameters()]},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+DDP_CFG = TrainConfig(batch_size=2, patch_size=(16, 32, 32), n_pos=20, n_hard_neg=10, n_diverse_neg=10,
+                      n_candidates=100)
+
+
+def test_ddp_gradient_equals_single_process_on_combined_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    from lesiontrack.model import MultiScaleEmbedding
+    from lesiontrack.train.loop import _pair_loss
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    from scipy import ndimage
+
+    volume = (ndimage.gaussian_filter(rng.normal(0, 1, (40, 70, 70)), 3) * 2000).clip(-1000, 1000).astype(np.int16)
+    body = np.stack(np.nonzero(volume > -500), axis=1)[::50]
+    patches = PatchConfig(patch_size=DDP_CFG.patch_size)
+    pairs = [sample_pair(volume, body, patches, DDP_CFG.n_pos, rng) for _ in range(2)]
+    torch.save(pairs, tmp_path / "pairs.pt")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "pairs.pt"), str(tmp_path)), nprocs=2)
+
+    torch.manual_seed(0)
+    model = MultiScaleEmbedding(width=4, embedding_dim=8)
+    model.eval()
+    losses = [_pair_loss(model, [pair], DDP_CFG, 4.0, np.random.default_rng(k), torch.device("cpu"))[0]
+              for k, pair in enumerate(pairs)]
+    (sum(losses) / 2).backward()  # the mean over the combined batch of two pairs
+    single = torch.cat([p.grad.flatten() for p in model.parameters()])
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for result in ranks:
+        distributed = torch.cat([g.flatten() for g in result["gradients"]])
+        assert (distributed - single).norm() / single.norm() < 1e-5
+    for a, b in zip(ranks[0]["parameters"], ranks[1]["parameters"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_torchrun_two_processes_on_gloo(tmp_path):
+    """`torchrun --nproc_per_node 2 -m lesiontrack.cli pretrain` trains data-parallel on the CPU."""
+    import subprocess
+    import sys
+
+    volumes = _tiny_volumes(tmp_path)
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text("model: {width: 4, embedding_dim: 8}\n"
+                       "train: {batch_size: 2, max_epochs: 1, steps_per_epoch: 2, patch_size: [16, 32, 32], "
+                       "n_pos: 20, n_hard_neg: 10, n_diverse_neg: 10, n_candidates: 100, validation_pairs: 2}\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "lesiontrack.cli", "pretrain", "--volumes", str(volumes[0]), str(volumes[1]),
+               "--validation", str(volumes[2]), "--out-dir", str(tmp_path / "ddp"), "--config", str(overlay)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(tmp_path / "ddp" / "training_log.tsv", sep="\t")
+    assert list(log["epoch"]) == [0]
+    state = torch.load(tmp_path / "ddp" / "checkpoint_latest.pt", weights_only=False)
+    assert state["world_size"] == 2 and len(state["numpy_rng"]) == 2

@@ -8,6 +8,7 @@ mixed precision (bfloat16 autocast) on CUDA.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -93,9 +94,9 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
     use_amp = cfg.amp and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
     with autocast:
-        outputs = model.decode(views)
+        outputs = model(views, dense=False)
     outputs = [o.float().cpu() for o in outputs]
-    head = model.module.project if hasattr(model, "module") else model.project
+    head = model.module.project if hasattr(model, "module") else model.project  # DDP wraps the model
     total, per_scale = torch.zeros(()), torch.zeros(N_SCALES)
     for b, pair in enumerate(pairs):
         e1 = [o[b] for o in outputs]
@@ -136,23 +137,51 @@ def select_volumes(images_csv: str | Path, resampled_tables: list[str | Path], s
     return table.loc[~validation, "path"].tolist(), table.loc[validation, "path"].tolist()
 
 
+def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = train.device == "cuda" and torch.cuda.is_available()
+    if world == 1:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
 def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
              train: TrainConfig, model_cfg: ModelConfig, window_hu: tuple[float, float] = (-1000.0, 400.0),
              progress: bool = True) -> pd.DataFrame:
-    """Train (or resume from ``checkpoint_latest.pt``) until ``max_epochs`` or early stopping."""
+    """Train (or resume from ``checkpoint_latest.pt``) until ``max_epochs`` or early stopping.
+
+    Under ``torchrun --nproc_per_node N`` this is data-parallel (DDP; NCCL on GPUs, gloo on the
+    CPU): each rank draws ``batch_size / N`` pairs from its own random stream, gradients are
+    averaged, and rank 0 writes checkpoints and logs.
+    """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(train.device if train.device != "cuda" or torch.cuda.is_available() else "cpu")
-    torch.manual_seed(train.seed)
-    rng = np.random.default_rng(train.seed)
+    rank, world, device = _distributed(train)
+    if train.batch_size % world:
+        raise ValueError(f"train.batch_size = {train.batch_size}: must be a multiple of the {world} processes")
+    local_batch = train.batch_size // world
+    torch.manual_seed(train.seed)  # the same initial weights on every rank
+    rng = np.random.default_rng([train.seed, rank])
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
     volumes = _Volumes(train_paths)
     held_out = _Volumes(validation_paths)
     model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    network = model if world == 1 else DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                                else None)
     config = {"train": asdict(train), "model": asdict(model_cfg), "window_hu": list(window_hu),
               "spacing_mm": volumes.spacing_mm}
     log_rows: list[dict[str, Any]] = []
@@ -162,25 +191,32 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         state = torch.load(latest, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("world_size", 1) != world:
+            raise ValueError(f"{latest}: written by {state.get('world_size', 1)} process(es); resume with as many, "
+                             f"not {world}")
         start_epoch, best, bad_epochs = state["epoch"] + 1, state["best_validation"], state["bad_epochs"]
         log_rows = state["log"]
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"][rank])
+        rng.bit_generator.state = state["numpy_rng"][rank]
     for epoch in range(start_epoch, train.max_epochs):
         if bad_epochs >= train.patience:
             break
         began = time.perf_counter()
-        model.train()
+        network.train()
         sums, count = np.zeros(N_SCALES + 1), 0
-        for _ in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress):
-            pairs = _sample_pairs(volumes, train.batch_size, train, patches, rng)
-            loss, per_scale = _pair_loss(model, pairs, train, volumes.spacing_mm, rng, device)
+        for _ in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
+            pairs = _sample_pairs(volumes, local_batch, train, patches, rng)
+            loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, rng, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             sums += np.array([loss.item(), *per_scale])
             count += 1
-        validation = _validation_loss(model, held_out, train, patches, device)
+        if world > 1:  # the logged training loss is the mean over ranks
+            totals = torch.tensor(sums / count, dtype=torch.float64)
+            dist.all_reduce(totals)
+            sums, count = totals.numpy() / world, 1
+        validation = _validation_loss(network, held_out, train, patches, device)  # identical on every rank
         row = {"epoch": epoch, "train_loss": sums[0] / count,
                **{f"train_loss_s{k + 1}": sums[k + 1] / count for k in range(N_SCALES)},
                "validation_loss": validation[0],
@@ -189,15 +225,23 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         log_rows.append(row)
         improved = validation[0] < best
         best, bad_epochs = (validation[0], 0) if improved else (best, bad_epochs + 1)
+        random_states = [(torch.get_rng_state(), rng.bit_generator.state)]
+        if world > 1:
+            random_states = [None] * world
+            dist.all_gather_object(random_states, (torch.get_rng_state(), rng.bit_generator.state))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "config": config,
-                 "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows,
-                 "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state}
-        if improved:
-            _save(state, out_dir / "checkpoint_best.pt")
-        _save(state, latest)
-        write_table(pd.DataFrame(log_rows), out_dir / "training_log.tsv", float_format="%.6f")
+                 "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows, "world_size": world,
+                 "torch_rng": [s[0] for s in random_states], "numpy_rng": [s[1] for s in random_states]}
+        if rank == 0:
+            if improved:
+                _save(state, out_dir / "checkpoint_best.pt")
+            _save(state, latest)
+            write_table(pd.DataFrame(log_rows), out_dir / "training_log.tsv", float_format="%.6f")
+        if world > 1:
+            dist.barrier()
     log = pd.DataFrame(log_rows)
-    plot_progress(log, out_dir / "progress.png")
+    if rank == 0:
+        plot_progress(log, out_dir / "progress.png")
     return log
 
 
