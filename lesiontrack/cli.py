@@ -80,7 +80,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = _config(args.config)
     log = pretrain(args.volumes, args.validation, args.out_dir, TrainConfig.from_dict(cfg["train"]),
-                   ModelConfig.from_dict(cfg["model"]), tuple(cfg["preprocess"]["window_hu"]))
+                   ModelConfig.from_dict(cfg["model"]), tuple(cfg["preprocess"]["window_hu"]),
+                   landmark_dir=args.landmarks)
     print(log.tail(1).to_string(index=False))
 
 
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volumes", nargs="+", required=True, help="training volumes (NIfTI)")
     p.add_argument("--validation", nargs="+", required=True, help="held-out volumes for early stopping")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--landmarks", help="folder of <image_id>.csv landmark tables (name, x, y, z in world mm) for "
+                                       "landmark positives (train.landmark_fraction)")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.set_defaults(func=cmd_pretrain)
 

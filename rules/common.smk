@@ -49,6 +49,12 @@ def gpu_count(wildcards):
     return 1 if config["train"]["device"] == "cuda" else 0
 
 
+def landmark_dir(wildcards):
+    """Folder of the landmark tables that pretraining draws landmark positives from."""
+    backends = {"synthetic": "results/synthetic/truth"}
+    return backends[config["train"]["landmark_backend"]]
+
+
 def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 

@@ -23,6 +23,7 @@ rule pretrain:
         train=lookup(dpath="train", within=config),
         model=lookup(dpath="model", within=config),
         window_hu=lookup(dpath="preprocess/window_hu", within=config),
+        landmark_dir=landmark_dir,
         code=code("lesiontrack.train.loop"),
     script:
         "../workflow_scripts/pretrain.py"

@@ -180,3 +180,41 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
     assert list(log["epoch"]) == [0]
     state = torch.load(tmp_path / "ddp" / "checkpoint_latest.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["numpy_rng"]) == 2
+
+
+def test_landmark_positives_drawn_when_tables_exist(tmp_path):
+    from lesiontrack.model import MultiScaleEmbedding
+    from lesiontrack.train import loop
+
+    volumes = _tiny_volumes(tmp_path)  # 40 x 70 x 70 voxels of 4 mm, origin 0
+    landmark_dir = tmp_path / "landmarks"
+    landmark_dir.mkdir()
+    voxels = {}  # (volume, name) -> voxel (z, y, x)
+    for k, path in enumerate(volumes):
+        rows = []
+        for j, name in enumerate(["carina", "liver_dome", "vertebra_T8"]):
+            zyx = np.array([18.0 + k + j, 33.0 + 2 * j, 30.0 + k])
+            voxels[(k, name)] = zyx
+            rows.append({"name": name, "x": 4 * zyx[2], "y": 4 * zyx[1], "z": 4 * zyx[0], "confidence": 1.0})
+        pd.DataFrame(rows).to_csv(landmark_dir / f"{loop.image_id_of(path)}.csv", index=False)
+    cfg = TrainConfig(**{**TINY, "landmark_fraction": 0.1})
+    patches = PatchConfig(patch_size=cfg.patch_size)
+    torch.manual_seed(0)
+    pairs = loop._sample_pairs(loop._Volumes(volumes, landmark_dir), 4, cfg, patches, np.random.default_rng(0))
+    linked = [p for p in pairs if p.landmark_partner is not None]
+    assert linked, "landmark positives are drawn when tables exist"
+    for pair in linked:
+        partner = pairs[pair.landmark_partner]
+        assert len(pair.landmarks1) + len(pair.positives1) == cfg.n_pos
+        here = pair.landmarks1 @ pair.view1.to_volume[:3, :3].T + pair.view1.to_volume[:3, 3]
+        there = pair.landmarks_partner @ partner.view1.to_volume[:3, :3].T + partner.view1.to_volume[:3, 3]
+        for a, b in zip(here, there, strict=True):  # the same name, in two different volumes
+            match_a = [key for key, v in voxels.items() if np.allclose(v, a, atol=1e-3)]
+            match_b = [key for key, v in voxels.items() if np.allclose(v, b, atol=1e-3)]
+            assert match_a and match_b
+            assert match_a[0][1] == match_b[0][1] and match_a[0][0] != match_b[0][0]
+    model = MultiScaleEmbedding(width=4, embedding_dim=8)
+    loss, per_scale = loop._pair_loss(model, pairs, cfg, 4.0, np.random.default_rng(1), torch.device("cpu"))
+    assert torch.isfinite(loss) and len(per_scale) == 5
+    without = loop._sample_pairs(loop._Volumes(volumes), 4, cfg, patches, np.random.default_rng(0))
+    assert all(p.landmark_partner is None for p in without)

@@ -18,4 +18,4 @@ with logged(sm.log[0], sm.rule) as log:
                                           sm.params.train["validation_subjects"])
     log.info("%d training and %d validation volumes", len(training), len(validation))
     pretrain(training, validation, Path(sm.output.latest).parent, train_config, ModelConfig.from_dict(sm.params.model),
-             tuple(sm.params.window_hu))
+             tuple(sm.params.window_hu), landmark_dir=sm.params.landmark_dir)

@@ -20,10 +20,10 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
-from lesiontrack.io import atomic_path, read_image, write_table
+from lesiontrack.io import Geometry, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
 from lesiontrack.train.loss import choose_negatives, multiscale_loss
-from lesiontrack.train.patches import PatchConfig, sample_pair
+from lesiontrack.train.patches import PatchConfig, sample_pair, shared_points
 
 N_SCALES = 5
 
@@ -47,6 +47,7 @@ class TrainConfig:
     steps_per_epoch: int = 20
     validation_pairs: int = 8
     seed: int = 0
+    landmark_fraction: float = 0.0  # share of positives that are the same landmark in two volumes
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on the CPU)
 
     @classmethod
@@ -68,25 +69,42 @@ class ModelConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def load_volume(path: str | Path) -> tuple[np.ndarray, float]:
-    """A resampled volume as int16 HU [z, y, x] and its (isotropic) spacing in mm."""
+def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """A resampled volume as int16 HU [z, y, x] and its geometry."""
     image = read_image(path)
-    return sitk.GetArrayFromImage(image).astype(np.int16), float(image.GetSpacing()[0])
+    return sitk.GetArrayFromImage(image).astype(np.int16), Geometry.of(image)
+
+
+def image_id_of(path: str | Path) -> str:
+    return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
 class _Volumes:
-    def __init__(self, paths: list[str | Path]) -> None:
+    def __init__(self, paths: list[str | Path], landmark_dir: str | Path | None = None) -> None:
         self.paths = [Path(p) for p in paths]
-        self.arrays, self.body, spacings = [], [], set()
+        self.arrays, self.body, self.landmarks, spacings = [], [], [], set()
         for path in self.paths:
-            array, spacing = load_volume(path)
-            spacings.add(round(spacing, 4))
+            array, geometry = load_volume(path)
+            spacings.add(round(geometry.spacing[0], 4))
             body = np.stack(np.nonzero(array[::2, ::4, ::4] > -500), axis=1) * np.array([2, 4, 4])
             self.arrays.append(array)
             self.body.append(body)
+            self.landmarks.append(_landmarks(landmark_dir, path, geometry))
         if len(spacings) > 1:
             raise ValueError(f"training volumes have different spacings {sorted(spacings)}: resample them first")
         self.spacing_mm = spacings.pop()
+
+
+def _landmarks(landmark_dir, path: Path, geometry: Geometry) -> dict[str, np.ndarray]:
+    """Landmark name -> voxel (z, y, x) of the volume, from ``<landmark_dir>/<image_id>.csv``."""
+    if landmark_dir is None:
+        return {}
+    table_path = Path(landmark_dir) / f"{image_id_of(path)}.csv"
+    if not table_path.exists():
+        return {}
+    table = read_table(table_path, required=["name", "x", "y", "z"])
+    voxels = geometry.world_to_index(table[["x", "y", "z"]].to_numpy(float))[:, ::-1]
+    return dict(zip(table["name"], voxels, strict=True))
 
 
 def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -> tuple[torch.Tensor, list[float]]:
@@ -106,16 +124,53 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
             cfg.neg_exclusion_mm, cfg.n_hard_neg, cfg.n_diverse_neg, cfg.n_candidates, rng)
         loss, scales = multiscale_loss(e1, e2, head, pair.positives1, pair.positives2, candidates, negatives,
                                        cfg.patch_size, cfg.temperature)
+        if pair.landmark_partner is not None and len(pair.landmarks1):
+            # the same landmark in another volume of the batch: anchor here, positive and
+            # negatives in the partner's first view
+            partner = pairs[pair.landmark_partner]
+            e_partner = [o[pair.landmark_partner] for o in outputs]
+            candidates, negatives = choose_negatives(
+                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, partner.view1.valid, cfg.patch_size,
+                spacing_mm, cfg.neg_exclusion_mm, cfg.n_hard_neg, cfg.n_diverse_neg, cfg.n_candidates, rng)
+            landmark_loss, landmark_scales = multiscale_loss(
+                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, candidates, negatives, cfg.patch_size,
+                cfg.temperature)
+            loss = loss + landmark_loss
+            scales = [a + b for a, b in zip(scales, landmark_scales, strict=True)]
         total = total + loss / len(pairs)
         per_scale = per_scale + torch.stack(scales).detach() / len(pairs)
     return total, per_scale.tolist()
 
 
 def _sample_pairs(volumes: _Volumes, count: int, cfg: TrainConfig, patches: PatchConfig, rng) -> list:
-    pairs = []
-    for _ in range(count):
-        k = int(rng.integers(len(volumes.arrays)))
-        pairs.append(sample_pair(volumes.arrays[k], volumes.body[k], patches, cfg.n_pos, rng))
+    """``count`` patch pairs. With ``landmark_fraction`` > 0 and landmark tables, pairs come in
+    twos from two volumes, both centred on one landmark they share, and up to that fraction of
+    the first pair's positives are landmarks seen in both pairs' first views."""
+    with_landmarks = [k for k, names in enumerate(volumes.landmarks) if names]
+    use_landmarks = cfg.landmark_fraction > 0 and len(with_landmarks) >= 2
+    pairs: list = []
+    while len(pairs) < count:
+        if not use_landmarks or count - len(pairs) < 2:
+            k = int(rng.integers(len(volumes.arrays)))
+            pairs.append(sample_pair(volumes.arrays[k], volumes.body[k], patches, cfg.n_pos, rng))
+            continue
+        a, b = (int(v) for v in rng.choice(with_landmarks, size=2, replace=False))
+        shared = sorted(set(volumes.landmarks[a]) & set(volumes.landmarks[b]))
+        if not shared:
+            continue
+        name = shared[int(rng.integers(len(shared)))]
+        first = sample_pair(volumes.arrays[a], volumes.body[a], patches, cfg.n_pos, rng, volumes.landmarks[a][name])
+        second = sample_pair(volumes.arrays[b], volumes.body[b], patches, cfg.n_pos, rng, volumes.landmarks[b][name])
+        points_a = np.array([volumes.landmarks[a][n] for n in shared])
+        points_b = np.array([volumes.landmarks[b][n] for n in shared])
+        here, there = shared_points(first.view1, points_a, second.view1, points_b)
+        keep = min(len(here), max(1, round(cfg.landmark_fraction * cfg.n_pos)))
+        if keep:
+            first.landmark_partner = len(pairs) + 1
+            first.landmarks1, first.landmarks_partner = here[:keep], there[:keep]
+            first.positives1, first.positives2 = first.positives1[keep:], first.positives2[keep:]
+            first.positives_volume = first.positives_volume[keep:]
+        pairs += [first, second]
     return pairs
 
 
@@ -155,7 +210,7 @@ def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
 
 def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
              train: TrainConfig, model_cfg: ModelConfig, window_hu: tuple[float, float] = (-1000.0, 400.0),
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, landmark_dir: str | Path | None = None) -> pd.DataFrame:
     """Train (or resume from ``checkpoint_latest.pt``) until ``max_epochs`` or early stopping.
 
     Under ``torchrun --nproc_per_node N`` this is data-parallel (DDP; NCCL on GPUs, gloo on the
@@ -175,7 +230,7 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     torch.manual_seed(train.seed)  # the same initial weights on every rank
     rng = np.random.default_rng([train.seed, rank])
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
-    volumes = _Volumes(train_paths)
+    volumes = _Volumes(train_paths, landmark_dir)
     held_out = _Volumes(validation_paths)
     model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18)
     model.to(device)
@@ -183,7 +238,7 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     network = model if world == 1 else DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                                 else None)
     config = {"train": asdict(train), "model": asdict(model_cfg), "window_hu": list(window_hu),
-              "spacing_mm": volumes.spacing_mm}
+              "spacing_mm": volumes.spacing_mm, "landmark_dir": str(landmark_dir) if landmark_dir else None}
     log_rows: list[dict[str, Any]] = []
     start_epoch, best, bad_epochs = 0, float("inf"), 0
     latest = out_dir / "checkpoint_latest.pt"

@@ -10,7 +10,7 @@ correspondence between the two views is exact rather than estimated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +53,25 @@ class PatchPair:
     positives1: np.ndarray  # (N, 3) integer view-1 voxels (z, y, x)
     positives2: np.ndarray  # (N, 3) continuous view-2 voxels of the same anatomy
     positives_volume: np.ndarray  # (N, 3) their volume voxel coordinates
+    # Landmark positives: the same named landmark in view 1 of this pair and of a partner pair
+    # (another volume of the batch): index of the partner, points here, points there.
+    landmark_partner: int | None = None
+    landmarks1: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    landmarks_partner: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+
+def shared_points(view_a: View, points_a: np.ndarray, view_b: View, points_b: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Volume points (K, 3) of two views (row k = the same landmark) -> the view coordinates of
+    those that lie in the valid region of both views."""
+    in_a, in_b = view_a.from_volume(points_a), view_b.from_volume(points_b)
+    keep = np.ones(len(points_a), bool)
+    for view, points in ((view_a, in_a), (view_b, in_b)):
+        nearest = np.rint(points).astype(int)
+        inside = np.all((nearest >= 0) & (nearest < np.array(view.valid.shape)), axis=1)
+        inside[inside] = view.valid[tuple(nearest[inside].T)]
+        keep &= inside
+    return in_a[keep], in_b[keep]
 
 
 def _crop_size(cfg: PatchConfig) -> tuple[int, int, int]:
@@ -92,8 +111,9 @@ def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig) -> View:
 
 
 def sample_pair(volume_hu: np.ndarray, body_voxels: np.ndarray, cfg: PatchConfig, n_positives: int,
-                rng: np.random.Generator) -> PatchPair:
-    """Two augmented views around a random body voxel and ``n_positives`` corresponding voxels.
+                rng: np.random.Generator, center: np.ndarray | None = None) -> PatchPair:
+    """Two augmented views around a random body voxel (or ``center``) and ``n_positives``
+    corresponding voxels.
 
     ``body_voxels``: (M, 3) candidate centres (e.g. voxels above -500 HU). TorchIO draws its
     random parameters from torch's generator: seed both for a reproducible stream.
@@ -103,10 +123,10 @@ def sample_pair(volume_hu: np.ndarray, body_voxels: np.ndarray, cfg: PatchConfig
     if np.any(shape < crop + 2 * np.array(cfg.max_shift)):
         raise ValueError(f"volume of shape {tuple(shape)} is smaller than two shifted crops {tuple(crop)}")
     for _ in range(20):
-        center = body_voxels[rng.integers(len(body_voxels))]
+        middle = body_voxels[rng.integers(len(body_voxels))] if center is None else np.rint(center).astype(int)
         shift = rng.integers(-np.array(cfg.max_shift), np.array(cfg.max_shift) + 1)
         origins = []
-        for c in (center, center + shift):
+        for c in (middle, middle + shift):
             origins.append(np.clip(c - crop // 2, 0, shape - crop))
         views = []
         for origin in origins:
