@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, read_image, sha256, write_image, write_table
+from lesiontrack.io import Geometry, read_image, read_table, sha256, write_image, write_table
 
 AIR_HU = -1024.0
 
@@ -42,8 +42,6 @@ def resample_table(images_table: str | Path, out_dir: str | Path, out_table: str
                    progress: bool = True) -> pd.DataFrame:
     """Resample every image listed in ``images_table`` (columns ``image_id, path``) into ``out_dir``."""
     from tqdm import tqdm
-
-    from lesiontrack.io import read_table
 
     images = read_table(images_table, required=["image_id", "path"])
     rows = []

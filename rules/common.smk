@@ -14,7 +14,7 @@ def code(*modules):
     return fingerprint(workflow.basedir, *modules)
 
 
-def shard_names(dataset):
+def synthetic_shard_names():
     return [f"{k:03d}" for k in range(len(SYNTHETIC_SHARDS))]
 
 
@@ -26,7 +26,7 @@ def synthetic_shard_tables(name):
     return expand(
         "results/synthetic/shards/{name}-{shard}.csv",
         name=name,
-        shard=shard_names("synthetic"),
+        shard=synthetic_shard_names(),
     )
 
 
@@ -103,7 +103,7 @@ def all_outputs():
         ]
         outputs += expand(
             "results/synthetic/shards/resampled-{shard}.csv",
-            shard=shard_names("synthetic"),
+            shard=synthetic_shard_names(),
         )
     if "dls" in enabled_datasets():
         outputs.append("results/tables/dls.csv")

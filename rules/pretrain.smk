@@ -3,7 +3,7 @@ rule pretrain:
         images="results/synthetic/images.csv",
         resampled=expand(
             "results/synthetic/shards/resampled-{shard}.csv",
-            shard=shard_names("synthetic"),
+            shard=synthetic_shard_names(),
         ),
     output:
         best="results/models/{model}/checkpoint_best.pt",

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from lesiontrack.data import phantom as ph
 from lesiontrack.data import synthetic as sy
-from lesiontrack.io import read_table
+from lesiontrack.io import read_table, sha256
 from lesiontrack.vocabulary import LANDMARKS, TOTALSEG_V2, VERTEBRAE
 
 DEFAULT = sy.SyntheticConfig()  # the defaults of config.yaml / the schema
@@ -66,8 +66,6 @@ def test_generator_is_deterministic(tmp_path):
         images = sy.generate_shard(cfg, [0], out, out / "images.csv", out / "lesions.csv", out / "pairs.csv",
                                    progress=False)
         files = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".gz", ".csv") and p.parent != out)
-        from lesiontrack.io import sha256
-
         digests.append({p.relative_to(out).as_posix(): sha256(p) for p in files})
         digests[-1]["lesions.csv"] = sha256(out / "lesions.csv")
         digests[-1]["pairs.csv"] = sha256(out / "pairs.csv")

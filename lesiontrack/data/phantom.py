@@ -610,7 +610,6 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
                  lambda x, y, z: sacrum(x, y, z), CANCELLOUS_BONE, L["vertebrae_S1"], within=[CANCELLOUS_BONE])
     z_head = zp - 110.0 * sh
     for side, hip, femur in ((1, "hip_left", "femur_left"), (-1, "hip_right", "femur_right")):
-        crest = np.array([side * 105.0 * sw, ys0 - 5.0, zp + 20.0 * sh])
         wing_c = np.array([side * 75.0 * sw, ys0 + 5.0, zp - 35.0 * sh])
         wr = np.array([55.0 * sw, 45.0, 60.0 * sh])
 
@@ -634,7 +633,6 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         points[f"femoral_head_{'left' if side > 0 else 'right'}"] = head
         points[f"iliac_crest_{'left' if side > 0 else 'right'}"] = np.array(
             [side * 75.0 * sw, ys0 + 5.0, wing_c[2] + wr[2] - 7.0])
-        del crest
     points["pubic_symphysis"] = np.array([0.0, ys0 - 85.0 * sd, anat.pubic_symphysis_z()])
 
     return Structures(aorta_path=aorta, bowel_paths=bowel_paths, stomach_center=stc, points=points)

@@ -573,6 +573,10 @@ def lesion_rows(rendered: RenderedSubject, scan: Scan) -> list[dict[str, Any]]:
     return rows
 
 
+LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status", "lesion_type", "subject_id",
+                  "split", "timepoint", "box_min_x", "box_min_y", "box_min_z", "box_max_x", "box_max_y",
+                  "box_max_z"]
+
 PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
                 "source_z", "target_x", "target_y", "target_z", "target_radius_mm",
                 "target_box_min_x", "target_box_min_y", "target_box_min_z",
@@ -639,11 +643,6 @@ def generate_shard(cfg: SyntheticConfig, subject_indices: list[int], out_dir: st
     images = pd.DataFrame(image_rows)
     write_table(images, images_table)
     return images
-
-
-LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status", "lesion_type", "subject_id",
-                  "split", "timepoint", "box_min_x", "box_min_y", "box_min_z", "box_max_x", "box_max_y",
-                  "box_max_z"]
 
 
 def merge_tables(parts: list[str | Path], out: str | Path) -> pd.DataFrame:
