@@ -17,12 +17,14 @@ validate(config, source="config (config.yaml + --configfile overlays)")
 wildcard_constraints:
     shard=r"\d{3}",
     dataset="synthetic|dls",
+    model=r"[A-Za-z0-9_.]+",
 
 
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
+include: "rules/track.smk"
 include: "rules/evaluate.smk"
 include: "rules/dls.smk"
 include: "rules/figures.smk"

@@ -61,10 +61,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"{result['cpm_radius']:.2f}  MED {result['med']:.2f} +- {result['med_std']:.2f} mm  -> {args.out}")
 
 
-def cmd_track(args: argparse.Namespace) -> None:
-    from lesiontrack.track import baselines
+def cmd_embed(args: argparse.Namespace) -> None:
+    from lesiontrack.track.embed import embed_files
 
-    table = baselines.predict_file(args.pairs, args.method, args.out, args.split)
+    volumes: dict[str, str] = {}
+    for table in args.images or []:
+        from lesiontrack.io import read_table
+
+        frame = read_table(table, required=["image_id", "path"])
+        volumes.update(zip(frame["image_id"], frame["path"], strict=True))
+    for path in args.volumes or []:
+        from lesiontrack.train.loop import image_id_of
+
+        volumes[image_id_of(path)] = path
+    if not volumes:
+        raise SystemExit("lesiontrack embed: give --images TABLE or --volumes FILE ...")
+    rows = embed_files(args.checkpoint, volumes, args.out_dir, args.device, args.max_voxels)
+    print(f"embedded {len(rows)} volume(s) into {args.out_dir}")
+
+
+def cmd_track(args: argparse.Namespace) -> None:
+    from lesiontrack.track import predict
+
+    cfg = _config(args.config)
+    track = cfg["track"]
+    if args.source or args.target or args.points:
+        if not (args.source and args.target and args.points):
+            raise SystemExit("lesiontrack track: own data needs --source, --target and --points")
+        table = predict.track_points(args.source, args.target, args.points, args.checkpoint, args.out, args.method,
+                                     args.qa_dir, track, args.device, cfg["preprocess"]["spacing_mm"])
+        print(f"{args.method}: {len(table)} point(s) -> {args.out}")
+        return
+    if not args.pairs:
+        raise SystemExit("lesiontrack track: give --pairs (workflow form) or --source/--target/--points")
+    table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track)
     print(f"{args.method}: {len(table)} predictions -> {args.out}")
 
 
@@ -146,12 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="score only the pairs of this split (pairs.csv column 'split')")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("track", help="predict target points for lesion pairs",
-                       description="Predict each pair's target point (world mm). Methods so far: identity.")
-    p.add_argument("--pairs", required=True, help="pairs.csv")
-    p.add_argument("--method", default="identity", choices=["identity"])
-    p.add_argument("--split", help="only the pairs of this split")
+    p = sub.add_parser("embed", help="embed volumes at all 5 scales (cached per volume)",
+                       description="Whole-volume embeddings of resampled volumes with a pretraining checkpoint, "
+                                   "cached as OUT_DIR/<image_id>/scale<k>.npy (float16) + geometry.json.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint_best.pt of lesiontrack pretrain")
+    p.add_argument("--images", action="append", metavar="CSV", help="table(s) with columns image_id, path")
+    p.add_argument("--volumes", nargs="+", help="NIfTI files (image_id = file name without .nii.gz)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-voxels", type=int, default=64_000_000,
+                   help="larger volumes are embedded in overlapping z-slabs (default: %(default)s)")
+    p.set_defaults(func=cmd_embed)
+
+    from lesiontrack.track.predict import METHODS
+
+    p = sub.add_parser("track", help="find lesions of one scan on another",
+                       description="Workflow form: predict the target point of every pair of a pairs.csv (world "
+                                   "mm) from cached embeddings (--embeddings) or resampled volumes (--volumes, "
+                                   "registration). Own data: track --source A --target B --points points.csv "
+                                   "--checkpoint ckpt.pt [--method M] --out predictions.csv [--qa-dir DIR], with "
+                                   "A and B NIfTI files or DICOM series folders and points.csv holding "
+                                   "lesion_id,x,y,z in world mm (LPS; optional radius_mm); writes lesion_id,x,y,z,"
+                                   "confidence,found.")
+    p.add_argument("--method", default="multiscale", choices=METHODS, help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="config file(s) for the track section (default: the repository's config.yaml)")
+    workflow = p.add_argument_group("workflow form")
+    workflow.add_argument("--pairs", help="pairs.csv")
+    workflow.add_argument("--split", help="only the pairs of this split")
+    workflow.add_argument("--embeddings", help="folder of <image_id>/ embedding caches (lesiontrack embed)")
+    workflow.add_argument("--volumes", action="append", default=[], metavar="CSV",
+                          help="table(s) image_id, path of resampled volumes (registration methods)")
+    own = p.add_argument_group("own data")
+    own.add_argument("--source", help="scan the points are on (NIfTI file or DICOM series folder)")
+    own.add_argument("--target", help="scan to find them on")
+    own.add_argument("--points", help="CSV lesion_id,x,y,z[,radius_mm] in world mm (LPS)")
+    own.add_argument("--checkpoint", help="pretraining checkpoint (embedding methods)")
+    own.add_argument("--qa-dir", help="write one PNG per lesion here (source and target, three views)")
+    own.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("table", help="Table-1-style comparison of methods",

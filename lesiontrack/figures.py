@@ -115,3 +115,50 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
     return out_png
+
+
+def _axis_aligned(image: sitk.Image) -> sitk.Image:
+    """The image with an identity direction (reoriented to LPS; oblique scans resampled linearly)."""
+    image = sitk.DICOMOrient(image, "LPS")
+    if np.allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-4):
+        return image
+    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+               for corner in np.ndindex(2, 2, 2) for corner in [np.asarray(corner) * (np.asarray(image.GetSize()) - 1)]]
+    lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+    spacing = float(min(image.GetSpacing()))
+    size = [int(n) for n in np.ceil((hi - lo) / spacing) + 1]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, tuple(lo), (spacing,) * 3,
+                         tuple(np.eye(3).ravel()), -1024.0, sitk.sitkFloat32)
+
+
+def tracking_qa(source: sitk.Image, target: sitk.Image, source_mm: np.ndarray, predicted_mm: np.ndarray,
+                out_png: str | Path, title: str = "", radius_mm: float = float("nan"),
+                window_hu: tuple[float, float] = DISPLAY_WINDOW_HU) -> Path:
+    """Source and target scans in three orthogonal views through the source point and the
+    predicted target point (marked; circle of the lesion radius where known)."""
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.5), constrained_layout=True)
+    marker = radius_mm + 3.0 if np.isfinite(radius_mm) else 8.0
+    for row, (image, point, label, colour) in enumerate(((source, source_mm, "source", PALETTE["truth"]),
+                                                         (target, predicted_mm, "target", PALETTE["prediction"]))):
+        image = _axis_aligned(image)
+        geometry = Geometry.of(image)
+        volume = window(sitk.GetArrayViewFromImage(image), window_hu)
+        point = np.asarray(point, float)
+        for col, (view, fixed) in enumerate(_VIEWS):
+            ax = axes[row, col]
+            plane, extent, (r_axis, c_axis) = _plane(volume, geometry, point, fixed)
+            ax.imshow(plane, cmap="gray", vmin=0, vmax=1, extent=extent, origin="upper" if fixed == 2 else "lower",
+                      interpolation="bilinear")
+            ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), marker, fill=False, ec=colour, lw=1.4))
+            ax.plot(point[c_axis], point[r_axis], "+", color=colour, ms=6)
+            ax.set_title(f"{label}, {view}", fontsize=10)
+            ax.set_xlabel("xyz"[c_axis] + " (mm, LPS)", fontsize=8)
+            ax.set_ylabel("xyz"[r_axis] + " (mm, LPS)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}\nsource point {tuple(np.round(source_mm, 1))} mm -> predicted "
+                 f"{tuple(np.round(predicted_mm, 1))} mm", fontsize=11)
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out_png

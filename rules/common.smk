@@ -55,6 +55,37 @@ def landmark_dir(wildcards):
     return backends[config["train"]["landmark_backend"]]
 
 
+def embedding_dir(wildcards):
+    """Folder of the <image_id>/ embedding caches of one dataset and model."""
+    return f"results/{wildcards.dataset}/embeddings/{wildcards.model}"
+
+
+def model_embedding_dir(wildcards):
+    return f"results/{wildcards.dataset}/embeddings/{config['model']['name']}"
+
+
+def embedding_splits(wildcards):
+    """Splits whose volumes are embedded: the one that is tracked."""
+    return [config["evaluate"]["split"]]
+
+
+def embedding_tables(wildcards):
+    """Embedding shard tables of the shards that hold volumes of the tracked split."""
+    split = config["evaluate"]["split"]
+    splits = [s for _, s in synthetic_data.subject_ids(SYNTHETIC)]
+    names = [
+        f"{k:03d}"
+        for k, subjects in enumerate(SYNTHETIC_SHARDS)
+        if any(splits[i] == split for i in subjects)
+    ]
+    return expand(
+        "results/{dataset}/shards/embeddings-{model}-{shard}.csv",
+        dataset=wildcards.dataset,
+        model=config["model"]["name"],
+        shard=names,
+    )
+
+
 def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 

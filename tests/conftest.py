@@ -118,7 +118,13 @@ def run_workflow(workdir: Path, configfiles: list[Path] | None = None, targets: 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """One smoke run of the whole default workflow (configs/smoke.yaml), shared by workflow tests."""
+    """One smoke run of the whole default workflow (configs/smoke.yaml), shared by workflow tests.
+
+    ``LESIONTRACK_SMOKE_RUN=DIR`` reuses a finished smoke run in DIR (for quick iteration on
+    read-only tests; tests that rerun the workflow copy it first)."""
+    reuse = os.environ.get("LESIONTRACK_SMOKE_RUN")
+    if reuse:
+        return Path(reuse)
     workdir = copy_workflow(tmp_path_factory.mktemp("smoke") / "repo")
     run_workflow(workdir)
     return workdir

@@ -112,7 +112,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, pairs_file: str, out_dir:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = MultiScaleEmbedding(width=4, embedding_dim=8)
-    model.eval()  # normalisation layers in eval mode (GroupNorm has no running statistics anyway)
+    model.eval()  # normalisation layers in eval mode (ChannelNorm has no running statistics anyway)
     network = DistributedDataParallel(model)
     pairs = torch.load(pairs_file, weights_only=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

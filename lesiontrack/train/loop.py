@@ -62,6 +62,7 @@ class ModelConfig:
     embedding_dim: int = 128
     n_scales: int = 5
     init_resnet18: str | None = None
+    norm: str = "none"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
@@ -232,7 +233,8 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
     volumes = _Volumes(train_paths, landmark_dir)
     held_out = _Volumes(validation_paths)
-    model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18)
+    model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18,
+                        model_cfg.norm)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr)
     network = model if world == 1 else DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"

@@ -1,0 +1,96 @@
+"""Tracking speed on the same pairs in one run: embedding, matching (full and coarse-to-fine),
+and the registration baselines, with peak memory.
+
+    python bench/track_speed.py --results results [--model default] [--pairs 8] [--lesions 20] \
+        [--out bench/out/track_speed.json]
+
+Takes the first ``--pairs`` directed image pairs of the test split whose 2 mm volumes have at
+least 175 x 175 x 150 voxels, and per pair: seconds to embed each volume (whole volume, all 5
+scales), seconds per lesion to match (full, coarse-to-fine, and their agreement), seconds per
+registration for ``affine`` and ``deformable``. Peak memory is the process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lesiontrack.io import read_image, read_table
+from lesiontrack.track import registration
+from lesiontrack.track.embed import embed_volume, load_model
+from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
+
+MIN_SIZE = (175, 175, 150)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--pairs", type=int, default=6, help="directed image pairs")
+    parser.add_argument("--lesions", type=int, default=20, help="points matched per image pair")
+    parser.add_argument("--out", default="bench/out/track_speed.json")
+    args = parser.parse_args()
+    results = Path(args.results)
+    model, config = load_model(results / "models" / args.model / "checkpoint_best.pt")
+    window_hu = tuple(config["window_hu"])
+    pairs = read_table(results / "synthetic" / "pairs.csv")
+    pairs = pairs[pairs["split"] == "test"]
+    volumes = pd.concat([read_table(p) for p in sorted((results / "synthetic" / "shards").glob("resampled-*.csv"))])
+    paths = dict(zip(volumes["image_id"], volumes["path"], strict=True))
+    rng = np.random.default_rng(0)
+    rows = []
+    for (source_id, target_id), group in pairs.groupby(["source_image", "target_image"], sort=True):
+        if len(rows) == args.pairs:
+            break
+        source, target = read_image(paths[source_id]), read_image(paths[target_id])
+        if any(np.any(np.asarray(image.GetSize()) < MIN_SIZE) for image in (source, target)):
+            continue
+        row = {"source": source_id, "target": target_id, "source_size": source.GetSize(),
+               "target_size": target.GetSize()}
+        began = time.perf_counter()
+        maps = [VolumeMaps(embed_volume(model, image, window_hu)) for image in (source, target)]
+        row["embed_s_per_volume"] = (time.perf_counter() - began) / 2
+        # the pair's lesions, then random body points of the source up to --lesions
+        points = group[["source_x", "source_y", "source_z"]].to_numpy(float)
+        geometry = maps[0].geometry
+        while len(points) < args.lesions:
+            index = rng.uniform(0.2, 0.8, size=3) * (np.asarray(geometry.size) - 1)
+            points = np.vstack([points, geometry.index_to_world(index)])
+        points = points[: args.lesions]
+        for label, settings in (("full", MatchSettings()), ("coarse_to_fine", MatchSettings(coarse_to_fine=True))):
+            began = time.perf_counter()
+            found = [match_point(maps[0], maps[1], p, settings).point_mm for p in points]
+            row[f"match_{label}_s_per_lesion"] = (time.perf_counter() - began) / len(points)
+            row[f"_{label}"] = np.array(found)
+        row["coarse_to_fine_agrees"] = float(np.mean(np.linalg.norm(row.pop("_full") - row.pop("_coarse_to_fine"),
+                                                                     axis=1) <= geometry.spacing[0]))
+        for method in registration.METHODS:
+            began = time.perf_counter()
+            registration.register(source, target, method)
+            row[f"{method}_s_per_pair"] = time.perf_counter() - began
+        rows.append(row)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    frame = pd.DataFrame(rows)
+    summary = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+               "pairs": len(frame), "lesions_per_pair": args.lesions,
+               **{c: float(frame[c].mean()) for c in frame.columns if c.endswith(("_s", "_s_per_volume",
+                                                                                 "_s_per_lesion", "_s_per_pair",
+                                                                                 "_agrees"))},
+               "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(json.dumps(summary, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"summary": summary, "pairs": frame.astype(str).to_dict("records")},
+                                         indent=1))
+
+
+if __name__ == "__main__":
+    main()

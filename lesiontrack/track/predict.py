@@ -1,0 +1,218 @@
+"""Tracking the lesions of a pairs table, or of a points file on two scans, with any method.
+
+Workflow form: :func:`predict_pairs` reads cached embeddings (``lesiontrack embed``) for the
+embedding methods (``multiscale``, ``single-scale-fine``, ``two-scale``), or resampled volumes for
+the registration baselines (``affine``, ``deformable``); each row of ``pairs.csv`` is tracked in
+its own direction. Own-data form: :func:`track_points` takes two NIfTI files or DICOM folders, a
+``points.csv`` in world mm and a checkpoint, resamples and embeds both scans, and writes
+``lesion_id, x, y, z, confidence, found``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lesiontrack.io import Geometry, InputError, read_image, read_table, write_table
+from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
+from lesiontrack.track.match import METHOD_SCALES, MatchSettings, VolumeMaps, match_point
+
+EMBEDDING_METHODS = tuple(METHOD_SCALES)
+REGISTRATION_METHODS = ("affine", "deformable")
+METHODS = ("identity", *EMBEDDING_METHODS, *REGISTRATION_METHODS)
+PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
+                "source_z"]
+
+
+def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSettings:
+    """Matching settings of an embedding ``method`` from the ``track`` config section."""
+    if method not in METHOD_SCALES:
+        raise ValueError(f"method {method!r}: not an embedding method {list(METHOD_SCALES)}")
+    track = track or {}
+    return MatchSettings(scales=METHOD_SCALES[method], coarse_to_fine=bool(track.get("coarse_to_fine", False)),
+                         subvoxel=bool(track.get("subvoxel", True)), n_peaks=int(track.get("n_peaks", 3)),
+                         window_mm=float(track.get("window_mm", 24.0)))
+
+
+class _MapCache:
+    """Embedding maps of the last few volumes (float32 maps of a 2 mm CT take about 1 GB)."""
+
+    def __init__(self, load: Callable[[str], VolumeMaps], size: int = 3) -> None:
+        self.load, self.size, self.items = load, size, OrderedDict()
+
+    def __call__(self, image_id: str) -> VolumeMaps:
+        if image_id in self.items:
+            self.items.move_to_end(image_id)
+        else:
+            self.items[image_id] = self.load(image_id)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[image_id]
+
+
+def _check_inside(points: np.ndarray, geometry: Geometry, rows: pd.DataFrame, source: str, what: str) -> None:
+    """Stop on the first point outside the volume, naming its row (the table's index + 1, i.e. the
+    data row of the file) and its id."""
+    inside = geometry.contains(points)
+    if not inside.all():
+        k = int(np.flatnonzero(~inside)[0])
+        row = rows.iloc[k]
+        label = f"{row['pair_id']} {row['direction']}" if "pair_id" in row else row.get("lesion_id", k)
+        raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({label}): point {tuple(np.round(points[k], 2))} mm "
+                         f"lies outside "
+                         f"the {what} volume (origin {tuple(np.round(geometry.origin, 1))} mm, size "
+                         f"{geometry.size} voxels)")
+
+
+def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], VolumeMaps], method: str,
+                          settings: MatchSettings | None = None, progress: bool = True,
+                          source: str = "pairs.csv") -> pd.DataFrame:
+    """Predictions of an embedding method for every row of ``pairs`` (in its direction)."""
+    from tqdm import tqdm
+
+    settings = settings or match_settings(method)
+    cache = _MapCache(load_maps)
+    file_rows = pairs.index.to_numpy()  # the rows of the file (read_table's index), for messages
+    out = pairs[PREDICTION_COLUMNS[:5]].copy().reset_index(drop=True)
+    pairs = pairs.reset_index(drop=True)
+    predicted = np.zeros((len(pairs), 3))
+    confidence = np.zeros(len(pairs))
+    seconds = np.zeros(len(pairs))
+    groups = pairs.groupby(["source_image", "target_image"], sort=True).indices
+    for (source_image, target_image), rows in tqdm(groups.items(), desc=method, disable=not progress):
+        src, dst = cache(source_image), cache(target_image)
+        points = pairs.loc[rows, ["source_x", "source_y", "source_z"]].to_numpy(float)
+        _check_inside(points, src.geometry, pairs.loc[rows].set_axis(file_rows[rows]), source,
+                      f"source {source_image}")
+        for row, point in zip(rows, points, strict=True):
+            began = time.perf_counter()
+            match = match_point(src, dst, point, settings)
+            predicted[row], confidence[row] = match.point_mm, match.confidence
+            seconds[row] = time.perf_counter() - began
+    out["pred_x"], out["pred_y"], out["pred_z"] = predicted.T
+    out["confidence"] = confidence
+    out["found"] = True
+    out["seconds"] = seconds
+    return out[PREDICTION_COLUMNS]
+
+
+def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: str | None = None,
+                  embeddings_dir: str | Path | None = None, volume_tables: list[str | Path] = (),
+                  track: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Predictions CSV of ``method`` for the pairs (of ``split``) in ``pairs_csv``.
+
+    ``embeddings_dir``: ``<dir>/<image_id>/`` caches for the embedding methods;
+    ``volume_tables``: CSVs (``image_id, path``) of the resampled volumes for registration.
+    """
+    from lesiontrack.evaluate import select_split
+    from lesiontrack.track.embed import Embeddings
+
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: not one of {list(METHODS)}")
+    pairs = select_split(read_table(pairs_csv, required=PAIR_COLUMNS), split, str(pairs_csv))
+    if method == "identity":
+        predictions = identity_predictions(pairs)
+    elif method in EMBEDDING_METHODS:
+        if embeddings_dir is None:
+            raise ValueError(f"method {method}: needs embeddings_dir")
+        root = Path(embeddings_dir)
+        predictions = embedding_predictions(pairs, lambda image_id: VolumeMaps(Embeddings.load(root / image_id)),
+                                            method, match_settings(method, track), progress, str(pairs_csv))
+    else:
+        from lesiontrack.track import registration
+
+        paths = _volume_paths(volume_tables)
+        missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
+        if missing:
+            raise InputError(f"{pairs_csv}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
+        settings = _registration_settings(method, track)
+        predictions = registration.registration_predictions(pairs, lambda image_id: paths[image_id], method,
+                                                            settings, progress)
+    write_table(predictions, out)
+    return predictions
+
+
+def _registration_settings(method: str, track: dict[str, Any] | None):
+    """The baseline's defaults with the overrides of ``track.registration.<method>``."""
+    from lesiontrack.track import registration
+
+    base = registration.DEFAULT_AFFINE if method == "affine" else registration.DEFAULT_DEFORMABLE
+    overrides = ((track or {}).get("registration") or {}).get(method)
+    return registration.RegistrationSettings.from_dict(overrides, base)
+
+
+def _volume_paths(tables: list[str | Path]) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    for table in tables:
+        frame = read_table(table, required=["image_id", "path"])
+        paths.update(zip(frame["image_id"], frame["path"], strict=True))
+    return paths
+
+
+POINT_COLUMNS = ["lesion_id", "x", "y", "z"]
+
+
+def track_points(source: str | Path, target: str | Path, points_csv: str | Path, checkpoint: str | Path | None,
+                 out: str | Path, method: str = "multiscale", qa_dir: str | Path | None = None,
+                 track: dict[str, Any] | None = None, device: str = "cpu", registration_spacing_mm: float = 2.0
+                 ) -> pd.DataFrame:
+    """Track the points of ``points_csv`` (``lesion_id, x, y, z`` in world mm, optional
+    ``radius_mm``) from scan ``source`` to scan ``target`` (NIfTI files or DICOM folders).
+
+    Embedding methods resample both scans to the checkpoint's spacing and embed them; the
+    registration baselines register both scans resampled to ``registration_spacing_mm``."""
+    from lesiontrack.preprocess import resample_isotropic
+    from lesiontrack.track.embed import embed_volume, load_model
+
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: not one of {list(METHODS)}")
+    points = read_table(points_csv, required=POINT_COLUMNS)
+    if points.empty:
+        raise InputError(f"{points_csv}: no points")
+    xyz = points[["x", "y", "z"]].to_numpy(float)
+    if not np.isfinite(xyz).all():
+        k = int(np.flatnonzero(~np.isfinite(xyz).all(axis=1))[0])
+        raise InputError(f"{points_csv}: row {k + 1} ({points['lesion_id'].iloc[k]}): coordinates {tuple(xyz[k])} "
+                         f"are not finite")
+    source_image, target_image = read_image(source), read_image(target)
+    _check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
+    result = points[["lesion_id"]].copy()
+    if method == "identity":
+        predicted, confidence = xyz.copy(), np.full(len(xyz), np.nan)
+    elif method in EMBEDDING_METHODS:
+        if checkpoint is None:
+            raise InputError(f"method {method}: needs --checkpoint")
+        model, config = load_model(checkpoint, device)
+        spacing = float(config["spacing_mm"])
+        maps = [VolumeMaps(embed_volume(model, resample_isotropic(image, spacing), tuple(config["window_hu"]),
+                                        device=device)) for image in (source_image, target_image)]
+        settings = match_settings(method, track)
+        matches = [match_point(maps[0], maps[1], point, settings) for point in xyz]
+        predicted = np.array([m.point_mm for m in matches])
+        confidence = np.array([m.confidence for m in matches])
+    else:
+        from lesiontrack.track import registration
+
+        transform = registration.register(resample_isotropic(source_image, registration_spacing_mm),
+                                          resample_isotropic(target_image, registration_spacing_mm), method,
+                                          _registration_settings(method, track))
+        predicted = registration.map_points(transform, xyz)
+        confidence = np.full(len(xyz), np.nan)
+    result["x"], result["y"], result["z"] = predicted.T
+    result["confidence"] = confidence
+    result["found"] = True
+    write_table(result, out)
+    if qa_dir is not None:
+        from lesiontrack.figures import tracking_qa
+
+        radius = points["radius_mm"].to_numpy(float) if "radius_mm" in points else np.full(len(points), np.nan)
+        for k, lesion_id in enumerate(points["lesion_id"].astype(str)):
+            tracking_qa(source_image, target_image, xyz[k], predicted[k], Path(qa_dir) / f"{lesion_id}.png",
+                        title=f"{lesion_id} ({method}, confidence {confidence[k]:.3f})", radius_mm=radius[k])
+    return result

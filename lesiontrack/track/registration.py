@@ -1,0 +1,417 @@
+"""Registration baselines: ``affine`` and ``deformable`` (SimpleITK ``ImageRegistrationMethod``, not elastix).
+
+Convention: ``fixed`` = the source scan A, ``moving`` = the target scan B. The transform ``T`` found by
+SimpleITK maps fixed physical points to moving physical points (world mm, LPS), so a lesion at ``p``
+in A is predicted at ``T.TransformPoint(p)`` in B, with no inversion.
+
+* ``affine``: a centred initialisation (``CenteredTransformInitializer`` with MOMENTS on a body
+  mask, i.e. the translation between the centres of mass of the voxels above ``body_hu``; raw
+  intensity moments or the image centres are options), then a 3D ``AffineTransform`` optimised
+  with Mattes mutual information on a 3-level pyramid, coarse to fine (``shrink_factors``
+  8, 4, 2 = 16, 8, 4 mm for the workflow's 2 mm volumes, optional Gaussian smoothing per level),
+  random metric sampling with a fixed seed, and regular-step gradient descent with physical-shift
+  scales (at most ``iterations`` = 200 per level; it usually converges earlier).
+* ``deformable``: that affine result, kept fixed as the moving initial transform, followed by a
+  SimpleITK cubic ``BSplineTransform`` (not elastix): ``BSplineTransformInitializer`` over the
+  fixed body bounding box, 3 levels whose control-point spacing halves per level down to
+  ``bspline_mesh_mm`` <= 40 mm (about 160, 80, 40 mm; the mesh is refined exactly between levels
+  by ``refine_bspline``), each level optimised with Mattes mutual information and L-BFGS-B within
+  a budget of metric evaluations. The result is ``CompositeTransform([affine, bspline])``, which
+  maps ``p`` to ``affine(bspline(p))``.
+
+Each level is a separate single-level ``ImageRegistrationMethod.Execute`` on images block-averaged
+here (``BinShrink``), rather than ITK's own pyramid, whose per-level set-up on the full image costs
+more than the optimisation. Images are cast to float32 and clipped to the HU window ``clip_hu``
+first. Random metric sampling uses the fixed ``seed``, so results are reproducible for a given
+number of threads; the number of threads is left to the caller (``threads`` argument, or
+SimpleITK's global default).
+
+Cost: ITK's B-spline metric derivative is dense, (samples x parameters) per evaluation, so the
+40 mm level is the expensive one; its sampling percentage and evaluation budget set the
+speed/accuracy trade-off (see ``RegistrationSettings``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from lesiontrack.track.baselines import PREDICTION_COLUMNS
+
+METHODS = ("affine", "deformable")
+INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
+INITIALISERS = ("body", "moments", "geometry", "none")
+OPTIMISERS = ("regular_step", "gradient_descent")
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Every setting of the registration baselines (see the module docstring for the pipeline).
+
+    Per-level tuples run coarsest first. Shrink factors are relative to the input voxel grid (the
+    workflow's 2 mm volumes: 8, 4, 2 = 16, 8, 4 mm); smoothing sigmas are in mm; sampling
+    percentages are fractions of each level's voxels.
+    """
+
+    clip_hu: tuple[float, float] | None = (-1000.0, 1000.0)  # HU window applied before registration
+    initialiser: str = "body"  # body (centre of mass of the voxels above body_hu) | moments | geometry | none
+    body_hu: float = -500.0  # body threshold (initialisation and, if use_body_mask, the fixed sampling mask)
+    use_body_mask: bool = False  # sample the metric only inside the fixed body mask
+    histogram_bins: int = 32  # Mattes mutual information bins
+    interpolator: str = "linear"  # linear | nearest | bspline
+    seed: int = 20240601  # seed of the random metric sampling (deterministic results)
+    # affine stage
+    shrink_factors: tuple[int, ...] = (8, 4, 2)
+    smoothing_sigmas_mm: tuple[float, ...] = (0.0, 0.0, 0.0)
+    sampling_percentages: tuple[float, ...] = (0.5, 0.1, 0.02)
+    optimiser: str = "regular_step"  # regular_step | gradient_descent
+    iterations: int = 200  # per level; convergence may stop earlier
+    learning_rate: float = 4.0  # initial step, in mm of physical shift (scales from physical shift)
+    min_step: float = 0.01  # regular_step: stop when the step falls below this (mm)
+    relaxation: float = 0.5  # regular_step: step reduction when the gradient changes direction
+    # B-spline stage (deformable only)
+    bspline_mesh_mm: float = 40.0  # finest control-point spacing, mm (at most 40); doubles per coarser level
+    bspline_shrink_factors: tuple[int, ...] = (8, 2, 2)
+    bspline_smoothing_sigmas_mm: tuple[float, ...] = (0.0, 0.0, 0.0)
+    bspline_samples_per_parameter: tuple[float, ...] = (10.0, 4.0, 0.5)  # random samples / B-spline parameters
+    bspline_evaluations: tuple[int, ...] = (40, 15, 6)  # L-BFGS-B metric evaluations per level, at most
+    bspline_fov_margin_mm: float | None = 10.0  # sample fixed points mapped this far inside the moving FOV (None: all)
+    bspline_crop_margin_mm: float | None = 0.0  # B-spline domain = fixed body bounding box + margin (None: all)
+
+    def __post_init__(self) -> None:
+        if len({len(self.shrink_factors), len(self.smoothing_sigmas_mm), len(self.sampling_percentages)}) != 1:
+            raise ValueError("shrink_factors, smoothing_sigmas_mm and sampling_percentages need one value per level")
+        if len({len(self.bspline_shrink_factors), len(self.bspline_smoothing_sigmas_mm),
+                len(self.bspline_samples_per_parameter), len(self.bspline_evaluations)}) != 1:
+            raise ValueError("the bspline_* per-level settings need one value per level")
+        if self.initialiser not in INITIALISERS:
+            raise ValueError(f"initialiser {self.initialiser!r}: not one of {INITIALISERS}")
+        if self.optimiser not in OPTIMISERS:
+            raise ValueError(f"optimiser {self.optimiser!r}: not one of {OPTIMISERS}")
+        if self.interpolator not in INTERPOLATORS:
+            raise ValueError(f"interpolator {self.interpolator!r}: not one of {sorted(INTERPOLATORS)}")
+        if not 0 < self.bspline_mesh_mm <= 40:
+            raise ValueError(f"bspline_mesh_mm {self.bspline_mesh_mm}: must be in (0, 40]")
+        for value in self.sampling_percentages:
+            if not 0 < value <= 1:
+                raise ValueError(f"sampling percentage {value}: must be in (0, 1]")
+        if min(self.bspline_samples_per_parameter) <= 0:
+            raise ValueError("bspline_samples_per_parameter must be > 0")
+        if min(self.shrink_factors + self.bspline_shrink_factors) < 1:
+            raise ValueError("shrink and scale factors must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (tuples as lists), e.g. for a config file or provenance."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, base: RegistrationSettings | None = None
+                  ) -> RegistrationSettings:
+        """``base`` (default: the class defaults) with the fields in ``values`` replaced.
+
+        Raises ``ValueError`` naming any key that is not a setting.
+        """
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown registration setting(s) {unknown}; known: {sorted(names)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return dataclasses.replace(base or cls(), **values)
+
+
+DEFAULT_AFFINE = RegistrationSettings()
+DEFAULT_DEFORMABLE = RegistrationSettings()
+
+
+class _Pyramid:
+    """Float32, HU-clipped copies of one image, block-averaged (``BinShrink``) and smoothed per level (cached)."""
+
+    def __init__(self, image: sitk.Image, settings: RegistrationSettings):
+        image = sitk.Cast(image, sitk.sitkFloat32)
+        if settings.clip_hu is not None:
+            image = sitk.Clamp(image, sitk.sitkFloat32, float(settings.clip_hu[0]), float(settings.clip_hu[1]))
+        self.settings = settings
+        self._levels: dict[tuple[int, float], sitk.Image] = {(1, 0.0): image}
+        self._bodies: dict[tuple[int, float], sitk.Image] = {}
+
+    def level(self, shrink: int, sigma_mm: float = 0.0) -> sitk.Image:
+        """The image block-averaged by ``shrink`` voxels per axis and smoothed by ``sigma_mm``."""
+        key = (int(shrink), float(sigma_mm))
+        if key not in self._levels:
+            if sigma_mm > 0:
+                image = sitk.SmoothingRecursiveGaussian(self.level(shrink), float(sigma_mm))
+            else:
+                full = self._levels[(1, 0.0)]  # keep at least 8 voxels per axis (thin volumes)
+                image = sitk.BinShrink(full, [max(1, min(int(shrink), size // 8)) for size in full.GetSize()])
+            self._levels[key] = image
+        return self._levels[key]
+
+    def body(self, shrink: int, sigma_mm: float = 0.0) -> sitk.Image:
+        """Binary (uint8) mask of the voxels above ``body_hu`` at that level."""
+        key = (int(shrink), float(sigma_mm))
+        if key not in self._bodies:
+            self._bodies[key] = sitk.BinaryThreshold(self.level(*key), float(self.settings.body_hu), 1e9, 1, 0)
+        return self._bodies[key]
+
+
+def _initial_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings) -> sitk.AffineTransform:
+    """Centred affine initialisation: identity matrix, translation between the chosen centres."""
+    transform = sitk.AffineTransform(3)
+    if settings.initialiser == "none":
+        return transform
+    shrink = max(settings.shrink_factors)
+    if settings.initialiser == "body":
+        f = sitk.Cast(fixed.body(shrink), sitk.sitkFloat32)
+        m = sitk.Cast(moving.body(shrink), sitk.sitkFloat32)
+        mode = sitk.CenteredTransformInitializerFilter.MOMENTS
+    else:
+        low = settings.clip_hu[0] if settings.clip_hu is not None else -1024.0
+        f, m = fixed.level(shrink) - low, moving.level(shrink) - low  # non-negative "mass" for the moments
+        mode = (sitk.CenteredTransformInitializerFilter.MOMENTS if settings.initialiser == "moments"
+                else sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    return sitk.AffineTransform(sitk.CenteredTransformInitializer(f, m, transform, mode))
+
+
+def _method(settings: RegistrationSettings, threads: int | None) -> sitk.ImageRegistrationMethod:
+    """A registration method with the metric, random sampling seed and interpolator of ``settings``."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetInterpolator(INTERPOLATORS[settings.interpolator])
+    if threads is not None:
+        method.SetNumberOfThreads(threads)
+    return method
+
+
+def _register_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings,
+                     threads: int | None) -> sitk.AffineTransform:
+    """Affine stage: one single-level registration per pyramid level, coarse to fine, updating one transform.
+
+    The pyramid is built here (``BinShrink`` + recursive Gaussian) rather than by ITK, whose
+    per-level set-up on the full-size image costs more than the optimisation itself.
+    """
+    transform = _initial_affine(fixed, moving, settings)
+    for shrink, sigma, percentage in zip(settings.shrink_factors, settings.smoothing_sigmas_mm,
+                                         settings.sampling_percentages, strict=True):
+        method = _method(settings, threads)
+        method.SetMetricSamplingPercentage(float(percentage), settings.seed)
+        if settings.use_body_mask:
+            method.SetMetricFixedMask(fixed.body(shrink, sigma))
+        if settings.optimiser == "regular_step":
+            method.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=settings.learning_rate, minStep=settings.min_step,
+                numberOfIterations=settings.iterations, relaxationFactor=settings.relaxation)
+        else:
+            method.SetOptimizerAsGradientDescent(
+                learningRate=settings.learning_rate, numberOfIterations=settings.iterations,
+                convergenceMinimumValue=1e-6, convergenceWindowSize=10,
+                estimateLearningRate=method.EachIteration, maximumStepSizeInPhysicalUnits=settings.learning_rate)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(transform, inPlace=True)
+        method.Execute(fixed.level(shrink, sigma), moving.level(shrink, sigma))
+    return transform
+
+
+def _body_box(image: sitk.Image, body: sitk.Image, margin_mm: float) -> sitk.Image:
+    """``image`` cropped to the bounding box of ``body`` grown by ``margin_mm`` (all of it if ``body`` is empty)."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(body)
+    if not stats.HasLabel(1):
+        return image
+    box = stats.GetBoundingBox(1)
+    dim = image.GetDimension()
+    grow = [int(np.ceil(margin_mm / sp)) for sp in image.GetSpacing()]
+    low = [max(0, box[i] - grow[i]) for i in range(dim)]
+    high = [min(image.GetSize()[i], box[i] + box[dim + i] + grow[i]) for i in range(dim)]
+    return sitk.RegionOfInterest(image, [h - lo for lo, h in zip(low, high, strict=True)], low)
+
+
+_TWO_SCALE = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 8.0  # cubic B-spline: B(t) = sum_k w_k B(2t - k), k = -2..2
+
+
+def _refine_axis(coefficients: np.ndarray, axis: int) -> np.ndarray:
+    """Coefficients of the same cubic spline on a mesh twice as fine along ``axis`` (N + 3 -> 2N + 3)."""
+    n = coefficients.shape[axis]
+    m = 2 * (n - 3) + 3
+    matrix = np.zeros((m, n))
+    for i in range(n):
+        for k in range(-2, 3):
+            if 0 <= 2 * i - 1 + k < m:
+                matrix[2 * i - 1 + k, i] = _TWO_SCALE[k + 2]
+    return np.moveaxis(np.tensordot(matrix, np.moveaxis(coefficients, axis, 0), axes=1), 0, axis)
+
+
+def refine_bspline(bspline: sitk.BSplineTransform) -> sitk.BSplineTransform:
+    """The same cubic B-spline transform (exactly) on a control-point mesh twice as fine, same domain.
+
+    Control point ``i`` of a mesh of spacing ``h`` sits at ``origin + (i - 1) h``; the two-scale
+    relation of the cubic B-spline gives the fine coefficients (ITK's ``BSplineTransformParametersAdaptor``,
+    which SimpleITK does not expose, does the same).
+    """
+    images = []
+    for image in bspline.GetCoefficientImages():
+        array = sitk.GetArrayFromImage(image)
+        for axis in range(array.ndim):
+            array = _refine_axis(array, axis)
+        fine = sitk.GetImageFromArray(array)
+        direction = np.array(image.GetDirection()).reshape(image.GetDimension(), -1)
+        fine.SetSpacing([sp / 2 for sp in image.GetSpacing()])
+        fine.SetDirection(image.GetDirection())
+        fine.SetOrigin(tuple(np.array(image.GetOrigin()) + direction @ (np.array(image.GetSpacing()) / 2)))
+        images.append(fine)
+    return sitk.BSplineTransform(images, bspline.GetOrder())
+
+
+def _body_box(image: sitk.Image, body: sitk.Image, margin_mm: float | None) -> sitk.Image:
+    """``image`` cropped to the bounding box of ``body`` grown by ``margin_mm`` (all of it if None or empty)."""
+    if margin_mm is None:
+        return image
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(body)
+    if not stats.HasLabel(1):
+        return image
+    box = stats.GetBoundingBox(1)
+    dim = image.GetDimension()
+    grow = [int(np.ceil(margin_mm / sp)) for sp in image.GetSpacing()]
+    low = [max(0, box[i] - grow[i]) for i in range(dim)]
+    high = [min(image.GetSize()[i], box[i] + box[dim + i] + grow[i]) for i in range(dim)]
+    return sitk.RegionOfInterest(image, [h - lo for lo, h in zip(low, high, strict=True)], low)
+
+
+def _inside_fov(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, margin_mm: float) -> sitk.Image:
+    """Mask (uint8, fixed grid) of the fixed voxels that ``transform`` maps at least ``margin_mm`` inside ``moving``.
+
+    Fixed points near or beyond the edge of the moving field of view would otherwise let the
+    B-spline improve the metric by pushing samples out of it.
+    """
+    inside = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(moving)
+    band = [min(int(np.ceil(margin_mm / sp)), (size - 1) // 2) for sp, size in zip(moving.GetSpacing(),
+                                                                                   moving.GetSize(), strict=True)]
+    if max(band) > 0:
+        inside = sitk.ConstantPad(sitk.Crop(inside, band, band), band, band, 0)
+    return sitk.Resample(inside, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _register_bspline(fixed: _Pyramid, moving: _Pyramid, affine: sitk.Transform, settings: RegistrationSettings,
+                      threads: int | None) -> sitk.BSplineTransform:
+    """B-spline stage on top of ``affine`` (the fixed moving initial transform); returns the B-spline alone.
+
+    One single-level registration per level, coarse to fine: the control-point mesh halves its
+    spacing per level (``refine_bspline``, exact) down to ``bspline_mesh_mm`` and each level has its
+    own image level, sampling and L-BFGS-B evaluation budget. The B-spline domain is the fixed body
+    bounding box plus a margin (at the finest level): ITK's B-spline metric derivative costs samples
+    x parameters, so air outside the body is not paid for. Outside the domain the B-spline is zero.
+    """
+    levels = len(settings.bspline_shrink_factors)
+    finest = settings.bspline_shrink_factors[-1]
+    domain = _body_box(fixed.level(finest), fixed.body(finest), settings.bspline_crop_margin_mm)
+    extent = [size * sp for size, sp in zip(domain.GetSize(), domain.GetSpacing(), strict=True)]
+    coarsest_mm = settings.bspline_mesh_mm * 2 ** (levels - 1)
+    mesh = [max(1, int(np.ceil(e / coarsest_mm - 1e-6))) for e in extent]  # finest spacing <= bspline_mesh_mm
+    bspline = sitk.BSplineTransformInitializer(domain, mesh, order=3)
+    for level, (shrink, sigma, ratio, evaluations) in enumerate(zip(
+            settings.bspline_shrink_factors, settings.bspline_smoothing_sigmas_mm,
+            settings.bspline_samples_per_parameter, settings.bspline_evaluations, strict=True)):
+        if level:
+            bspline = refine_bspline(bspline)
+        f = _body_box(fixed.level(shrink, sigma), fixed.body(shrink, sigma), settings.bspline_crop_margin_mm)
+        method = _method(settings, threads)
+        percentage = min(1.0, ratio * bspline.GetNumberOfParameters() / f.GetNumberOfPixels())
+        method.SetMetricSamplingPercentage(percentage, settings.seed)
+        mask = None
+        if settings.bspline_fov_margin_mm is not None:
+            mask = _inside_fov(f, moving.level(shrink, sigma), affine, settings.bspline_fov_margin_mm)
+        if settings.use_body_mask:
+            body = sitk.Resample(fixed.body(shrink, sigma), f, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            mask = body if mask is None else sitk.And(mask, body)
+        if mask is not None:
+            method.SetMetricFixedMask(mask)
+        method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=int(evaluations),
+                                    maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=int(evaluations),
+                                    costFunctionConvergenceFactor=1e7)
+        method.SetMovingInitialTransform(affine)
+        method.SetInitialTransform(bspline, inPlace=True)
+        method.Execute(f, moving.level(shrink, sigma))
+    return bspline
+
+
+def resolve_settings(method: str, settings: RegistrationSettings | Mapping[str, Any] | None) -> RegistrationSettings:
+    """``settings`` for ``method``: the method's default when None, a config dict laid over that default."""
+    if method not in METHODS:
+        raise ValueError(f"registration method {method!r}: not one of {METHODS}")
+    default = DEFAULT_AFFINE if method == "affine" else DEFAULT_DEFORMABLE
+    if settings is None:
+        return default
+    if isinstance(settings, RegistrationSettings):
+        return settings
+    return RegistrationSettings.from_dict(settings, base=default)
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, method: str,
+             settings: RegistrationSettings | Mapping[str, Any] | None = None,
+             threads: int | None = None) -> sitk.Transform:
+    """Register ``moving`` (target B) to ``fixed`` (source A); the result maps fixed points to moving points.
+
+    ``method`` is ``affine`` (an ``AffineTransform``) or ``deformable`` (a ``CompositeTransform``
+    applying the B-spline, then the affine). ``settings`` default to ``DEFAULT_AFFINE`` /
+    ``DEFAULT_DEFORMABLE`` (a dict overrides fields of that default); ``threads`` (default:
+    SimpleITK's global default) sets the threads of each registration.
+    """
+    settings = resolve_settings(method, settings)
+    fixed_pyramid, moving_pyramid = _Pyramid(fixed, settings), _Pyramid(moving, settings)
+    affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads)
+    if method == "affine":
+        return affine
+    bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings, threads)
+    return sitk.CompositeTransform([affine, bspline])
+
+
+def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
+    """Map (N, 3) world-mm points through ``transform`` (fixed -> moving); returns (N, 3) world mm."""
+    points = np.asarray(points_mm, dtype=float).reshape(-1, 3)
+    return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points], dtype=float).reshape(-1, 3)
+
+
+def registration_predictions(pairs: pd.DataFrame, image_path: Callable[[str], Path], method: str,
+                             settings: RegistrationSettings | Mapping[str, Any] | None = None, progress: bool = True,
+                             threads: int | None = None) -> pd.DataFrame:
+    """Predictions (``PREDICTION_COLUMNS``) of a registration baseline for the rows of ``pairs``.
+
+    The rows are grouped by (source_image, target_image); each group is registered once
+    (fixed = source, moving = target, images read from ``image_path(image_id)``) and its source
+    points are mapped. ``confidence`` is NaN, ``found`` is true and ``seconds`` is the group's
+    registration plus mapping time (not reading) divided by its number of rows. Rows keep the
+    input order.
+    """
+    from tqdm import tqdm
+
+    from lesiontrack.io import read_image
+
+    settings = resolve_settings(method, settings)
+    pairs = pairs.reset_index(drop=True)
+    pred = np.full((len(pairs), 3), np.nan)
+    seconds = np.full(len(pairs), np.nan)
+    groups = pairs.groupby(["source_image", "target_image"], sort=False).indices
+    for (source, target), rows in tqdm(groups.items(), desc=f"register ({method})", disable=not progress):
+        fixed, moving = read_image(image_path(str(source))), read_image(image_path(str(target)))
+        start = time.perf_counter()
+        transform = register(fixed, moving, method, settings, threads=threads)
+        pred[rows] = map_points(transform, pairs.loc[rows, ["source_x", "source_y", "source_z"]].to_numpy(float))
+        seconds[rows] = (time.perf_counter() - start) / len(rows)
+    out = pairs[["pair_id", "lesion_id", "direction", "source_image", "target_image"]].copy()
+    out["pred_x"], out["pred_y"], out["pred_z"] = pred[:, 0], pred[:, 1], pred[:, 2]
+    out["confidence"] = np.nan
+    out["found"] = True
+    out["seconds"] = seconds
+    return out[PREDICTION_COLUMNS]

@@ -1,0 +1,71 @@
+rule embed:
+    input:
+        checkpoint="results/models/{model}/checkpoint_best.pt",
+        images="results/{dataset}/shards/images-{shard}.csv",
+        resampled="results/{dataset}/shards/resampled-{shard}.csv",
+    output:
+        table="results/{dataset}/shards/embeddings-{model}-{shard}.csv",
+    log:
+        "results/logs/embed/{dataset}-{model}-{shard}.log",
+    benchmark:
+        "results/benchmarks/embed/{dataset}-{model}-{shard}.tsv"
+    conda:
+        "../envs/pretrain.yaml"
+    threads: lookup(dpath="train/threads", within=config)
+    resources:
+        gpu=gpu_count,
+    params:
+        out_dir=embedding_dir,
+        splits=embedding_splits,
+        device=lookup(dpath="train/device", within=config),
+        code=code("lesiontrack.track.embed"),
+    script:
+        "../workflow_scripts/embed.py"
+
+
+rule track_embedding:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        embeddings=embedding_tables,
+    output:
+        predictions="results/{dataset}/predictions/{method}.csv",
+    log:
+        "results/logs/track/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/track/{dataset}-{method}.tsv"
+    wildcard_constraints:
+        method="multiscale|single-scale-fine|two-scale",
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        track=lookup(dpath="track", within=config),
+        embeddings=model_embedding_dir,
+        code=code("lesiontrack.track.predict"),
+    script:
+        "../workflow_scripts/track.py"
+
+
+rule track_registration:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        volumes=synthetic_shard_tables("resampled"),
+    output:
+        predictions="results/{dataset}/predictions/{method}.csv",
+    log:
+        "results/logs/track/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/track/{dataset}-{method}.tsv"
+    wildcard_constraints:
+        method="affine|deformable",
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        track=lookup(dpath="track", within=config),
+        embeddings=None,
+        code=code("lesiontrack.track.predict"),
+    script:
+        "../workflow_scripts/track.py"

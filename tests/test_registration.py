@@ -1,0 +1,149 @@
+"""Registration baselines: a known affine on a real CT is recovered; predictions group by direction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from lesiontrack.track import registration
+from lesiontrack.track.baselines import PREDICTION_COLUMNS
+from lesiontrack.track.registration import (
+    DEFAULT_AFFINE,
+    DEFAULT_DEFORMABLE,
+    RegistrationSettings,
+    map_points,
+    register,
+    registration_predictions,
+)
+
+
+def _known_affine(center: tuple[float, float, float]) -> sitk.AffineTransform:
+    """Fixed -> moving: 5 degrees about an oblique axis, 5 % scaling, (12, -8, 6) mm (~15.6 mm) shift."""
+    rotation = sitk.VersorTransform((0.2, 0.1, 1.0), np.radians(5.0))
+    matrix = np.array(rotation.GetMatrix()).reshape(3, 3) * 1.05
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter(center)
+    transform.SetMatrix(matrix.ravel().tolist())
+    transform.SetTranslation((12.0, -8.0, 6.0))
+    return transform
+
+
+@pytest.fixture(scope="module")
+def ct_case(test_data: Path):
+    """(fixed CT, moving = CT under a known affine, that affine, body points of the fixed CT in world mm)."""
+    ct = sitk.ReadImage(str(test_data / "totalseg" / "example_ct_sm.nii.gz"))  # 3 mm voxels
+    # on the workflow's 2 mm grid, which the default shrink factors are meant for
+    size = [round(n * sp / 2.0) for n, sp in zip(ct.GetSize(), ct.GetSpacing(), strict=True)]
+    fixed = sitk.Resample(ct, size, sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), (2.0, 2.0, 2.0),
+                          ct.GetDirection(), -1024.0, ct.GetPixelID())
+    array = sitk.GetArrayViewFromImage(fixed)
+    center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed.GetSize()])
+    truth = _known_affine(center)
+    # moving(q) = fixed(truth^-1(q)) on the fixed grid cropped until no voxel of it lies outside
+    # the source (no padding with made-up air); part of the body leaves the field of view
+    ones = sitk.Image(fixed.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(fixed)
+    valid = sitk.GetArrayFromImage(sitk.Resample(ones, fixed, truth.GetInverse(), sitk.sitkNearestNeighbor, 0))
+    low, high = np.zeros(3, int), np.array(valid.shape)  # z, y, x
+    while not valid[low[0]:high[0], low[1]:high[1], low[2]:high[2]].all():
+        box = valid[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+        faces = [(box[0] == 0).mean(), (box[-1] == 0).mean(), (box[:, 0] == 0).mean(), (box[:, -1] == 0).mean(),
+                 (box[:, :, 0] == 0).mean(), (box[:, :, -1] == 0).mean()]
+        worst = int(np.argmax(faces))
+        if worst % 2 == 0:
+            low[worst // 2] += 1
+        else:
+            high[worst // 2] -= 1
+    moving = sitk.Resample(fixed, fixed, truth.GetInverse(), sitk.sitkLinear, -1024.0, fixed.GetPixelID())
+    moving = moving[int(low[2]):int(high[2]), int(low[1]):int(high[1]), int(low[0]):int(high[0])]
+    rng = np.random.default_rng(0)
+    z, y, x = np.nonzero(array > -200)  # soft tissue and bone
+    keep = rng.choice(len(x), size=200, replace=False)
+    points = np.array([fixed.TransformIndexToPhysicalPoint((int(x[i]), int(y[i]), int(z[i]))) for i in keep])
+    mapped = map_points(truth, points)
+    inside = np.array([all(0 <= c < s - 1 for c, s in zip(moving.TransformPhysicalPointToContinuousIndex(p),
+                                                             moving.GetSize(), strict=True)) for p in mapped])
+    return fixed, moving, truth, points[inside]
+
+
+@pytest.mark.parametrize("method", ["affine", "deformable"])
+def test_known_affine_is_recovered(ct_case, method):
+    fixed, moving, truth, points = ct_case
+    assert len(points) > 100
+    transform = register(fixed, moving, method)
+    errors = np.linalg.norm(map_points(transform, points) - map_points(truth, points), axis=1)
+    identity = np.linalg.norm(points - map_points(truth, points), axis=1)
+    assert identity.mean() > 10  # the test is not trivial
+    message = f"{method}: mean {errors.mean():.2f} mm, 95th percentile {np.percentile(errors, 95):.2f}, max " \
+              f"{errors.max():.2f} mm"
+    assert errors.mean() < 1.0 and np.percentile(errors, 95) < 2.0, message
+    if method == "affine":  # the model is exact: every point within 2 mm
+        assert errors.max() < 2.0, message
+
+
+def test_affine_is_deterministic(ct_case):
+    fixed, moving, _, _ = ct_case
+    first, second = register(fixed, moving, "affine"), register(fixed, moving, "affine")
+    # seeded sampling: the same result up to the order of multithreaded sums (~1e-9)
+    np.testing.assert_allclose(first.GetParameters(), second.GetParameters(), rtol=0, atol=1e-6)
+
+
+def test_map_points_shapes():
+    shift = sitk.TranslationTransform(3, (1.0, -2.0, 3.0))
+    assert map_points(shift, np.zeros((0, 3))).shape == (0, 3)
+    np.testing.assert_allclose(map_points(shift, np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])),
+                               [[1.0, -2.0, 3.0], [2.0, -1.0, 4.0]])
+
+
+def test_settings_from_dict():
+    assert DEFAULT_AFFINE.iterations >= 200
+    assert DEFAULT_DEFORMABLE.bspline_mesh_mm <= 40
+    assert RegistrationSettings.from_dict(DEFAULT_DEFORMABLE.to_dict()) == DEFAULT_DEFORMABLE
+    changed = RegistrationSettings.from_dict({"histogram_bins": 24, "shrink_factors": [4, 2, 1]})
+    assert changed.histogram_bins == 24 and changed.shrink_factors == (4, 2, 1)
+    with pytest.raises(ValueError, match="histogram_bin"):
+        RegistrationSettings.from_dict({"histogram_bin": 24})
+    with pytest.raises(ValueError, match="bspline_mesh_mm"):
+        RegistrationSettings.from_dict({"bspline_mesh_mm": 60})
+    with pytest.raises(ValueError, match="method"):
+        register(sitk.Image(8, 8, 8, sitk.sitkFloat32), sitk.Image(8, 8, 8, sitk.sitkFloat32), "rigid")
+
+
+def test_registration_predictions_one_registration_per_direction(tmp_path, monkeypatch):
+    paths = {}
+    for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (100.0, 0.0, 0.0))):
+        image = sitk.Image(4, 4, 4, sitk.sitkInt16)
+        image.SetOrigin(origin)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    calls = []
+
+    def fake_register(fixed, moving, method, settings=None, threads=None):
+        calls.append((fixed.GetOrigin()[0], moving.GetOrigin()[0], method))
+        # maps fixed to moving: shift by the difference of the origins
+        return sitk.TranslationTransform(3, (moving.GetOrigin()[0] - fixed.GetOrigin()[0], 0.0, 0.0))
+
+    monkeypatch.setattr(registration, "register", fake_register)
+    pairs = pd.DataFrame({
+        "pair_id": ["p1", "p1", "p2", "p2", "p3"],
+        "lesion_id": ["l1", "l1", "l2", "l2", "l3"],
+        "direction": ["forward", "backward", "forward", "backward", "forward"],
+        "source_image": ["a", "b", "a", "b", "a"],
+        "target_image": ["b", "a", "b", "a", "b"],
+        "source_x": [1.0, 2.0, 3.0, 4.0, 5.0], "source_y": [0.0] * 5, "source_z": [7.0] * 5,
+    }, index=[10, 11, 12, 13, 14])
+    out = registration_predictions(pairs, lambda image_id: paths[image_id], "deformable", progress=False)
+    assert list(out.columns) == PREDICTION_COLUMNS
+    assert sorted(calls) == [(0.0, 100.0, "deformable"), (100.0, 0.0, "deformable")]  # once per direction
+    assert list(out["pair_id"]) == list(pairs["pair_id"]) and list(out["direction"]) == list(pairs["direction"])
+    np.testing.assert_allclose(out["pred_x"], [101.0, -98.0, 103.0, -96.0, 105.0])
+    np.testing.assert_allclose(out["pred_z"], 7.0)
+    assert out["confidence"].isna().all() and out["found"].all() and (out["seconds"] >= 0).all()
+    # seconds is the group's time over its rows: equal within a group
+    assert out["seconds"].iloc[0] == out["seconds"].iloc[2] == out["seconds"].iloc[4]
+    with pytest.raises(ValueError, match="method"):
+        registration_predictions(pairs, lambda image_id: paths[image_id], "rigid", progress=False)

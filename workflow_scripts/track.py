@@ -1,0 +1,20 @@
+"""Rules track_*: predictions of one method for the pairs of one dataset (each row in its direction)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
+
+import SimpleITK as sitk
+import torch
+
+from lesiontrack.track.predict import predict_pairs
+from lesiontrack.workflow import logged
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0], sm.rule):
+    torch.set_num_threads(sm.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sm.threads)
+    volumes = list(sm.input.volumes) if "volumes" in sm.input.keys() else []
+    predict_pairs(sm.input.pairs, sm.wildcards.method, sm.output.predictions, sm.params.split,
+                  sm.params.embeddings, volumes, sm.params.track)
