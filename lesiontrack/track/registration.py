@@ -222,20 +222,6 @@ def _register_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSe
     return transform
 
 
-def _body_box(image: sitk.Image, body: sitk.Image, margin_mm: float) -> sitk.Image:
-    """``image`` cropped to the bounding box of ``body`` grown by ``margin_mm`` (all of it if ``body`` is empty)."""
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(body)
-    if not stats.HasLabel(1):
-        return image
-    box = stats.GetBoundingBox(1)
-    dim = image.GetDimension()
-    grow = [int(np.ceil(margin_mm / sp)) for sp in image.GetSpacing()]
-    low = [max(0, box[i] - grow[i]) for i in range(dim)]
-    high = [min(image.GetSize()[i], box[i] + box[dim + i] + grow[i]) for i in range(dim)]
-    return sitk.RegionOfInterest(image, [h - lo for lo, h in zip(low, high, strict=True)], low)
-
-
 _TWO_SCALE = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 8.0  # cubic B-spline: B(t) = sum_k w_k B(2t - k), k = -2..2
 
 
