@@ -62,18 +62,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    from lesiontrack.io import volume_paths
     from lesiontrack.track.embed import embed_files
+    from lesiontrack.train.loop import image_id_of
 
-    volumes: dict[str, str] = {}
-    for table in args.images or []:
-        from lesiontrack.io import read_table
-
-        frame = read_table(table, required=["image_id", "path"])
-        volumes.update(zip(frame["image_id"], frame["path"], strict=True))
-    for path in args.volumes or []:
-        from lesiontrack.train.loop import image_id_of
-
-        volumes[image_id_of(path)] = path
+    volumes = volume_paths(args.images or [])
+    volumes.update({image_id_of(path): path for path in args.volumes or []})
     if not volumes:
         raise SystemExit("lesiontrack embed: give --images TABLE or --volumes FILE ...")
     rows = embed_files(args.checkpoint, volumes, args.out_dir, args.device, args.max_voxels)

@@ -131,18 +131,23 @@ def _axis_aligned(image: sitk.Image) -> sitk.Image:
                          tuple(np.eye(3).ravel()), -1024.0, sitk.sitkFloat32)
 
 
-def tracking_qa(source: sitk.Image, target: sitk.Image, source_mm: np.ndarray, predicted_mm: np.ndarray,
-                out_png: str | Path, title: str = "", radius_mm: float = float("nan"),
-                window_hu: tuple[float, float] = DISPLAY_WINDOW_HU) -> Path:
-    """Source and target scans in three orthogonal views through the source point and the
-    predicted target point (marked; circle of the lesion radius where known)."""
+def display_volume(image: sitk.Image, window_hu: tuple[float, float] = DISPLAY_WINDOW_HU
+                   ) -> tuple[np.ndarray, Geometry]:
+    """A scan ready for :func:`tracking_qa`: axis-aligned, windowed to [0, 1], and its grid."""
+    image = _axis_aligned(image)
+    return window(sitk.GetArrayViewFromImage(image), window_hu), Geometry.of(image)
+
+
+def tracking_qa(source: tuple[np.ndarray, Geometry], target: tuple[np.ndarray, Geometry], source_mm: np.ndarray,
+                predicted_mm: np.ndarray, out_png: str | Path, title: str = "", radius_mm: float = float("nan")
+                ) -> Path:
+    """Source and target scans (from :func:`display_volume`, prepared once per scan) in three
+    orthogonal views through the source point and the predicted target point (marked; circle of
+    the lesion radius where known)."""
     fig, axes = plt.subplots(2, 3, figsize=(12, 8.5), constrained_layout=True)
     marker = radius_mm + 3.0 if np.isfinite(radius_mm) else 8.0
-    for row, (image, point, label, colour) in enumerate(((source, source_mm, "source", PALETTE["truth"]),
-                                                         (target, predicted_mm, "target", PALETTE["prediction"]))):
-        image = _axis_aligned(image)
-        geometry = Geometry.of(image)
-        volume = window(sitk.GetArrayViewFromImage(image), window_hu)
+    for row, ((volume, geometry), point, label, colour) in enumerate((
+            (source, source_mm, "source", PALETTE["truth"]), (target, predicted_mm, "target", PALETTE["prediction"]))):
         point = np.asarray(point, float)
         for col, (view, fixed) in enumerate(_VIEWS):
             ax = axes[row, col]

@@ -94,6 +94,15 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     return table
 
 
+def volume_paths(tables: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> dict[str, str]:
+    """``image_id -> path`` from volume tables (CSV with columns ``image_id, path``); later tables win."""
+    paths: dict[str, str] = {}
+    for table in tables:
+        frame = read_table(table, required=["image_id", "path"])
+        paths.update(zip(frame["image_id"], frame["path"], strict=True))
+    return paths
+
+
 def sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
-from lesiontrack.io import Geometry, InputError, atomic_path, read_image
+from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, volume_paths, write_table
 from lesiontrack.model import CUMULATIVE_STRIDES, MultiScaleEmbedding, build_model
 from lesiontrack.preprocess import window
 
@@ -179,12 +179,9 @@ def embed_files(checkpoint: str | Path, volumes: dict[str, str | Path], out_dir:
 def embed_shard(checkpoint: str | Path, images_csv: str | Path, resampled_csv: str | Path, splits: list[str],
                 out_dir: str | Path, out_table: str | Path, device: str = "cpu") -> pd.DataFrame:
     """Embed the volumes of one shard whose split is in ``splits``; the shard's table lists them."""
-    from lesiontrack.io import read_table, write_table
-
     images = read_table(images_csv, required=["image_id", "split"])
-    resampled = read_table(resampled_csv, required=["image_id", "path"])
     wanted = set(images.loc[images["split"].isin(splits), "image_id"])
-    volumes = {i: p for i, p in zip(resampled["image_id"], resampled["path"], strict=True) if i in wanted}
+    volumes = {i: p for i, p in volume_paths([resampled_csv]).items() if i in wanted}
     rows = embed_files(checkpoint, volumes, out_dir, device) if volumes else []
     table = pd.DataFrame(rows, columns=["image_id", "embeddings", "volume", "seconds"])
     write_table(table, out_table)

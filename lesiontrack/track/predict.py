@@ -13,13 +13,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lesiontrack.io import Geometry, InputError, read_image, read_table, write_table
+from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_table
 from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
 from lesiontrack.track.match import METHOD_SCALES, MatchSettings, VolumeMaps, match_point
 
@@ -34,10 +35,8 @@ def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSet
     """Matching settings of an embedding ``method`` from the ``track`` config section."""
     if method not in METHOD_SCALES:
         raise ValueError(f"method {method!r}: not an embedding method {list(METHOD_SCALES)}")
-    track = track or {}
-    return MatchSettings(scales=METHOD_SCALES[method], coarse_to_fine=bool(track.get("coarse_to_fine", False)),
-                         subvoxel=bool(track.get("subvoxel", True)), n_peaks=int(track.get("n_peaks", 3)),
-                         window_mm=float(track.get("window_mm", 24.0)))
+    known = {f.name for f in fields(MatchSettings)} - {"scales"}
+    return MatchSettings(scales=METHOD_SCALES[method], **{k: v for k, v in (track or {}).items() if k in known})
 
 
 class _MapCache:
@@ -127,7 +126,7 @@ def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: st
     else:
         from lesiontrack.track import registration
 
-        paths = _volume_paths(volume_tables)
+        paths = volume_paths(volume_tables)
         missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
         if missing:
             raise InputError(f"{pairs_csv}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
@@ -145,14 +144,6 @@ def _registration_settings(method: str, track: dict[str, Any] | None):
     base = registration.DEFAULT_AFFINE if method == "affine" else registration.DEFAULT_DEFORMABLE
     overrides = ((track or {}).get("registration") or {}).get(method)
     return registration.RegistrationSettings.from_dict(overrides, base)
-
-
-def _volume_paths(tables: list[str | Path]) -> dict[str, str]:
-    paths: dict[str, str] = {}
-    for table in tables:
-        frame = read_table(table, required=["image_id", "path"])
-        paths.update(zip(frame["image_id"], frame["path"], strict=True))
-    return paths
 
 
 POINT_COLUMNS = ["lesion_id", "x", "y", "z"]
@@ -209,10 +200,11 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     result["found"] = True
     write_table(result, out)
     if qa_dir is not None:
-        from lesiontrack.figures import tracking_qa
+        from lesiontrack.figures import display_volume, tracking_qa
 
         radius = points["radius_mm"].to_numpy(float) if "radius_mm" in points else np.full(len(points), np.nan)
+        shown = display_volume(source_image), display_volume(target_image)
         for k, lesion_id in enumerate(points["lesion_id"].astype(str)):
-            tracking_qa(source_image, target_image, xyz[k], predicted[k], Path(qa_dir) / f"{lesion_id}.png",
+            tracking_qa(*shown, xyz[k], predicted[k], Path(qa_dir) / f"{lesion_id}.png",
                         title=f"{lesion_id} ({method}, confidence {confidence[k]:.3f})", radius_mm=radius[k])
     return result
