@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain
-from lesiontrack.train.loss import info_nce, sample_embeddings
+from lesiontrack.train.loss import info_nce, info_nce_bank, sample_embeddings
 from lesiontrack.train.patches import PatchConfig, sample_pair
 
 
@@ -53,6 +53,24 @@ def test_info_nce_by_hand():
     dropped = -(math.log(math.exp(0.6 / t) / (math.exp(0.6 / t) + 1.0))
                 + math.log(math.exp(1 / t) / (math.exp(1 / t) + 1.0 + math.exp(0.8 / t))))
     assert info_nce(anchor, positive, negatives, t, keep).item() == pytest.approx(dropped, rel=1e-6)
+
+
+def test_info_nce_bank_equals_gathered_negatives():
+    """The bank form (similarities gathered by index) gives the same loss and gradients as
+    gathering the negative embeddings themselves."""
+    generator = torch.Generator().manual_seed(0)
+    anchor = torch.nn.functional.normalize(torch.randn(20, 16, generator=generator), dim=1).requires_grad_()
+    positive = torch.nn.functional.normalize(torch.randn(20, 16, generator=generator), dim=1)
+    bank = torch.nn.functional.normalize(torch.randn(50, 16, generator=generator), dim=1).requires_grad_()
+    index = torch.randint(0, 50, (20, 30), generator=generator)
+    keep = torch.rand(20, 30, generator=generator) > 0.2
+    gathered = info_nce(anchor, positive, bank[index], 0.1, keep)
+    grads = torch.autograd.grad(gathered, [anchor, bank])
+    banked = info_nce_bank(anchor, positive, bank, index, 0.1, keep)
+    grads_bank = torch.autograd.grad(banked, [anchor, bank])
+    assert banked.item() == pytest.approx(gathered.item(), rel=1e-5)
+    for a, b in zip(grads, grads_bank, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_sample_embeddings_hits_voxel_centres():
@@ -218,3 +236,45 @@ def test_landmark_positives_drawn_when_tables_exist(tmp_path):
     assert torch.isfinite(loss) and len(per_scale) == 5
     without = loop._sample_pairs(loop._Volumes(volumes), 4, cfg, patches, np.random.default_rng(0))
     assert all(p.landmark_partner is None for p in without)
+
+
+@pytest.mark.parametrize("landmarks", [False, True])
+def test_far_negatives_come_from_the_same_volume_elsewhere(tmp_path, landmarks):
+    """With ``far_negatives``, each pair has a sibling pair from the same volume; its far
+    candidates are excluded near the positive in volume coordinates, never by view coordinates."""
+    from lesiontrack.model import MultiScaleEmbedding
+    from lesiontrack.train import loop
+    from lesiontrack.train.loss import far_source
+
+    volumes = _tiny_volumes(tmp_path)
+    landmark_dir = None
+    if landmarks:
+        landmark_dir = tmp_path / "landmarks"
+        landmark_dir.mkdir()
+        for k, path in enumerate(volumes):
+            pd.DataFrame([{"name": name, "x": 4 * (30.0 + k), "y": 4 * (33.0 + 2 * j), "z": 4 * (18.0 + j),
+                           "confidence": 1.0} for j, name in enumerate(["carina", "liver_dome", "vertebra_T8"])]
+                         ).to_csv(landmark_dir / f"{loop.image_id_of(path)}.csv", index=False)
+    cfg = TrainConfig(**{**TINY, "far_negatives": 200, "landmark_fraction": 0.1 if landmarks else 0.0})
+    patches = PatchConfig(patch_size=cfg.patch_size)
+    torch.manual_seed(0)
+    pairs = loop._sample_pairs(loop._Volumes(volumes, landmark_dir), 4, cfg, patches, np.random.default_rng(0))
+    assert len(pairs) == 4
+    for k, pair in enumerate(pairs):
+        assert pair.sibling is not None and pairs[pair.sibling].sibling == k and pair.sibling != k
+        assert pairs[pair.sibling].volume_index == pair.volume_index
+        if pair.landmark_partner is not None:  # partners stay linked to the other volume
+            assert pairs[pair.landmark_partner].volume_index != pair.volume_index
+    if landmarks:
+        assert any(p.landmark_partner is not None for p in pairs)
+    pair, sibling = pairs[0], pairs[pairs[0].sibling]
+    maps = [torch.zeros(1, 2, 2, 2)] * 5
+    source = far_source(maps, sibling.view2.valid, sibling.view2.to_volume, pair.positives_volume, 4.0, 8.0, 200,
+                        np.random.default_rng(0))
+    in_volume = source.candidates @ sibling.view2.to_volume[:3, :3].T + sibling.view2.to_volume[:3, 3]
+    distance = np.linalg.norm(pair.positives_volume[:, None] - in_volume[None], axis=-1) * 4.0
+    np.testing.assert_array_equal(source.excluded, distance < 8.0)
+    assert not source.same_view
+    model = MultiScaleEmbedding(width=4, embedding_dim=8)
+    loss, per_scale = loop._pair_loss(model, pairs, cfg, 4.0, np.random.default_rng(1), torch.device("cpu"))
+    assert torch.isfinite(loss) and len(per_scale) == 5

@@ -22,7 +22,7 @@ import torch
 
 from lesiontrack.io import Geometry, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
-from lesiontrack.train.loss import choose_negatives, multiscale_loss
+from lesiontrack.train.loss import choose_negatives, far_source, multiscale_loss, near_source
 from lesiontrack.train.patches import PatchConfig, sample_pair, shared_points
 
 N_SCALES = 5
@@ -37,6 +37,7 @@ class TrainConfig:
     max_epochs: int = 64
     patience: int = 5
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": decay to 1 % of lr over max_epochs
     temperature: float = 0.5
     patch_size: tuple[int, int, int] = (32, 96, 96)
     n_pos: int = 100
@@ -48,6 +49,7 @@ class TrainConfig:
     validation_pairs: int = 8
     seed: int = 0
     landmark_fraction: float = 0.0  # share of positives that are the same landmark in two volumes
+    far_negatives: int = 0  # candidates per pair from a sibling patch elsewhere in the same volume
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on the CPU)
 
     @classmethod
@@ -120,21 +122,28 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
     for b, pair in enumerate(pairs):
         e1 = [o[b] for o in outputs]
         e2 = [o[len(pairs) + b] for o in outputs]
-        candidates, negatives = choose_negatives(
-            e1, e2, head, pair.positives1, pair.positives2, pair.view2.valid, cfg.patch_size, spacing_mm,
-            cfg.neg_exclusion_mm, cfg.n_hard_neg, cfg.n_diverse_neg, cfg.n_candidates, rng)
-        loss, scales = multiscale_loss(e1, e2, head, pair.positives1, pair.positives2, candidates, negatives,
+        sources = [near_source(e2, pair.positives2, pair.view2.valid, spacing_mm, cfg.neg_exclusion_mm,
+                               cfg.n_candidates, rng)]
+        if pair.sibling is not None and cfg.far_negatives:
+            sibling = pairs[pair.sibling]
+            sources.append(far_source([o[len(pairs) + pair.sibling] for o in outputs], sibling.view2.valid,
+                                      sibling.view2.to_volume, pair.positives_volume, spacing_mm,
+                                      cfg.neg_exclusion_mm, cfg.far_negatives, rng))
+        negatives = choose_negatives(e1, head, pair.positives1, sources, cfg.patch_size, cfg.n_hard_neg,
+                                     cfg.n_diverse_neg, rng)
+        loss, scales = multiscale_loss(e1, e2, head, pair.positives1, pair.positives2, sources, negatives,
                                        cfg.patch_size, cfg.temperature)
         if pair.landmark_partner is not None and len(pair.landmarks1):
             # the same landmark in another volume of the batch: anchor here, positive and
             # negatives in the partner's first view
             partner = pairs[pair.landmark_partner]
             e_partner = [o[pair.landmark_partner] for o in outputs]
-            candidates, negatives = choose_negatives(
-                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, partner.view1.valid, cfg.patch_size,
-                spacing_mm, cfg.neg_exclusion_mm, cfg.n_hard_neg, cfg.n_diverse_neg, cfg.n_candidates, rng)
+            sources = [near_source(e_partner, pair.landmarks_partner, partner.view1.valid, spacing_mm,
+                                   cfg.neg_exclusion_mm, cfg.n_candidates, rng)]
+            negatives = choose_negatives(e1, head, pair.landmarks1, sources, cfg.patch_size, cfg.n_hard_neg,
+                                         cfg.n_diverse_neg, rng)
             landmark_loss, landmark_scales = multiscale_loss(
-                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, candidates, negatives, cfg.patch_size,
+                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, sources, negatives, cfg.patch_size,
                 cfg.temperature)
             loss = loss + landmark_loss
             scales = [a + b for a, b in zip(scales, landmark_scales, strict=True)]
@@ -146,33 +155,69 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
 def _sample_pairs(volumes: _Volumes, count: int, cfg: TrainConfig, patches: PatchConfig, rng) -> list:
     """``count`` patch pairs. With ``landmark_fraction`` > 0 and landmark tables, pairs come in
     twos from two volumes, both centred on one landmark they share, and up to that fraction of
-    the first pair's positives are landmarks seen in both pairs' first views."""
-    with_landmarks = [k for k, names in enumerate(volumes.landmarks) if names]
-    use_landmarks = cfg.landmark_fraction > 0 and len(with_landmarks) >= 2
+    the first pair's positives are landmarks seen in both pairs' first views.
+
+    With ``far_negatives`` > 0, pairs come in siblings: a second pair (or, with landmarks, a second
+    couple on another shared landmark) from the same volume(s) elsewhere in the body, whose
+    second view supplies far negatives."""
+    siblings = cfg.far_negatives > 0
     pairs: list = []
     while len(pairs) < count:
-        if not use_landmarks or count - len(pairs) < 2:
-            k = int(rng.integers(len(volumes.arrays)))
-            pairs.append(sample_pair(volumes.arrays[k], volumes.body[k], patches, cfg.n_pos, rng))
-            continue
-        a, b = (int(v) for v in rng.choice(with_landmarks, size=2, replace=False))
-        shared = sorted(set(volumes.landmarks[a]) & set(volumes.landmarks[b]))
-        if not shared:
-            continue
-        name = shared[int(rng.integers(len(shared)))]
-        first = sample_pair(volumes.arrays[a], volumes.body[a], patches, cfg.n_pos, rng, volumes.landmarks[a][name])
-        second = sample_pair(volumes.arrays[b], volumes.body[b], patches, cfg.n_pos, rng, volumes.landmarks[b][name])
-        points_a = np.array([volumes.landmarks[a][n] for n in shared])
-        points_b = np.array([volumes.landmarks[b][n] for n in shared])
-        here, there = shared_points(first.view1, points_a, second.view1, points_b)
-        keep = min(len(here), max(1, round(cfg.landmark_fraction * cfg.n_pos)))
-        if keep:
-            first.landmark_partner = len(pairs) + 1
-            first.landmarks1, first.landmarks_partner = here[:keep], there[:keep]
-            first.positives1, first.positives2 = first.positives1[keep:], first.positives2[keep:]
-            first.positives_volume = first.positives_volume[keep:]
-        pairs += [first, second]
+        group = _sample_group(volumes, count - len(pairs), cfg, patches, rng)
+        if siblings and count - len(pairs) >= 2 * len(group):
+            again = _sample_group(volumes, len(group), cfg, patches, rng, volumes_of=group)
+            if len(again) == len(group):
+                for k, (first, second) in enumerate(zip(group, again, strict=True)):
+                    first.sibling, second.sibling = len(pairs) + len(group) + k, len(pairs) + k
+                    for pair, offset in ((first, 0), (second, len(group))):
+                        if pair.landmark_partner is not None:
+                            pair.landmark_partner += len(pairs) + offset
+                pairs += group + again
+                continue
+        for pair in group:
+            if pair.landmark_partner is not None:
+                pair.landmark_partner += len(pairs)
+        pairs += group
     return pairs
+
+
+def _sample_group(volumes: _Volumes, room: int, cfg: TrainConfig, patches: PatchConfig, rng,
+                  volumes_of: list | None = None) -> list:
+    """One pair, or a landmark couple (two pairs, ``landmark_partner`` relative to the group).
+    ``volumes_of``: a group whose volumes to reuse (a sibling group, elsewhere in the body)."""
+    with_landmarks = [k for k, names in enumerate(volumes.landmarks) if names]
+    use_landmarks = cfg.landmark_fraction > 0 and len(with_landmarks) >= 2 and room >= 2
+    if volumes_of is not None:
+        use_landmarks = len(volumes_of) == 2
+    if not use_landmarks:
+        k = volumes_of[0].volume_index if volumes_of else int(rng.integers(len(volumes.arrays)))
+        pair = sample_pair(volumes.arrays[k], volumes.body[k], patches, cfg.n_pos, rng)
+        pair.volume_index = k
+        return [pair]
+    for _ in range(100):
+        if volumes_of is not None:
+            a, b = volumes_of[0].volume_index, volumes_of[1].volume_index
+        else:
+            a, b = (int(v) for v in rng.choice(with_landmarks, size=2, replace=False))
+        shared = sorted(set(volumes.landmarks[a]) & set(volumes.landmarks[b]))
+        if shared:
+            break
+    else:
+        return []
+    name = shared[int(rng.integers(len(shared)))]
+    first = sample_pair(volumes.arrays[a], volumes.body[a], patches, cfg.n_pos, rng, volumes.landmarks[a][name])
+    second = sample_pair(volumes.arrays[b], volumes.body[b], patches, cfg.n_pos, rng, volumes.landmarks[b][name])
+    first.volume_index, second.volume_index = a, b
+    points_a = np.array([volumes.landmarks[a][n] for n in shared])
+    points_b = np.array([volumes.landmarks[b][n] for n in shared])
+    here, there = shared_points(first.view1, points_a, second.view1, points_b)
+    keep = min(len(here), max(1, round(cfg.landmark_fraction * cfg.n_pos)))
+    if keep:
+        first.landmark_partner = 1
+        first.landmarks1, first.landmarks_partner = here[:keep], there[:keep]
+        first.positives1, first.positives2 = first.positives1[keep:], first.positives2[keep:]
+        first.positives_volume = first.positives_volume[keep:]
+    return [first, second]
 
 
 def select_volumes(images_csv: str | Path, resampled_tables: list[str | Path], split: str = "train",
@@ -191,6 +236,18 @@ def select_volumes(images_csv: str | Path, resampled_tables: list[str | Path], s
     held_out = set(subjects[-validation_subjects:])
     validation = table["subject_id"].isin(held_out)
     return table.loc[~validation, "path"].tolist(), table.loc[validation, "path"].tolist()
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """The learning rate of a global step: ``lr`` throughout (``constant``), or a cosine decay from
+    ``lr`` to 1 % of it over ``max_epochs * steps_per_epoch`` steps (``cosine``). A function of the
+    step alone, so a resumed run continues on the same schedule."""
+    if train.lr_schedule == "constant":
+        return train.lr
+    if train.lr_schedule != "cosine":
+        raise ValueError(f"train.lr_schedule = {train.lr_schedule!r}: expected 'constant' or 'cosine'")
+    total = max(1, train.max_epochs * train.steps_per_epoch - 1)
+    return train.lr * (0.01 + 0.99 * 0.5 * (1.0 + np.cos(np.pi * min(step, total) / total)))
 
 
 def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
@@ -261,7 +318,9 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         began = time.perf_counter()
         network.train()
         sums, count = np.zeros(N_SCALES + 1), 0
-        for _ in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
+        for step in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train, epoch * train.steps_per_epoch + step)
             pairs = _sample_pairs(volumes, local_batch, train, patches, rng)
             loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, rng, device)
             optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,8 @@ coarse voxel as its positive at a scale is dropped at that scale.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
@@ -30,33 +32,84 @@ def sample_embeddings(embedding: torch.Tensor, points_zyx: torch.Tensor, input_s
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float,
              keep: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1 summed over positives. anchor, positive: (N, C); negatives: (N, K, C); keep: (N, K) bool."""
-    positive_logit = (anchor * positive).sum(-1, keepdim=True) / temperature
-    negative_logits = torch.einsum("nc,nkc->nk", anchor, negatives) / temperature
+    return _info_nce_logits((anchor * positive).sum(-1), torch.einsum("nc,nkc->nk", anchor, negatives),
+                            temperature, keep)
+
+
+def info_nce_bank(anchor: torch.Tensor, positive: torch.Tensor, bank: torch.Tensor, negatives: torch.Tensor,
+                  temperature: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`info_nce` with the negatives given as indices (N, K) into a bank (M, C) of embeddings.
+
+    Equal to ``info_nce(anchor, positive, bank[negatives], ...)``, but it gathers the (N, M)
+    similarities instead of (N, K, C) embeddings: about 10x less work forwards and backwards."""
+    similarities = anchor @ bank.T
+    return _info_nce_logits((anchor * positive).sum(-1), torch.gather(similarities, 1, negatives), temperature, keep)
+
+
+def _info_nce_logits(positive_similarity: torch.Tensor, negative_similarities: torch.Tensor, temperature: float,
+                     keep: torch.Tensor | None) -> torch.Tensor:
+    positive_logit = positive_similarity[:, None] / temperature
+    negative_logits = negative_similarities / temperature
     if keep is not None:
         negative_logits = negative_logits.masked_fill(~keep, float("-inf"))
     logits = torch.cat([positive_logit, negative_logits], dim=1)
     return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).sum()
 
 
-def choose_negatives(embeddings1: list[torch.Tensor], embeddings2: list[torch.Tensor], project, positives1: np.ndarray,
-                     positives2: np.ndarray, valid2: np.ndarray, input_shape, spacing_mm: float,
-                     exclusion_mm: float, n_hard: int, n_diverse: int, n_candidates: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per positive, ``n_hard`` candidates of view 2 most similar to the anchor (summed similarity
-    over scales) and ``n_diverse`` random ones, all farther than ``exclusion_mm`` from the
-    positive. Returns the candidate voxels (K, 3) and, per positive, indices into them (N, n_hard + n_diverse)."""
-    candidates = np.stack(np.nonzero(valid2), axis=1)
-    candidates = candidates[rng.choice(len(candidates), size=min(n_candidates, len(candidates)), replace=False)]
-    cand = torch.from_numpy(candidates.astype(np.float32))
-    anchors1 = torch.from_numpy(positives1.astype(np.float32))
-    with torch.no_grad():
-        similarity = torch.zeros(len(positives1), len(candidates))
-        for level, (e1, e2) in enumerate(zip(embeddings1, embeddings2, strict=True)):
-            to_embedding = _projector(project, level)
-            similarity += (sample_embeddings(e1, anchors1, input_shape, to_embedding)
-                           @ sample_embeddings(e2, cand, input_shape, to_embedding).T)
+@dataclass
+class NegativeSource:
+    """Candidate negatives of one view: its embeddings, candidate voxels and which candidates are
+    too close to each positive. ``same_view``: the view holds the positives too (view 2 of the pair),
+    so a candidate in the positive's coarse voxel is dropped at that scale."""
+
+    embeddings: list[torch.Tensor]
+    candidates: np.ndarray  # (K, 3) view voxels (z, y, x)
+    excluded: np.ndarray  # (N, K) bool
+    same_view: bool
+
+
+def _draw(valid: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    candidates = np.stack(np.nonzero(valid), axis=1)
+    return candidates[rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)]
+
+
+def near_source(embeddings2: list[torch.Tensor], positives2: np.ndarray, valid2: np.ndarray, spacing_mm: float,
+                exclusion_mm: float, n_candidates: int, rng: np.random.Generator) -> NegativeSource:
+    """``n_candidates`` random voxels of the positives' own view, excluded within ``exclusion_mm``."""
+    candidates = _draw(valid2, n_candidates, rng)
     distance_mm = np.linalg.norm(positives2[:, None, :] - candidates[None, :, :], axis=-1) * spacing_mm
-    excluded = torch.from_numpy(distance_mm < exclusion_mm)
+    return NegativeSource(embeddings2, candidates, distance_mm < exclusion_mm, same_view=True)
+
+
+def far_source(embeddings: list[torch.Tensor], valid: np.ndarray, to_volume: np.ndarray,
+               positives_volume: np.ndarray, spacing_mm: float, exclusion_mm: float, n_candidates: int,
+               rng: np.random.Generator) -> NegativeSource:
+    """``n_candidates`` random voxels of another view of the same volume (elsewhere in the body),
+    excluded within ``exclusion_mm`` of the positive in volume coordinates. They teach the
+    embedding to tell a place from similar anatomy farther away than one patch (the next
+    vertebra, the other kidney), which the paired patches alone never show."""
+    candidates = _draw(valid, n_candidates, rng)
+    in_volume = candidates @ to_volume[:3, :3].T + to_volume[:3, 3]
+    distance_mm = np.linalg.norm(positives_volume[:, None, :] - in_volume[None, :, :], axis=-1) * spacing_mm
+    return NegativeSource(embeddings, candidates, distance_mm < exclusion_mm, same_view=False)
+
+
+def choose_negatives(embeddings1: list[torch.Tensor], project, positives1: np.ndarray,
+                     sources: list[NegativeSource], input_shape, n_hard: int, n_diverse: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Per positive, the ``n_hard`` candidates most similar to the anchor (summed similarity over
+    scales) and ``n_diverse`` random ones, none of them excluded. Returns indices (N, n_hard +
+    n_diverse) into the candidates of all ``sources``, concatenated in order."""
+    anchors1 = torch.from_numpy(positives1.astype(np.float32))
+    excluded = torch.from_numpy(np.concatenate([s.excluded for s in sources], axis=1))
+    with torch.no_grad():
+        similarity = torch.zeros(excluded.shape)
+        for level, e1 in enumerate(embeddings1):
+            to_embedding = _projector(project, level)
+            anchor = sample_embeddings(e1, anchors1, input_shape, to_embedding)
+            bank = torch.cat([sample_embeddings(s.embeddings[level], torch.from_numpy(s.candidates.astype(np.float32)),
+                                                input_shape, to_embedding) for s in sources])
+            similarity += anchor @ bank.T
     similarity = similarity.masked_fill(excluded, float("-inf"))
     hard = torch.topk(similarity, k=n_hard, dim=1).indices.numpy()
     chosen = np.empty((len(positives1), n_hard + n_diverse), dtype=int)
@@ -64,7 +117,7 @@ def choose_negatives(embeddings1: list[torch.Tensor], embeddings2: list[torch.Te
         allowed = np.flatnonzero(~excluded[i].numpy())
         chosen[i, :n_hard] = hard[i]
         chosen[i, n_hard:] = rng.choice(allowed, size=n_diverse, replace=len(allowed) < n_diverse)
-    return candidates, chosen
+    return chosen
 
 
 def _projector(project, level: int):
@@ -72,23 +125,27 @@ def _projector(project, level: int):
 
 
 def multiscale_loss(embeddings1: list[torch.Tensor], embeddings2: list[torch.Tensor], project, positives1: np.ndarray,
-                    positives2: np.ndarray, candidates: np.ndarray, negatives: np.ndarray, input_shape,
+                    positives2: np.ndarray, sources: list[NegativeSource], negatives: np.ndarray, input_shape,
                     temperature: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """InfoNCE of one patch pair at every scale; returns (mean over scales, per-scale losses).
 
     ``embeddings1/2``: per level, dense embedding maps (``project`` None) or decoder features with
-    ``project(level, features)`` the model's head (:meth:`MultiScaleEmbedding.project`)."""
+    ``project(level, features)`` the model's head (:meth:`MultiScaleEmbedding.project`).
+    ``negatives``: indices into the concatenated candidates of ``sources`` (:func:`choose_negatives`)."""
     p1 = torch.from_numpy(positives1.astype(np.float32))
     p2 = torch.from_numpy(positives2.astype(np.float32))
-    cand = torch.from_numpy(candidates.astype(np.float32))
+    index = torch.from_numpy(negatives.astype(np.int64))
+    candidates = np.concatenate([s.candidates for s in sources])
+    same_view = np.concatenate([np.full(len(s.candidates), s.same_view) for s in sources])[negatives]
     per_scale = []
     for level, (e1, e2, stride) in enumerate(zip(embeddings1, embeddings2, CUMULATIVE_STRIDES, strict=True)):
         to_embedding = _projector(project, level)
         anchor = sample_embeddings(e1, p1, input_shape, to_embedding)
         positive = sample_embeddings(e2, p2, input_shape, to_embedding)
-        bank = sample_embeddings(e2, cand, input_shape, to_embedding)
-        negative = bank[torch.from_numpy(negatives)]  # (N, K, C)
+        bank = torch.cat([sample_embeddings(s.embeddings[level], torch.from_numpy(s.candidates.astype(np.float32)),
+                                            input_shape, to_embedding) for s in sources])
         step = np.asarray(stride)
-        same_cell = np.all(np.floor(candidates[negatives] / step) == np.floor(positives2[:, None, :] / step), -1)
-        per_scale.append(info_nce(anchor, positive, negative, temperature, torch.from_numpy(~same_cell)))
+        in_cell = np.floor(candidates[negatives] / step) == np.floor(positives2[:, None, :] / step)
+        same_cell = same_view & np.all(in_cell, -1)
+        per_scale.append(info_nce_bank(anchor, positive, bank, index, temperature, torch.from_numpy(~same_cell)))
     return torch.stack(per_scale).mean(), per_scale

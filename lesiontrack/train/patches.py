@@ -58,6 +58,9 @@ class PatchPair:
     landmark_partner: int | None = None
     landmarks1: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     landmarks_partner: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    # A sibling pair from the same volume elsewhere in the body (far negatives): its batch index.
+    sibling: int | None = None
+    volume_index: int = -1  # which training volume the pair was cut from
 
 
 def shared_points(view_a: View, points_a: np.ndarray, view_b: View, points_b: np.ndarray
