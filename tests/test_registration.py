@@ -16,6 +16,7 @@ from lesiontrack.track.registration import (
     DEFAULT_DEFORMABLE,
     RegistrationSettings,
     map_points,
+    refine_bspline,
     register,
     registration_predictions,
 )
@@ -90,6 +91,22 @@ def test_affine_is_deterministic(ct_case):
     first, second = register(fixed, moving, "affine"), register(fixed, moving, "affine")
     # seeded sampling: the same result up to the order of multithreaded sums (~1e-9)
     np.testing.assert_allclose(first.GetParameters(), second.GetParameters(), rtol=0, atol=1e-6)
+
+
+def test_refine_bspline_is_exact():
+    image = sitk.Image([30, 25, 20], sitk.sitkFloat32)
+    image.SetSpacing((2.0, 3.0, 4.0))
+    image.SetOrigin((10.0, -20.0, 5.0))
+    image.SetDirection(sitk.VersorTransform((1.0, 2.0, 3.0), 0.3).GetMatrix())
+    coarse = sitk.BSplineTransformInitializer(image, [2, 3, 2], 3)
+    coarse.SetParameters(np.random.default_rng(0).normal(0, 5, coarse.GetNumberOfParameters()).tolist())
+    fine = refine_bspline(refine_bspline(coarse))
+    assert list(fine.GetTransformDomainMeshSize()) == [8, 12, 8]
+    rng = np.random.default_rng(1)
+    points = np.array([image.TransformContinuousIndexToPhysicalPoint(rng.uniform(0, np.array(image.GetSize()) - 1))
+                       for _ in range(200)])
+    assert np.abs(map_points(coarse, points) - points).max() > 1  # a real deformation
+    np.testing.assert_allclose(map_points(fine, points), map_points(coarse, points), atol=1e-9)
 
 
 def test_map_points_shapes():
