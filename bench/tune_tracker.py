@@ -1,0 +1,103 @@
+"""Train with config overrides and score the tracker on the validation subjects' pairs, never on
+the test split: the way to choose training settings.
+
+    python bench/tune_tracker.py --results results --out-dir bench/out/tune/far \\
+        --set far_negatives=1000 neg_exclusion_mm=4 [--model width=8] [--seed 0 1]
+
+Uses the default run's tables (``results/synthetic/images.csv``, ``pairs.csv``, the resampled
+shard tables and the landmark truth) and ``config.yaml``'s ``train`` and ``model`` sections. The
+training subjects are split as the workflow splits them (the last ``validation_subjects`` held out);
+the held-out subjects' lesion pairs are tracked (coarse-to-fine, or ``--full``) and CPM@Radius,
+MED, the median error, the share over 20 mm and MEDz are printed per seed and as mean +- spread
+over seeds (one run is noisy: settings that differ by a few points are not told apart by one seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from lesiontrack.evaluate import hits_radius
+from lesiontrack.io import read_image, read_table
+from lesiontrack.track.embed import embed_volume, load_model
+from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
+from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
+
+
+def _overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def score(checkpoint: Path, results: Path, subjects: list[str], full: bool) -> dict[str, float]:
+    model, config = load_model(checkpoint)
+    pairs = read_table(results / "synthetic" / "pairs.csv")
+    pairs = pairs[pairs["subject_id"].isin(subjects)]
+    resampled = results / "synthetic" / "resampled"
+    maps = {i: VolumeMaps(embed_volume(model, read_image(resampled / f"{i}.nii.gz"), tuple(config["window_hu"])))
+            for i in set(pairs["source_image"]) | set(pairs["target_image"])}
+    settings = MatchSettings(coarse_to_fine=not full)
+    errors = []
+    for row in pairs.itertuples():
+        found = match_point(maps[row.source_image], maps[row.target_image],
+                            np.array([row.source_x, row.source_y, row.source_z]), settings)
+        errors.append(found.point_mm - np.array([row.target_x, row.target_y, row.target_z]))
+    errors = np.array(errors)
+    distance = np.linalg.norm(errors, axis=1)
+    return {"pairs": len(distance),
+            "cpm_radius": 100 * float(np.mean(hits_radius(distance, pairs["target_radius_mm"].to_numpy()))),
+            "med_mm": float(distance.mean()), "median_mm": float(np.median(distance)),
+            "over_20mm": 100 * float(np.mean(distance > 20)), "medz_mm": float(np.abs(errors[:, 2]).mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", type=Path)
+    parser.add_argument("--config", default="config.yaml", type=Path)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--set", nargs="*", default=[], help="train.KEY=VALUE overrides")
+    parser.add_argument("--model", nargs="*", default=[], help="model.KEY=VALUE overrides")
+    parser.add_argument("--seed", nargs="+", type=int, default=[0])
+    parser.add_argument("--full", action="store_true", help="full matching instead of coarse-to-fine")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    config = yaml.safe_load(args.config.read_text())
+    train_section = {**config["train"], **_overrides(args.set)}
+    model_section = {**config["model"], **_overrides(args.model)}
+    synthetic = args.results / "synthetic"
+    tables = sorted(glob.glob(str(synthetic / "shards" / "resampled-*.csv")))
+    training, validation = select_volumes(synthetic / "images.csv", tables, "train",
+                                          train_section.get("validation_subjects", 1))
+    images = read_table(synthetic / "images.csv")
+    held_out = sorted(images[images["image_id"].isin([image_id_of(p) for p in validation])]["subject_id"].unique())
+    rows = []
+    for seed in args.seed:
+        out = args.out_dir / f"seed{seed}"
+        began = time.perf_counter()
+        pretrain(training, validation, out, TrainConfig.from_dict({**train_section, "seed": seed}),
+                 ModelConfig.from_dict(model_section), tuple(config["preprocess"]["window_hu"]), progress=False,
+                 landmark_dir=synthetic / "truth")
+        row = {"seed": seed, "train_s": time.perf_counter() - began,
+               **score(out / "checkpoint_best.pt", args.results, held_out, args.full)}
+        rows.append(row)
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    keys = ["cpm_radius", "med_mm", "median_mm", "over_20mm", "medz_mm"]
+    summary = {k: f"{np.mean([r[k] for r in rows]):.1f} +- {np.std([r[k] for r in rows]):.1f}" for k in keys}
+    print("validation subjects", held_out, "overrides", args.set, args.model, "->", summary)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary,
+                                                           "overrides": args.set + args.model}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
