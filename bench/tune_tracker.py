@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import yaml
 
-from lesiontrack.evaluate import hits_radius
+from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_image, read_table
 from lesiontrack.track.embed import embed_volume, load_model
-from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
+from lesiontrack.track.match import MatchSettings, VolumeMaps
+from lesiontrack.track.predict import embedding_predictions
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -40,24 +41,21 @@ def _overrides(items: list[str]) -> dict:
 
 
 def score(checkpoint: Path, results: Path, subjects: list[str], full: bool) -> dict[str, float]:
+    """Track the subjects' pairs with the checkpoint (each volume embedded once) and summarise
+    them with the evaluation's own metrics."""
     model, config = load_model(checkpoint)
     pairs = read_table(results / "synthetic" / "pairs.csv")
     pairs = pairs[pairs["subject_id"].isin(subjects)]
     resampled = results / "synthetic" / "resampled"
-    maps = {i: VolumeMaps(embed_volume(model, read_image(resampled / f"{i}.nii.gz"), tuple(config["window_hu"])))
-            for i in set(pairs["source_image"]) | set(pairs["target_image"])}
-    settings = MatchSettings(coarse_to_fine=not full)
-    errors = []
-    for row in pairs.itertuples():
-        found = match_point(maps[row.source_image], maps[row.target_image],
-                            np.array([row.source_x, row.source_y, row.source_z]), settings)
-        errors.append(found.point_mm - np.array([row.target_x, row.target_y, row.target_z]))
-    errors = np.array(errors)
-    distance = np.linalg.norm(errors, axis=1)
-    return {"pairs": len(distance),
-            "cpm_radius": 100 * float(np.mean(hits_radius(distance, pairs["target_radius_mm"].to_numpy()))),
-            "med_mm": float(distance.mean()), "median_mm": float(np.median(distance)),
-            "over_20mm": 100 * float(np.mean(distance > 20)), "medz_mm": float(np.abs(errors[:, 2]).mean())}
+
+    def load(image_id: str) -> VolumeMaps:
+        return VolumeMaps(embed_volume(model, read_image(resampled / f"{image_id}.nii.gz"),
+                                       tuple(config["window_hu"])))
+
+    predictions = embedding_predictions(pairs, load, "multiscale", MatchSettings(coarse_to_fine=not full),
+                                        progress=False)
+    summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
+    return {"pairs": summary["n"], **{k: summary[k] for k in ("cpm_radius", "med", "median", "over_20mm", "med_z")}}
 
 
 def main() -> None:
@@ -91,7 +89,7 @@ def main() -> None:
                **score(out / "checkpoint_best.pt", args.results, held_out, args.full)}
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    keys = ["cpm_radius", "med_mm", "median_mm", "over_20mm", "medz_mm"]
+    keys = ["cpm_radius", "med", "median", "over_20mm", "med_z"]
     summary = {k: f"{np.mean([r[k] for r in rows]):.1f} +- {np.std([r[k] for r in rows]):.1f}" for k in keys}
     print("validation subjects", held_out, "overrides", args.set, args.model, "->", summary)
     args.out_dir.mkdir(parents=True, exist_ok=True)

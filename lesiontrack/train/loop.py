@@ -22,7 +22,7 @@ import torch
 
 from lesiontrack.io import Geometry, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
-from lesiontrack.train.loss import choose_negatives, far_source, multiscale_loss, near_source
+from lesiontrack.train.loss import choose_negatives, far_source, multiscale_loss, near_source, sample_levels
 from lesiontrack.train.patches import PatchConfig, sample_pair, shared_points
 
 N_SCALES = 5
@@ -93,6 +93,7 @@ class _Volumes:
             self.arrays.append(array)
             self.body.append(body)
             self.landmarks.append(_landmarks(landmark_dir, path, geometry))
+        self.with_landmarks = [k for k, names in enumerate(self.landmarks) if names]
         if len(spacings) > 1:
             raise ValueError(f"training volumes have different spacings {sorted(spacings)}: resample them first")
         self.spacing_mm = spacings.pop()
@@ -129,10 +130,9 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
             sources.append(far_source([o[len(pairs) + pair.sibling] for o in outputs], sibling.view2.valid,
                                       sibling.view2.to_volume, pair.positives_volume, spacing_mm,
                                       cfg.neg_exclusion_mm, cfg.far_negatives, rng))
-        negatives = choose_negatives(e1, head, pair.positives1, sources, cfg.patch_size, cfg.n_hard_neg,
-                                     cfg.n_diverse_neg, rng)
-        loss, scales = multiscale_loss(e1, e2, head, pair.positives1, pair.positives2, sources, negatives,
-                                       cfg.patch_size, cfg.temperature)
+        levels = sample_levels(e1, e2, head, pair.positives1, pair.positives2, sources, cfg.patch_size)
+        negatives = choose_negatives(levels, sources, cfg.n_hard_neg, cfg.n_diverse_neg, rng)
+        loss, scales = multiscale_loss(levels, pair.positives2, sources, negatives, cfg.temperature)
         if pair.landmark_partner is not None and len(pair.landmarks1):
             # the same landmark in another volume of the batch: anchor here, positive and
             # negatives in the partner's first view
@@ -140,11 +140,11 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
             e_partner = [o[pair.landmark_partner] for o in outputs]
             sources = [near_source(e_partner, pair.landmarks_partner, partner.view1.valid, spacing_mm,
                                    cfg.neg_exclusion_mm, cfg.n_candidates, rng)]
-            negatives = choose_negatives(e1, head, pair.landmarks1, sources, cfg.patch_size, cfg.n_hard_neg,
-                                         cfg.n_diverse_neg, rng)
-            landmark_loss, landmark_scales = multiscale_loss(
-                e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, sources, negatives, cfg.patch_size,
-                cfg.temperature)
+            levels = sample_levels(e1, e_partner, head, pair.landmarks1, pair.landmarks_partner, sources,
+                                   cfg.patch_size)
+            negatives = choose_negatives(levels, sources, cfg.n_hard_neg, cfg.n_diverse_neg, rng)
+            landmark_loss, landmark_scales = multiscale_loss(levels, pair.landmarks_partner, sources, negatives,
+                                                             cfg.temperature)
             loss = loss + landmark_loss
             scales = [a + b for a, b in zip(scales, landmark_scales, strict=True)]
         total = total + loss / len(pairs)
@@ -167,25 +167,29 @@ def _sample_pairs(volumes: _Volumes, count: int, cfg: TrainConfig, patches: Patc
         if siblings and count - len(pairs) >= 2 * len(group):
             again = _sample_group(volumes, len(group), cfg, patches, rng, volumes_of=group)
             if len(again) == len(group):
+                _shift(again, len(group))
                 for k, (first, second) in enumerate(zip(group, again, strict=True)):
-                    first.sibling, second.sibling = len(pairs) + len(group) + k, len(pairs) + k
-                    for pair, offset in ((first, 0), (second, len(group))):
-                        if pair.landmark_partner is not None:
-                            pair.landmark_partner += len(pairs) + offset
-                pairs += group + again
-                continue
-        for pair in group:
-            if pair.landmark_partner is not None:
-                pair.landmark_partner += len(pairs)
+                    first.sibling, second.sibling = len(group) + k, k
+                group = group + again
+        _shift(group, len(pairs))
         pairs += group
     return pairs
+
+
+def _shift(group: list, offset: int) -> None:
+    """Make a group's partner and sibling indices (relative to the group) ``offset`` later."""
+    for pair in group:
+        if pair.landmark_partner is not None:
+            pair.landmark_partner += offset
+        if pair.sibling is not None:
+            pair.sibling += offset
 
 
 def _sample_group(volumes: _Volumes, room: int, cfg: TrainConfig, patches: PatchConfig, rng,
                   volumes_of: list | None = None) -> list:
     """One pair, or a landmark couple (two pairs, ``landmark_partner`` relative to the group).
     ``volumes_of``: a group whose volumes to reuse (a sibling group, elsewhere in the body)."""
-    with_landmarks = [k for k, names in enumerate(volumes.landmarks) if names]
+    with_landmarks = volumes.with_landmarks
     use_landmarks = cfg.landmark_fraction > 0 and len(with_landmarks) >= 2 and room >= 2
     if volumes_of is not None:
         use_landmarks = len(volumes_of) == 2

@@ -94,26 +94,41 @@ def far_source(embeddings: list[torch.Tensor], valid: np.ndarray, to_volume: np.
     return NegativeSource(embeddings, candidates, distance_mm < exclusion_mm, same_view=False)
 
 
-def choose_negatives(embeddings1: list[torch.Tensor], project, positives1: np.ndarray,
-                     sources: list[NegativeSource], input_shape, n_hard: int, n_diverse: int,
+Level = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (anchors, positives, candidate bank) at one scale
+
+
+def sample_levels(embeddings1: list[torch.Tensor], embeddings2: list[torch.Tensor], project, positives1: np.ndarray,
+                  positives2: np.ndarray, sources: list[NegativeSource], input_shape) -> list[Level]:
+    """Per scale, the embeddings of the anchors (view 1), their positives (view 2) and the
+    candidates of all ``sources`` concatenated, sampled once for both negative mining and the loss.
+
+    ``embeddings1/2``: per level, dense embedding maps (``project`` None) or decoder features with
+    ``project(level, features)`` the model's head (:meth:`MultiScaleEmbedding.project`)."""
+    p1 = torch.from_numpy(positives1.astype(np.float32))
+    p2 = torch.from_numpy(positives2.astype(np.float32))
+    candidates = [torch.from_numpy(s.candidates.astype(np.float32)) for s in sources]
+    levels = []
+    for level, (e1, e2) in enumerate(zip(embeddings1, embeddings2, strict=True)):
+        to_embedding = _projector(project, level)
+        bank = torch.cat([sample_embeddings(s.embeddings[level], c, input_shape, to_embedding)
+                          for s, c in zip(sources, candidates, strict=True)])
+        levels.append((sample_embeddings(e1, p1, input_shape, to_embedding),
+                       sample_embeddings(e2, p2, input_shape, to_embedding), bank))
+    return levels
+
+
+def choose_negatives(levels: list[Level], sources: list[NegativeSource], n_hard: int, n_diverse: int,
                      rng: np.random.Generator) -> np.ndarray:
     """Per positive, the ``n_hard`` candidates most similar to the anchor (summed similarity over
     scales) and ``n_diverse`` random ones, none of them excluded. Returns indices (N, n_hard +
     n_diverse) into the candidates of all ``sources``, concatenated in order."""
-    anchors1 = torch.from_numpy(positives1.astype(np.float32))
     excluded = torch.from_numpy(np.concatenate([s.excluded for s in sources], axis=1))
     with torch.no_grad():
-        similarity = torch.zeros(excluded.shape)
-        for level, e1 in enumerate(embeddings1):
-            to_embedding = _projector(project, level)
-            anchor = sample_embeddings(e1, anchors1, input_shape, to_embedding)
-            bank = torch.cat([sample_embeddings(s.embeddings[level], torch.from_numpy(s.candidates.astype(np.float32)),
-                                                input_shape, to_embedding) for s in sources])
-            similarity += anchor @ bank.T
+        similarity = sum(anchor @ bank.T for anchor, _, bank in levels)
     similarity = similarity.masked_fill(excluded, float("-inf"))
     hard = torch.topk(similarity, k=n_hard, dim=1).indices.numpy()
-    chosen = np.empty((len(positives1), n_hard + n_diverse), dtype=int)
-    for i in range(len(positives1)):
+    chosen = np.empty((len(excluded), n_hard + n_diverse), dtype=int)
+    for i in range(len(excluded)):
         allowed = np.flatnonzero(~excluded[i].numpy())
         chosen[i, :n_hard] = hard[i]
         chosen[i, n_hard:] = rng.choice(allowed, size=n_diverse, replace=len(allowed) < n_diverse)
@@ -124,28 +139,18 @@ def _projector(project, level: int):
     return None if project is None else (lambda features: project(level, features))
 
 
-def multiscale_loss(embeddings1: list[torch.Tensor], embeddings2: list[torch.Tensor], project, positives1: np.ndarray,
-                    positives2: np.ndarray, sources: list[NegativeSource], negatives: np.ndarray, input_shape,
-                    temperature: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def multiscale_loss(levels: list[Level], positives2: np.ndarray, sources: list[NegativeSource],
+                    negatives: np.ndarray, temperature: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """InfoNCE of one patch pair at every scale; returns (mean over scales, per-scale losses).
 
-    ``embeddings1/2``: per level, dense embedding maps (``project`` None) or decoder features with
-    ``project(level, features)`` the model's head (:meth:`MultiScaleEmbedding.project`).
-    ``negatives``: indices into the concatenated candidates of ``sources`` (:func:`choose_negatives`)."""
-    p1 = torch.from_numpy(positives1.astype(np.float32))
-    p2 = torch.from_numpy(positives2.astype(np.float32))
+    ``levels``: :func:`sample_levels`; ``negatives``: indices into the concatenated candidates of
+    ``sources`` (:func:`choose_negatives`)."""
     index = torch.from_numpy(negatives.astype(np.int64))
-    candidates = np.concatenate([s.candidates for s in sources])
+    candidates = np.concatenate([s.candidates for s in sources])[negatives]
     same_view = np.concatenate([np.full(len(s.candidates), s.same_view) for s in sources])[negatives]
     per_scale = []
-    for level, (e1, e2, stride) in enumerate(zip(embeddings1, embeddings2, CUMULATIVE_STRIDES, strict=True)):
-        to_embedding = _projector(project, level)
-        anchor = sample_embeddings(e1, p1, input_shape, to_embedding)
-        positive = sample_embeddings(e2, p2, input_shape, to_embedding)
-        bank = torch.cat([sample_embeddings(s.embeddings[level], torch.from_numpy(s.candidates.astype(np.float32)),
-                                            input_shape, to_embedding) for s in sources])
+    for (anchor, positive, bank), stride in zip(levels, CUMULATIVE_STRIDES, strict=True):
         step = np.asarray(stride)
-        in_cell = np.floor(candidates[negatives] / step) == np.floor(positives2[:, None, :] / step)
-        same_cell = same_view & np.all(in_cell, -1)
+        same_cell = same_view & np.all(np.floor(candidates / step) == np.floor(positives2[:, None, :] / step), -1)
         per_scale.append(info_nce_bank(anchor, positive, bank, index, temperature, torch.from_numpy(~same_cell)))
     return torch.stack(per_scale).mean(), per_scale
