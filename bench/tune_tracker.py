@@ -40,12 +40,13 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
-def score(checkpoint: Path, results: Path, subjects: list[str], full: bool) -> dict[str, float]:
-    """Track the subjects' pairs with the checkpoint (each volume embedded once) and summarise
-    them with the evaluation's own metrics."""
+def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: bool) -> dict[str, float]:
+    """Track the subjects' pairs (all pairs when ``subjects`` is None) with the checkpoint (each
+    volume embedded once) and summarise them with the evaluation's own metrics."""
     model, config = load_model(checkpoint)
     pairs = read_table(results / "synthetic" / "pairs.csv")
-    pairs = pairs[pairs["subject_id"].isin(subjects)]
+    if subjects is not None:
+        pairs = pairs[pairs["subject_id"].isin(subjects)]
     resampled = results / "synthetic" / "resampled"
 
     def load(image_id: str) -> VolumeMaps:
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="model.KEY=VALUE overrides")
     parser.add_argument("--seed", nargs="+", type=int, default=[0])
     parser.add_argument("--full", action="store_true", help="full matching instead of coarse-to-fine")
+    parser.add_argument("--tuning-results", type=Path, default=None,
+                        help="also score on every pair of a second synthetic run made with another "
+                             "synthetic.seed (a tuning set that shares no phantom with the test split)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = yaml.safe_load(args.config.read_text())
@@ -87,9 +91,14 @@ def main() -> None:
                  landmark_dir=synthetic / "truth")
         row = {"seed": seed, "train_s": time.perf_counter() - began,
                **score(out / "checkpoint_best.pt", args.results, held_out, args.full)}
+        if args.tuning_results is not None:
+            tuned = score(out / "checkpoint_best.pt", args.tuning_results, None, args.full)
+            row.update({f"tuning_{k}": v for k, v in tuned.items()})
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     keys = ["cpm_radius", "med", "median", "over_20mm", "med_z"]
+    if args.tuning_results is not None:
+        keys += [f"tuning_{k}" for k in keys]
     summary = {k: f"{np.mean([r[k] for r in rows]):.1f} +- {np.std([r[k] for r in rows]):.1f}" for k in keys}
     print("validation subjects", held_out, "overrides", args.set, args.model, "->", summary)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -290,10 +291,14 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         raise ValueError(f"train.batch_size = {train.batch_size}: must be a multiple of the {world} processes")
     local_batch = train.batch_size // world
     torch.manual_seed(train.seed)  # the same initial weights on every rank
+    # two streams: one draws patch pairs (in a background thread, one batch ahead), one draws
+    # candidates and negatives for the loss; both are saved with the checkpoint
     rng = np.random.default_rng([train.seed, rank])
+    loss_rng = np.random.default_rng([train.seed, rank, 1])
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
     volumes = _Volumes(train_paths, landmark_dir)
     held_out = _Volumes(validation_paths)
+    validation_set = _validation_set(held_out, train, patches)
     model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18,
                         model_cfg.norm)
     model.to(device)
@@ -316,27 +321,35 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         log_rows = state["log"]
         torch.set_rng_state(state["torch_rng"][rank])
         rng.bit_generator.state = state["numpy_rng"][rank]
+        loss_rng.bit_generator.state = state["loss_rng"][rank]
     for epoch in range(start_epoch, train.max_epochs):
         if bad_epochs >= train.patience:
             break
         began = time.perf_counter()
         network.train()
         sums, count = np.zeros(N_SCALES + 1), 0
-        for step in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(train, epoch * train.steps_per_epoch + step)
-            pairs = _sample_pairs(volumes, local_batch, train, patches, rng)
-            loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, rng, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += np.array([loss.item(), *per_scale])
-            count += 1
+        # the next batch is sampled while this one trains (sampling is CPU work that does not draw
+        # from torch's generator elsewhere, so the stream stays the same as sampling in line); the
+        # sampler is idle at the end of an epoch, when random states are saved
+        with ThreadPoolExecutor(max_workers=1) as sampler:
+            upcoming = sampler.submit(_sample_pairs, volumes, local_batch, train, patches, rng)
+            for step in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(train, epoch * train.steps_per_epoch + step)
+                pairs = upcoming.result()
+                if step + 1 < train.steps_per_epoch:
+                    upcoming = sampler.submit(_sample_pairs, volumes, local_batch, train, patches, rng)
+                loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, loss_rng, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                sums += np.array([loss.item(), *per_scale])
+                count += 1
         if world > 1:  # the logged training loss is the mean over ranks
             totals = torch.tensor(sums / count, dtype=torch.float64)
             dist.all_reduce(totals)
             sums, count = totals.numpy() / world, 1
-        validation = _validation_loss(network, held_out, train, patches, device)  # identical on every rank
+        validation = _validation_loss(network, validation_set, held_out.spacing_mm, train, device)  # same on every rank
         row = {"epoch": epoch, "train_loss": sums[0] / count,
                **{f"train_loss_s{k + 1}": sums[k + 1] / count for k in range(N_SCALES)},
                "validation_loss": validation[0],
@@ -345,13 +358,15 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         log_rows.append(row)
         improved = validation[0] < best
         best, bad_epochs = (validation[0], 0) if improved else (best, bad_epochs + 1)
-        random_states = [(torch.get_rng_state(), rng.bit_generator.state)]
+        own_states = (torch.get_rng_state(), rng.bit_generator.state, loss_rng.bit_generator.state)
+        random_states = [own_states]
         if world > 1:
             random_states = [None] * world
-            dist.all_gather_object(random_states, (torch.get_rng_state(), rng.bit_generator.state))
+            dist.all_gather_object(random_states, own_states)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "config": config,
                  "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows, "world_size": world,
-                 "torch_rng": [s[0] for s in random_states], "numpy_rng": [s[1] for s in random_states]}
+                 "torch_rng": [s[0] for s in random_states], "numpy_rng": [s[1] for s in random_states],
+                 "loss_rng": [s[2] for s in random_states]}
         if rank == 0:
             if improved:
                 _save(state, out_dir / "checkpoint_best.pt")
@@ -365,16 +380,26 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     return log
 
 
-def _validation_loss(model, held_out: _Volumes, train: TrainConfig, patches: PatchConfig, device) -> list[float]:
-    """Loss on fixed held-out patch pairs (same pairs, candidates and random negatives every epoch)."""
+def _validation_set(held_out: _Volumes, train: TrainConfig, patches: PatchConfig) -> tuple[list, dict]:
+    """Fixed held-out patch pairs, drawn once from their own seed, and the random state their
+    loss starts from each epoch (the same candidates and random negatives every epoch)."""
     torch_state = torch.get_rng_state()
     torch.manual_seed(train.seed + 1)
     rng = np.random.default_rng(train.seed + 1)
+    pairs = _sample_pairs(held_out, train.validation_pairs, train, patches, rng)
+    torch.set_rng_state(torch_state)
+    return pairs, rng.bit_generator.state
+
+
+def _validation_loss(model, validation_set: tuple[list, dict], spacing_mm: float, train: TrainConfig,
+                     device) -> list[float]:
+    """Loss on the fixed held-out pairs of :func:`_validation_set`."""
+    pairs, rng_state = validation_set
+    rng = np.random.default_rng()
+    rng.bit_generator.state = rng_state
     model.eval()
     with torch.no_grad():
-        pairs = _sample_pairs(held_out, train.validation_pairs, train, patches, rng)
-        loss, per_scale = _pair_loss(model, pairs, train, held_out.spacing_mm, rng, device)
-    torch.set_rng_state(torch_state)
+        loss, per_scale = _pair_loss(model, pairs, train, spacing_mm, rng, device)
     return [loss.item(), *per_scale]
 
 
