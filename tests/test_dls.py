@@ -147,6 +147,8 @@ def test_bad_names_and_spacing_name_the_value(tmp_path):
         tmp_path / "DL_info.csv", index=False)
     with pytest.raises(InputError, match=r"DL_info\.csv: row 2 Spacing_mm_px_ = '0\.7, x, 2'"):
         dls.load_dl_info(tmp_path / "DL_info.csv")
+    with pytest.raises(InputError, match=r"missing\.json: no such DLS annotation file \(split 'test'\)"):
+        dls.pairs_table({"test": tmp_path / "missing.json"})
 
 
 def test_pretraining_volumes_exclude_dls_patients(test_data, tmp_path):

@@ -333,6 +333,8 @@ def _point(entry: dict[str, Any], end: str, path: Path, number: int) -> np.ndarr
 def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
     """Directed pairs of a DLS annotation file in world mm; entries 2k-1 (``forward``) and 2k share pair k."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such DLS annotation file (split {split!r})")
     required = ["source", "target", "source center", "target center", "source spacing", "target spacing",
                 "target recist diameter", "target box"]
     rows = []
