@@ -27,6 +27,7 @@ include: "rules/pretrain.smk"
 include: "rules/track.smk"
 include: "rules/evaluate.smk"
 include: "rules/dls.smk"
+include: "rules/dls_data.smk"
 include: "rules/figures.smk"
 
 
