@@ -225,3 +225,47 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert annotation_urls == [f"https://raw.githubusercontent.com/JimmyCai91/DLT/master/data/{s}.json"
                                for s in ("test", "valid")]
     assert not list(tmp_path.rglob("*.zip"))  # a plan, nothing fetched
+
+
+def test_workflow_runs_dls_from_local_server(test_data, tmp_path):
+    """The DLS rules end to end, every URL on a local server: download, checkpoint index, conversion, pairs."""
+    from conftest import copy_workflow, run_workflow
+
+    stack = chest_to_abdomen()
+    other = "000777_01_01"  # a patient outside the DLS splits: pretraining data
+    archive1 = write_archive(tmp_path / "a1.zip", {n + 1: hu for n, hu in enumerate(stack)}).read_bytes()
+    archive2 = write_archive(tmp_path / "a2.zip", {n: stack[3] for n in (7, 8)}, series=other).read_bytes()
+    write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 1, 6, SPACING), (other, 7, 8, SPACING)])
+    name = f"{SERIES}_001-006.nii.gz"
+    entry = {"source": name, "target": name, "source center": [5, 6, 1], "target center": [7, 8, 4],
+             "source spacing": list(SPACING), "target spacing": list(SPACING), "target box": [5, 6, 3, 4, 4, 2],
+             "target recist diameter": [4.0, 2.0]}
+    annotations = json.dumps({"0001": entry, "0002": {**entry, "source center": [7, 8, 4],
+                                                      "target center": [5, 6, 1]}}).encode()
+    files = {"/dlt/test.json": annotations, "/dlt/valid.json": annotations,
+             "/dlt/DLTMix.json": (test_data / "dls" / "DLTMix.json").read_bytes(),
+             "/nih/DL_info.csv": (tmp_path / "DL_info.csv").read_bytes(),
+             "/nih/1.zip": archive1, "/nih/2.zip": archive2}
+    workdir = copy_workflow(tmp_path / "repo")
+    overlay = tmp_path / "overlay.yaml"
+    with LocalHTTPServer(files) as server:
+        overlay.write_text(
+            "datasets:\n  synthetic: {enabled: false}\n  dls: {enabled: true, download: true}\n"
+            f"dls:\n  dlt_predictions_url: {server.url}/dlt/DLTMix.json\n"
+            f"  annotation_urls: {{test: {server.url}/dlt/test.json, valid: {server.url}/dlt/valid.json}}\n"
+            f"  dl_info_url: {server.url}/nih/DL_info.csv\n"
+            f"  archive_urls: [{server.url}/nih/1.zip, {server.url}/nih/2.zip]\n  archives: [1, 2]\n"
+            "evaluate: {bootstrap_samples: 10}\n")
+        run_workflow(workdir, [overlay])
+    results = workdir / "results" / "dls"
+    index = pd.read_csv(results / "archive_index.csv", dtype=str)
+    assert index[["series_id", "archive"]].values.tolist() == [
+        [SERIES, "results/dls/archives/Images_png_01.zip"], [other, "results/dls/archives/Images_png_02.zip"]]
+    images = pd.read_csv(results / "images.csv", dtype={"n_slices": int})
+    assert images[["image_id", "n_slices", "head_feet"]].values.tolist() == [
+        [f"{SERIES}_001-006", 6, "confirmed"], [f"{other}_007-008", 2, "inconclusive"]]
+    pairs = pd.read_csv(results / "pairs.csv", dtype={"dls_entry": str})
+    assert len(pairs) == 4 and sorted(set(pairs["split"])) == ["test", "valid"]
+    image = sitk.ReadImage(str(results / "images" / name))
+    assert image.TransformPhysicalPointToIndex(pairs.loc[0, ["target_x", "target_y", "target_z"]].tolist()) == (7, 8, 4)
+    assert (workdir / "results" / "tables" / "dls.csv").exists()
