@@ -346,7 +346,8 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
         missing = [k for k in required if k not in entry]
         if missing:
             raise InputError(f"{path}: entry {number} lacks field(s) {missing}")
-        pair_id = str((number + 1) // 2)
+        known = entry.get("lesion pair id")  # DLTMix.json has it; test.json and valid.json do not
+        pair_id = str(int(known)) if known is not None else str((number + 1) // 2)
         source, target = _point(entry, "source", path, number), _point(entry, "target", path, number)
         box = np.asarray(entry["target box"], float)
         if box.shape != (6,) or not np.isfinite(box).all():
