@@ -21,6 +21,7 @@ wildcard_constraints:
 
 
 include: "rules/common.smk"
+include: "rules/dls_common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
