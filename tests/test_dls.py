@@ -227,7 +227,7 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert not list(tmp_path.rglob("*.zip"))  # a plan, nothing fetched
 
 
-def test_workflow_runs_dls_from_local_server(test_data, tmp_path):
+def test_workflow_runs_dls_from_local_server(tmp_path):
     """The DLS rules end to end, every URL on a local server: download, checkpoint index, conversion, pairs."""
     from conftest import copy_workflow, run_workflow
 
@@ -243,7 +243,6 @@ def test_workflow_runs_dls_from_local_server(test_data, tmp_path):
     annotations = json.dumps({"0001": entry, "0002": {**entry, "source center": [7, 8, 4],
                                                       "target center": [5, 6, 1]}}).encode()
     files = {"/dlt/test.json": annotations, "/dlt/valid.json": annotations,
-             "/dlt/DLTMix.json": (test_data / "dls" / "DLTMix.json").read_bytes(),
              "/nih/DL_info.csv": (tmp_path / "DL_info.csv").read_bytes(),
              "/nih/1.zip": archive1, "/nih/2.zip": archive2}
     workdir = copy_workflow(tmp_path / "repo")
@@ -251,12 +250,10 @@ def test_workflow_runs_dls_from_local_server(test_data, tmp_path):
     with LocalHTTPServer(files) as server:
         overlay.write_text(
             "datasets:\n  synthetic: {enabled: false}\n  dls: {enabled: true, download: true}\n"
-            f"dls:\n  dlt_predictions_url: {server.url}/dlt/DLTMix.json\n"
-            f"  annotation_urls: {{test: {server.url}/dlt/test.json, valid: {server.url}/dlt/valid.json}}\n"
+            f"dls:\n  annotation_urls: {{test: {server.url}/dlt/test.json, valid: {server.url}/dlt/valid.json}}\n"
             f"  dl_info_url: {server.url}/nih/DL_info.csv\n"
-            f"  archive_urls: [{server.url}/nih/1.zip, {server.url}/nih/2.zip]\n  archives: [1, 2]\n"
-            "evaluate: {bootstrap_samples: 10}\n")
-        run_workflow(workdir, [overlay])
+            f"  archive_urls: [{server.url}/nih/1.zip, {server.url}/nih/2.zip]\n  archives: [1, 2]\n")
+        run_workflow(workdir, [overlay], targets=["results/dls/images.csv", "results/dls/pairs.csv"])
     results = workdir / "results" / "dls"
     index = pd.read_csv(results / "archive_index.csv", dtype=str)
     assert index[["series_id", "archive"]].values.tolist() == [
@@ -268,4 +265,4 @@ def test_workflow_runs_dls_from_local_server(test_data, tmp_path):
     assert len(pairs) == 4 and sorted(set(pairs["split"])) == ["test", "valid"]
     image = sitk.ReadImage(str(results / "images" / name))
     assert image.TransformPhysicalPointToIndex(pairs.loc[0, ["target_x", "target_y", "target_z"]].tolist()) == (7, 8, 4)
-    assert (workdir / "results" / "tables" / "dls.csv").exists()
+    assert sorted(p.name for p in (results / "archives").iterdir()) == ["Images_png_01.zip", "Images_png_02.zip"]
