@@ -59,6 +59,11 @@ def test_real_test_json_gives_960_directed_pairs(test_data, tmp_path):
     entry = json.loads((test_data / "dls" / "test.json").read_text())["0001"]
     target = dls.dls_voxel_to_world(entry["target center"], entry["target"], entry["target spacing"])[0]
     assert np.allclose(first[["target_x", "target_y", "target_z"]].to_numpy(float), target)
+    # DLS z is the 0-based slice offset inside the sub-volume: the RECIST slice PNG of every entry is FFF + z.
+    for entry in json.loads((test_data / "dls" / "test.json").read_text()).values():
+        for end in ("source", "target"):
+            volume, z = dls.VolumeName.parse(entry[end]), round(entry[f"{end} center"][2])
+            assert entry[f"{end} recist slice"] == f"{volume.series_id}/{volume.first + z:03d}.png"
     # z runs towards the feet: a larger slice offset is a smaller (more inferior) world z.
     assert dls.dls_voxel_to_world([0, 0, 1], entry["target"], [1, 1, 2.0])[0, 2] < \
         dls.dls_voxel_to_world([0, 0, 0], entry["target"], [1, 1, 2.0])[0, 2]
