@@ -143,6 +143,17 @@ def test_head_feet_check_rejects_flipped_stack(tmp_path):
     write_archive(archive, {n + 1: hu for n, hu in enumerate(stack)})
     table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
     assert table["head_feet"].tolist() == ["confirmed"]
+    # Slabs far apart, one lung only, one liver only: each inconclusive, the series decides.
+    (tmp_path / "images" / f"{SERIES}_001-006.nii.gz").unlink()
+    write_archive(archive, {**{n: stack[0] for n in (1, 2, 3)}, **{n: stack[5] for n in (10, 11, 12)}})
+    table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert table["head_feet"].tolist() == ["confirmed-series", "confirmed-series"]
+    for path in (tmp_path / "images").iterdir():
+        path.unlink()
+    write_archive(archive, {**{n: stack[5] for n in (1, 2, 3)}, **{n: stack[0] for n in (10, 11, 12)}})
+    with pytest.raises(InputError, match=rf"{SERIES}_010-012\.nii\.gz \(series {SERIES}\): head-feet check failed"):
+        dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert list((tmp_path / "images").iterdir()) == []
 
 
 def test_bad_names_and_spacing_name_the_value(tmp_path):

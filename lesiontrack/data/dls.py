@@ -234,16 +234,19 @@ LUNG_HU = (-950.0, -600.0)
 LIVER_HU = (40.0, 90.0)
 
 
-def head_feet_check(hu: np.ndarray, source: str, lung_fraction: float = 0.05, liver_fraction: float = 0.10) -> str:
+def head_feet_check(hu: np.ndarray, source: str, lung_fraction: float = 0.05, liver_fraction: float = 0.10,
+                    slice_numbers: Sequence[int] | None = None) -> str:
     """Lungs above liver: air-filled lung slices must come at smaller slice index than liver-density ones.
 
-    ``hu`` is (slices, rows, cols). Returns ``confirmed`` or ``inconclusive`` (one kind of slice is
-    missing); raises :class:`InputError` naming ``source`` when the order is reversed."""
+    ``hu`` is (slices, rows, cols); ``slice_numbers`` (default 0, 1, ...) place the slices along the
+    series. Returns ``confirmed`` or ``inconclusive`` (one kind of slice is missing); raises
+    :class:`InputError` naming ``source`` when the order is reversed."""
     flat = hu.reshape(hu.shape[0], -1)
+    numbers = np.arange(hu.shape[0]) if slice_numbers is None else np.asarray(slice_numbers)
     lung = ((flat >= LUNG_HU[0]) & (flat <= LUNG_HU[1])).mean(axis=1)
     liver = ((flat >= LIVER_HU[0]) & (flat <= LIVER_HU[1])).mean(axis=1)
-    lung_slices = np.flatnonzero(lung >= lung_fraction)
-    liver_slices = np.flatnonzero((liver >= liver_fraction) & (lung < lung_fraction / 5))
+    lung_slices = numbers[lung >= lung_fraction]
+    liver_slices = numbers[(liver >= liver_fraction) & (lung < lung_fraction / 5)]
     if lung_slices.size == 0 or liver_slices.size == 0:
         return "inconclusive"
     lung_at, liver_at = float(np.median(lung_slices)), float(np.median(liver_slices))
@@ -266,7 +269,9 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
                    out_dir: str | Path, check: bool = True) -> list[dict[str, Any]]:
     """All sub-volumes of one series (runs of contiguous slices in the archives) -> NIfTI in ``out_dir``.
 
-    Returns rows ``image_id, path, series_id, n_slices, head_feet``."""
+    Each sub-volume is checked head-feet on its own, then the series' sub-volumes together (by slice
+    number): ``head_feet`` is ``confirmed``, ``confirmed-series`` or ``inconclusive``; nothing is
+    written for a series that fails. Returns rows ``image_id, path, series_id, n_slices, head_feet``."""
     out_dir = Path(out_dir)
     located: dict[int, tuple[Path, str]] = {}
     for archive in archives:
@@ -274,7 +279,7 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
             located[number] = (Path(archive), member)
     if not located:
         raise InputError(f"{list(map(str, archives))}: no PNG slices of series {series_id}")
-    rows = []
+    volumes: list[tuple[VolumeName, np.ndarray, str]] = []
     handles: dict[Path, zipfile.ZipFile] = {}
     try:
         for first, last in contiguous_runs(located):
@@ -290,12 +295,21 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
             hu = np.stack(slices)
             status = head_feet_check(hu, f"{out_dir / volume.filename} (from {series_id}/{first:03d}..{last:03d}.png)"
                                      ) if check else "unchecked"
-            path = write_image(series_image(hu, volume, spacing_mm), out_dir / volume.filename)
-            rows.append({"image_id": volume.image_id, "path": str(path), "series_id": series_id,
-                         "n_slices": volume.n_slices, "head_feet": status})
+            volumes.append((volume, hu, status))
     finally:
         for zf in handles.values():
             zf.close()
+    if check and len(volumes) > 1:  # sub-volumes of one series together: lung and liver slabs apart
+        names = ", ".join(str(out_dir / v.filename) for v, _, _ in volumes)
+        series_status = head_feet_check(np.concatenate([hu for _, hu, _ in volumes]), f"{names} (series {series_id})",
+                                        slice_numbers=[n for v, _, _ in volumes for n in range(v.first, v.last + 1)])
+        if series_status == "confirmed":
+            volumes = [(v, hu, "confirmed" if s == "confirmed" else "confirmed-series") for v, hu, s in volumes]
+    rows = []
+    for volume, hu, status in volumes:  # written only once every check has passed
+        path = write_image(series_image(hu, volume, spacing_mm), out_dir / volume.filename)
+        rows.append({"image_id": volume.image_id, "path": str(path), "series_id": series_id,
+                     "n_slices": volume.n_slices, "head_feet": status})
     return rows
 
 
