@@ -59,6 +59,11 @@ def test_real_test_json_gives_960_directed_pairs(test_data, tmp_path):
     entry = json.loads((test_data / "dls" / "test.json").read_text())["0001"]
     target = dls.dls_voxel_to_world(entry["target center"], entry["target"], entry["target spacing"])[0]
     assert np.allclose(first[["target_x", "target_y", "target_z"]].to_numpy(float), target)
+    both = dls.pairs_table({"test": test_data / "dls" / "test.json", "valid": test_data / "dls" / "valid.json"})
+    assert both.groupby("split").size().to_dict() == {"test": 960, "valid": 906}
+    point = both[["target_x", "target_y", "target_z"]].to_numpy()
+    assert np.all(point >= both[[f"target_box_min_{a}" for a in "xyz"]].to_numpy() - 1e-6)  # box in world mm too
+    assert np.all(point <= both[[f"target_box_max_{a}" for a in "xyz"]].to_numpy() + 1e-6)
     # DLS z is the 0-based slice offset inside the sub-volume: the RECIST slice PNG of every entry is FFF + z.
     for entry in json.loads((test_data / "dls" / "test.json").read_text()).values():
         for end in ("source", "target"):
