@@ -21,12 +21,14 @@ wildcard_constraints:
 
 
 include: "rules/common.smk"
+include: "rules/dls_common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
 include: "rules/track.smk"
 include: "rules/evaluate.smk"
 include: "rules/dls.smk"
+include: "rules/dls_data.smk"
 include: "rules/figures.smk"
 
 

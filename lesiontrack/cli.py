@@ -109,6 +109,56 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(log.tail(1).to_string(index=False))
 
 
+def cmd_dls_download(args: argparse.Namespace) -> None:
+    from lesiontrack.data import dls
+
+    cfg = _config(args.config)["dls"]
+    if args.archives:
+        cfg["archives"] = args.archives
+    from lesiontrack.download import DownloadError
+
+    try:
+        paths = dls.download_all(cfg, args.out_dir)
+    except DownloadError as err:
+        raise SystemExit(f"lesiontrack dls-download: error: {err}") from err
+    for path in paths:
+        print(path)
+
+
+def cmd_dls_index(args: argparse.Namespace) -> None:
+    from lesiontrack.data import dls
+
+    index = dls.archive_index(args.archives, args.out)
+    plan = dls.plan_series(index, args.dl_info, args.annotations, args.shard_size, not args.no_pretraining,
+                           args.series)
+    print(f"{index['series_id'].nunique()} series in {len(args.archives)} archive(s); {len(plan)} to convert "
+          f"({(plan['role'] == 'dls').sum()} DLS, {(plan['role'] == 'pretrain').sum()} pretraining) -> {args.series}")
+
+
+def cmd_dls_convert(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lesiontrack.data import dls
+
+    series = list(args.series or [])
+    if args.plan:
+        plan = pd.read_csv(args.plan, dtype=str)
+        series += plan.loc[plan["shard"] == f"{args.shard:03d}", "series_id"].tolist() if args.shard is not None \
+            else plan["series_id"].tolist()
+    if not series:
+        raise SystemExit("lesiontrack dls-convert: give --series ID ... or --plan series.csv [--shard N]")
+    table = dls.convert(args.index, args.dl_info, series, args.out_dir, args.table, check=not args.no_check)
+    print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.out_dir}")
+
+
+def cmd_dls_pairs(args: argparse.Namespace) -> None:
+    from lesiontrack.data import dls
+
+    splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
+    table = dls.pairs_table(splits, args.out)
+    print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
@@ -219,6 +269,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="method the p-values compare against")
     p.add_argument("--out-dir", default="results/tables")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("dls-download", help="download DLS annotations, DL_info.csv and DeepLesion archives",
+                       description="Fetch the files of the config's dls section (resumable, retried, verified).")
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--out-dir", default="results/dls")
+    p.add_argument("--archives", type=int, nargs="+", help="archive numbers 1..56 (default: config dls.archives)")
+    p.set_defaults(func=cmd_dls_download)
+
+    p = sub.add_parser("dls-index", help="index DeepLesion archives: which archive holds which series",
+                       description="Write the archive index (series_id, archive, n_slices, first/last slice) and "
+                                   "the series to convert with their shards (DLS series and pretraining series).")
+    p.add_argument("--archives", nargs="+", required=True, help="Images_png_NN.zip files")
+    p.add_argument("--dl-info", required=True, help="DL_info.csv")
+    p.add_argument("--annotations", nargs="+", required=True, help="DLS test.json, valid.json")
+    p.add_argument("--out", required=True, help="archive index CSV")
+    p.add_argument("--series", required=True, help="series plan CSV (series_id, role, shard)")
+    p.add_argument("--shard-size", type=int, default=16)
+    p.add_argument("--no-pretraining", action="store_true", help="only the series the DLS splits refer to")
+    p.set_defaults(func=cmd_dls_index)
+
+    p = sub.add_parser("dls-convert", help="DeepLesion PNG slices -> sub-volume NIfTI (world mm, LPS)",
+                       description="Runs of contiguous slices of each series -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU, "
+                                   "spacing from DL_info.csv, slices towards the feet; checks lungs above liver.")
+    p.add_argument("--index", required=True, help="archive index CSV (lesiontrack dls-index)")
+    p.add_argument("--dl-info", required=True)
+    p.add_argument("--series", nargs="+", help="series ids PPPPPP_SS_SS")
+    p.add_argument("--plan", help="series plan CSV (lesiontrack dls-index --series)")
+    p.add_argument("--shard", type=int, help="only this shard of the plan")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--table", help="output CSV of the converted volumes (image_id, path, ...)")
+    p.add_argument("--no-check", action="store_true", help="skip the head-feet check")
+    p.set_defaults(func=cmd_dls_convert)
+
+    p = sub.add_parser("dls-pairs", help="DLS annotations -> pairs.csv in world mm",
+                       description="One row per directed pair (entries 2k-1 forward, 2k backward share pair_id k), "
+                                   "points in world mm of the DLS sub-volumes, radius from the RECIST diameter.")
+    p.add_argument("--test", required=True, help="DLS test.json")
+    p.add_argument("--valid", help="DLS valid.json")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dls_pairs)
     return parser
 
 

@@ -138,4 +138,6 @@ def all_outputs():
         )
     if "dls" in enabled_datasets():
         outputs.append("results/tables/dls.csv")
+        if config["datasets"]["dls"]["download"]:
+            outputs += ["results/dls/pairs.csv", "results/dls/images.csv"]
     return outputs

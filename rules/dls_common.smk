@@ -1,0 +1,40 @@
+# Input functions of the DLS data rules (rules/dls_data.smk); no other logic.
+import pandas as pd
+
+DLS_SPLITS = ["test", "valid"]
+
+
+def dls_archive_files():
+    return [
+        f"results/dls/archives/Images_png_{n:02d}.zip"
+        for n in config["dls"]["archives"]
+    ]
+
+
+def dls_archive_url(wildcards):
+    from lesiontrack.data.dls import archive_url
+
+    return archive_url(int(wildcards.archive), config["dls"].get("archive_urls"))
+
+
+def dls_series_plan():
+    """The checkpoint's series table (series_id, role, shard); planning stops here until it exists."""
+    plan = checkpoints.dls_archive_index.get().output.series
+    return pd.read_csv(plan, dtype=str)
+
+
+def dls_shard_series(wildcards):
+    plan = dls_series_plan()
+    return sorted(plan.loc[plan["shard"] == wildcards.shard, "series_id"])
+
+
+def dls_shard_archives(wildcards):
+    index = pd.read_csv(checkpoints.dls_archive_index.get().output.index, dtype=str)
+    return sorted(
+        set(index.loc[index["series_id"].isin(dls_shard_series(wildcards)), "archive"])
+    )
+
+
+def dls_image_shards(wildcards):
+    shards = sorted(set(dls_series_plan()["shard"]))
+    return expand("results/dls/shards/images-{shard}.csv", shard=shards)

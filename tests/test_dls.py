@@ -1,0 +1,289 @@
+"""DLS on DeepLesion: pairs from the real test.json, PNG -> NIfTI on archives the tests write in
+DeepLesion's format, the head-feet check, archive downloads from a local server, and the plan of
+configs/paper-dls.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from conftest import REPO, LocalHTTPServer
+
+from lesiontrack.data import dls
+from lesiontrack.data.synthetic import PAIR_COLUMNS
+from lesiontrack.download import DownloadError
+from lesiontrack.evaluate import dls_tables
+from lesiontrack.io import InputError
+
+SPACING = (0.7, 0.8, 2.5)  # sx, sy, sz in mm (sx != sy so that a swapped axis shows)
+ROWS, COLS = 24, 32
+SERIES = "000042_01_02"
+
+
+def write_archive(path: Path, slices: dict[int, np.ndarray], series: str = SERIES) -> Path:
+    """A DeepLesion-format archive: Images_png/<series>/<NNN>.png, 16-bit, value = HU + 32768."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for number, hu in slices.items():
+            zf.writestr(f"Images_png/{series}/{number:03d}.png", dls.hu_to_png(hu))
+    return path
+
+
+def write_dl_info(path: Path, rows: list[tuple[str, int, int, tuple[float, float, float]]]) -> Path:
+    """DL_info.csv with the columns the converter reads (File_name, Slice_range, Spacing_mm_px_)."""
+    records = [{"File_name": f"{series}_{key:03d}.png", "Patient_index": int(series[:6]),
+                "Slice_range": f"{first}, {last}", "Spacing_mm_px_": ", ".join(f"{v:g}" for v in spacing)}
+               for series, first, last, spacing in rows for key in [(first + last) // 2]]
+    pd.DataFrame(records).to_csv(path, index=False)
+    return path
+
+
+def test_real_test_json_gives_960_directed_pairs(test_data, tmp_path):
+    pairs = dls.pairs_table({"test": test_data / "dls" / "test.json"}, tmp_path / "pairs.csv")
+    assert len(pairs) == 960 and pairs["pair_id"].nunique() == 480
+    assert list(pairs.columns) == [*PAIR_COLUMNS, "dls_entry"]
+    assert pairs["dls_entry"].tolist()[:3] == ["0001", "0002", "0003"]
+    assert pairs.groupby(["pair_id", "direction"]).size().eq(1).all()  # each pair once in each direction
+    first, second = pairs.iloc[0], pairs.iloc[1]
+    assert (first["direction"], second["direction"]) == ("forward", "backward")
+    assert (first["source_image"], first["target_image"]) == (second["target_image"], second["source_image"])
+    # The radius is the evaluation's; distances between points of one image equal the DLT evaluator's.
+    truth, _ = dls_tables(test_data / "dls" / "test.json", "predict target center")
+    assert np.allclose(pairs["target_radius_mm"], truth["target_radius_mm"])
+    entry = json.loads((test_data / "dls" / "test.json").read_text())["0001"]
+    target = dls.dls_voxel_to_world(entry["target center"], entry["target"], entry["target spacing"])[0]
+    assert np.allclose(first[["target_x", "target_y", "target_z"]].to_numpy(float), target)
+    both = dls.pairs_table({"test": test_data / "dls" / "test.json", "valid": test_data / "dls" / "valid.json"})
+    assert both.groupby("split").size().to_dict() == {"test": 960, "valid": 906}
+    point = both[["target_x", "target_y", "target_z"]].to_numpy()
+    assert np.all(point >= both[[f"target_box_min_{a}" for a in "xyz"]].to_numpy() - 1e-6)  # box in world mm too
+    assert np.all(point <= both[[f"target_box_max_{a}" for a in "xyz"]].to_numpy() + 1e-6)
+    # DLS z is the 0-based slice offset inside the sub-volume: the RECIST slice PNG of every entry is FFF + z.
+    for entry in json.loads((test_data / "dls" / "test.json").read_text()).values():
+        for end in ("source", "target"):
+            volume, z = dls.VolumeName.parse(entry[end]), round(entry[f"{end} center"][2])
+            assert entry[f"{end} recist slice"] == f"{volume.series_id}/{volume.first + z:03d}.png"
+    # z runs towards the feet: a larger slice offset is a smaller (more inferior) world z.
+    assert dls.dls_voxel_to_world([0, 0, 1], entry["target"], [1, 1, 2.0])[0, 2] < \
+        dls.dls_voxel_to_world([0, 0, 0], entry["target"], [1, 1, 2.0])[0, 2]
+
+
+def test_marker_lands_at_dls_voxel_and_pairs_world_point(tmp_path):
+    """A marker painted at DLS [x, y, z] is in the NIfTI at that voxel and at pairs.csv's world point."""
+    air = np.full((ROWS, COLS), -1000, np.int16)
+    slices = {n: air + 10 * n for n in (3, 4, 5, 6, 9, 10, 11)}  # a gap after 6 splits the series
+    x, y, z = 21, 7, 2  # column, row, slice offset into 000042_01_02_003-006 (slice 5)
+    slices[5] = slices[5].copy()
+    slices[5][y, x] = 1234
+    archive = write_archive(tmp_path / "Images_png_01.zip", slices)
+    dl_info = write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 3, 6, SPACING)])
+    index = dls.archive_index([archive], tmp_path / "index.csv")
+    assert index[["series_id", "n_slices", "first_slice", "last_slice"]].values.tolist() == [[SERIES, 7, 3, 11]]
+    table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images", tmp_path / "images.csv")
+    assert table["image_id"].tolist() == [f"{SERIES}_003-006", f"{SERIES}_009-011"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [
+        f"{SERIES}_003-006.nii.gz", f"{SERIES}_009-011.nii.gz"]
+    image = sitk.ReadImage(str(tmp_path / "images" / f"{SERIES}_003-006.nii.gz"))
+    assert image.GetSize() == (COLS, ROWS, 4) and image.GetSpacing() == pytest.approx(SPACING)
+    assert image.GetPixelID() == sitk.sitkInt16
+    assert image.GetPixel(x, y, z) == 1234
+    array = sitk.GetArrayFromImage(image)  # (slices, rows, cols)
+    assert array[0, 0, 0] == -1000 + 30 and array[3, 0, 0] == -1000 + 60  # HU = PNG value - 32768, in order
+    later = sitk.ReadImage(str(tmp_path / "images" / f"{SERIES}_009-011.nii.gz"))
+    assert later.GetSize()[2] == 3 and sitk.GetArrayFromImage(later)[0, 0, 0] == -1000 + 90
+    # Both sub-volumes share the series' world frame: slice n at z = -(n - 1) * sz.
+    assert later.TransformIndexToPhysicalPoint((0, 0, 0))[2] == pytest.approx(-8 * SPACING[2])
+
+    name = f"{SERIES}_003-006.nii.gz"
+    entry = {"source": name, "target": name, "source center": [x, y, z], "target center": [x, y, z],
+             "source spacing": list(SPACING), "target spacing": list(SPACING), "source box": [x - 2, y - 2, z, 4, 4, 1],
+             "target box": [x - 2, y - 2, z - 1, 4, 4, 2], "target recist diameter": [6.0, 4.0],
+             "source recist diameter": [6.0, 4.0]}
+    (tmp_path / "test.json").write_text(json.dumps({"0001": entry, "0002": entry}))
+    dls.pairs_table({"test": tmp_path / "test.json"}, tmp_path / "pairs.csv")
+    pairs = pd.read_csv(tmp_path / "pairs.csv")
+    point = pairs.loc[0, ["target_x", "target_y", "target_z"]].to_numpy(float)
+    assert image.TransformPhysicalPointToIndex(point.tolist()) == (x, y, z)
+    assert np.allclose(image.TransformIndexToPhysicalPoint((x, y, z)), point, atol=1e-5)
+    assert pairs.loc[0, "target_radius_mm"] == pytest.approx(3.0 * SPACING[0])
+    assert pairs["pair_id"].tolist() == [1, 1] and pairs["direction"].tolist() == ["forward", "backward"]
+    box_min = pairs.loc[0, [f"target_box_min_{a}" for a in "xyz"]].to_numpy(float)
+    box_max = pairs.loc[0, [f"target_box_max_{a}" for a in "xyz"]].to_numpy(float)
+    assert np.all(box_min <= point) and np.all(point <= box_max)
+
+
+def chest_to_abdomen(n_lung: int = 3, n_liver: int = 3) -> np.ndarray:
+    """(slices, rows, cols) HU: a body with air-filled lungs in the first slices, liver density after."""
+    rr, cc = np.mgrid[:ROWS, :COLS]
+    body = ((rr - ROWS / 2) / (ROWS * 0.45)) ** 2 + ((cc - COLS / 2) / (COLS * 0.45)) ** 2 < 1
+    lung = body & (np.abs(cc - COLS / 2) > 3) & (np.abs(rr - ROWS / 2) < ROWS * 0.3)
+    stack = []
+    for k in range(n_lung + n_liver):
+        hu = np.where(body, 30, -1000).astype(np.int16)
+        if k < n_lung:
+            hu[lung] = -850
+        else:
+            hu[body & (cc > COLS / 2)] = 60
+        stack.append(hu)
+    return np.stack(stack)
+
+
+def test_head_feet_check_rejects_flipped_stack(tmp_path):
+    stack = chest_to_abdomen()
+    assert dls.head_feet_check(stack, "ok.nii.gz") == "confirmed"
+    assert dls.head_feet_check(stack[3:], "liver-only.nii.gz") == "inconclusive"
+    slices = {n + 1: hu for n, hu in enumerate(stack[::-1])}  # feet first: liver at small slice numbers
+    archive = write_archive(tmp_path / "Images_png_02.zip", slices)
+    dl_info = write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 1, 6, SPACING)])
+    dls.archive_index([archive], tmp_path / "index.csv")
+    with pytest.raises(InputError, match=rf"{SERIES}_001-006\.nii\.gz.*head-feet check failed"):
+        dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert not (tmp_path / "images").exists() or not list((tmp_path / "images").iterdir())
+    write_archive(archive, {n + 1: hu for n, hu in enumerate(stack)})
+    table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert table["head_feet"].tolist() == ["confirmed"]
+    # Slabs far apart, one lung only, one liver only: each inconclusive, the series decides.
+    (tmp_path / "images" / f"{SERIES}_001-006.nii.gz").unlink()
+    write_archive(archive, {**{n: stack[0] for n in (1, 2, 3)}, **{n: stack[5] for n in (10, 11, 12)}})
+    table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert table["head_feet"].tolist() == ["confirmed-series", "confirmed-series"]
+    for path in (tmp_path / "images").iterdir():
+        path.unlink()
+    write_archive(archive, {**{n: stack[5] for n in (1, 2, 3)}, **{n: stack[0] for n in (10, 11, 12)}})
+    with pytest.raises(InputError, match=rf"{SERIES}_010-012\.nii\.gz \(series {SERIES}\): head-feet check failed"):
+        dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images")
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_bad_names_and_spacing_name_the_value(tmp_path):
+    with pytest.raises(InputError, match=r"'000042_01_02_006-003\.nii\.gz'"):
+        dls.VolumeName.parse("000042_01_02_006-003.nii.gz")
+    pd.DataFrame([{"File_name": f"{SERIES}_004.png", "Slice_range": "3, 6", "Spacing_mm_px_": "0.7, x, 2"}]).to_csv(
+        tmp_path / "DL_info.csv", index=False)
+    with pytest.raises(InputError, match=r"DL_info\.csv: row 2 Spacing_mm_px_ = '0\.7, x, 2'"):
+        dls.load_dl_info(tmp_path / "DL_info.csv")
+    with pytest.raises(InputError, match=r"missing\.json: no such DLS annotation file \(split 'test'\)"):
+        dls.pairs_table({"test": tmp_path / "missing.json"})
+
+
+def test_pretraining_volumes_exclude_dls_patients(test_data, tmp_path):
+    entries = json.loads((test_data / "dls" / "test.json").read_text())
+    dls_patient = entries["0001"]["source"][:6]
+    dl_info = write_dl_info(tmp_path / "DL_info.csv", [
+        (f"{dls_patient}_01_01", 1, 20, SPACING), ("999990_01_01", 5, 40, SPACING), ("999990_02_01", 1, 9, SPACING)])
+    volumes = dls.pretraining_volumes(dl_info, [test_data / "dls" / "test.json", test_data / "dls" / "valid.json"])
+    assert volumes["image_id"].tolist() == ["999990_01_01_005-040", "999990_02_01_001-009"]
+    assert len(dls.archive_urls()) == 56 and len(set(dls.archive_urls())) == 56
+    assert dls.archive_urls() == [line for line in (test_data / "deeplesion" / "images_png_urls.txt").read_text()
+                                  .splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_archive_download_resumes_and_rejects_corrupt_archive(tmp_path):
+    archive = write_archive(tmp_path / "src.zip", {n: np.random.default_rng(n).integers(-1000, 1000, (ROWS, COLS))
+                                                   .astype(np.int16) for n in range(1, 40)}).read_bytes()
+    corrupt = bytearray(archive)
+    corrupt[len(archive) // 3] ^= 0xFF  # one flipped byte inside a member: the CRC test fails
+    cfg = {"annotation_urls": {}, "dl_info_url": None, "archives": [1, 2]}
+    with LocalHTTPServer({"/a/Images_png_01.zip": archive, "/a/Images_png_02.zip": bytes(corrupt)},
+                         drop_after=len(archive) // 2) as server:
+        cfg["archive_urls"] = [f"{server.url}/a/Images_png_01.zip", f"{server.url}/a/Images_png_02.zip"]
+        url = dls.archive_url(1, cfg["archive_urls"])
+        path = dls.fetch(url, tmp_path / "out" / "Images_png_01.zip", "archive 1", progress=False)
+        assert server.requests == [None, f"bytes={len(archive) // 2}-"]
+        with pytest.raises(DownloadError, match=r"Images_png_02\.zip: zip member .* fails its CRC check"):
+            dls.fetch(dls.archive_url(2, cfg["archive_urls"]), tmp_path / "out" / "Images_png_02.zip", "archive 2",
+                      progress=False)
+    assert path.read_bytes() == archive
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Images_png_01.zip"]
+    with pytest.raises(InputError, match=r"no URL configured for DL_info\.csv"):
+        dls.download_all(cfg, tmp_path / "out", progress=False)
+
+
+def test_closed_port_fails_with_one_message_and_no_file(tmp_path):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = {"annotation_urls": {"test": f"http://127.0.0.1:{port}/data/test.json"}, "archives": [1]}
+    with pytest.raises(DownloadError) as failure:
+        dls.download_all(cfg, tmp_path / "dls", progress=False, retries=2, backoff_s=0.01)
+    message = str(failure.value)
+    assert message.startswith(f"http://127.0.0.1:{port}/data/test.json: failed after 3 attempts")
+    assert "refused" in message.lower()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
+    """`snakemake -n --configfile configs/paper-dls.yaml configs/paper-model.yaml` plans from download on."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    cwd = Path.cwd()
+    try:
+        with SnakemakeApi(OutputSettings(verbose=False)) as api:
+            workflow = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[REPO / "configs" / "paper-dls.yaml",
+                                                            REPO / "configs" / "paper-model.yaml"]),
+                snakefile=REPO / "Snakefile", workdir=tmp_path)
+            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
+            jobs = workflow._workflow.dag.jobs
+            rules = pd.Series([job.rule.name for job in jobs]).value_counts().to_dict()
+            archive_jobs = [job for job in jobs if job.rule.name == "dls_archive"]
+            urls = sorted(job.params.url for job in archive_jobs)
+            annotation_urls = sorted(job.params.url for job in jobs if job.rule.name == "dls_annotations")
+    finally:
+        os.chdir(cwd)
+    assert rules["dls_archive"] == 56 and rules["dls_annotations"] == 2
+    assert rules["dls_info"] == 1 and rules["dls_archive_index"] == 1 and rules["dls_pairs"] == 1
+    assert rules["download_dlt_predictions"] == 1
+    assert urls == sorted(dls.archive_urls())
+    assert annotation_urls == [f"https://raw.githubusercontent.com/JimmyCai91/DLT/master/data/{s}.json"
+                               for s in ("test", "valid")]
+    assert not list(tmp_path.rglob("*.zip"))  # a plan, nothing fetched
+
+
+def test_workflow_runs_dls_from_local_server(tmp_path):
+    """The DLS rules end to end, every URL on a local server: download, checkpoint index, conversion, pairs."""
+    from conftest import copy_workflow, run_workflow
+
+    stack = chest_to_abdomen()
+    other = "000777_01_01"  # a patient outside the DLS splits: pretraining data
+    archive1 = write_archive(tmp_path / "a1.zip", {n + 1: hu for n, hu in enumerate(stack)}).read_bytes()
+    archive2 = write_archive(tmp_path / "a2.zip", {n: stack[3] for n in (7, 8)}, series=other).read_bytes()
+    write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 1, 6, SPACING), (other, 7, 8, SPACING)])
+    name = f"{SERIES}_001-006.nii.gz"
+    entry = {"source": name, "target": name, "source center": [5, 6, 1], "target center": [7, 8, 4],
+             "source spacing": list(SPACING), "target spacing": list(SPACING), "target box": [5, 6, 3, 4, 4, 2],
+             "target recist diameter": [4.0, 2.0]}
+    annotations = json.dumps({"0001": entry, "0002": {**entry, "source center": [7, 8, 4],
+                                                      "target center": [5, 6, 1]}}).encode()
+    files = {"/dlt/test.json": annotations, "/dlt/valid.json": annotations,
+             "/nih/DL_info.csv": (tmp_path / "DL_info.csv").read_bytes(),
+             "/nih/1.zip": archive1, "/nih/2.zip": archive2}
+    workdir = copy_workflow(tmp_path / "repo")
+    overlay = tmp_path / "overlay.yaml"
+    with LocalHTTPServer(files) as server:
+        overlay.write_text(
+            "datasets:\n  synthetic: {enabled: false}\n  dls: {enabled: true, download: true}\n"
+            f"dls:\n  annotation_urls: {{test: {server.url}/dlt/test.json, valid: {server.url}/dlt/valid.json}}\n"
+            f"  dl_info_url: {server.url}/nih/DL_info.csv\n"
+            f"  archive_urls: [{server.url}/nih/1.zip, {server.url}/nih/2.zip]\n  archives: [1, 2]\n")
+        run_workflow(workdir, [overlay], targets=["results/dls/images.csv", "results/dls/pairs.csv"])
+    results = workdir / "results" / "dls"
+    index = pd.read_csv(results / "archive_index.csv", dtype=str)
+    assert index[["series_id", "archive"]].values.tolist() == [
+        [SERIES, "results/dls/archives/Images_png_01.zip"], [other, "results/dls/archives/Images_png_02.zip"]]
+    images = pd.read_csv(results / "images.csv", dtype={"n_slices": int})
+    assert images[["image_id", "n_slices", "head_feet"]].values.tolist() == [
+        [f"{SERIES}_001-006", 6, "confirmed"], [f"{other}_007-008", 2, "inconclusive"]]
+    pairs = pd.read_csv(results / "pairs.csv", dtype={"dls_entry": str})
+    assert len(pairs) == 4 and sorted(set(pairs["split"])) == ["test", "valid"]
+    image = sitk.ReadImage(str(results / "images" / name))
+    assert image.TransformPhysicalPointToIndex(pairs.loc[0, ["target_x", "target_y", "target_z"]].tolist()) == (7, 8, 4)
+    assert sorted(p.name for p in (results / "archives").iterdir()) == ["Images_png_01.zip", "Images_png_02.zip"]
