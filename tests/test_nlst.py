@@ -55,3 +55,165 @@ def test_second_series_in_folder_is_rejected_naming_the_folder(dicom_dir, tmp_pa
         ds.save_as(folder / f"second-{k}.dcm")
     with pytest.raises(InputError, match=f"{folder}: folder holds 2 DICOM series"):
         read_image(folder)
+
+
+# --------------------------------------------------------------------------- cohorts from the offline IDC index
+@pytest.fixture(scope="module")
+def nlstx(test_data) -> pd.DataFrame:
+    from lesiontrack.data import nlst
+
+    return nlst.read_nlstx(test_data / "nlstx" / "nlstx_dataset.csv")
+
+
+def test_nlstx_cohorts_from_offline_index(nlstx):
+    pytest.importorskip("idc_index_data")
+    from lesiontrack.data import nlst
+
+    pairs = nlst.nlstx_pairs(nlstx)
+    assert pairs["pair_id"].nunique() == 917 and len(pairs) == 2 * 917
+    assert set(pairs["direction"]) == {"forward", "backward"}
+    forward = pairs[pairs["direction"] == "forward"]
+    assert (forward["source_year"] < forward["target_year"]).all()
+    assert forward["consecutive"].sum() == ((forward["target_year"] - forward["source_year"]) == 1).sum() > 0
+    index = nlst.idc_series("nlst")
+    evaluation = nlst.evaluation_cohort(nlstx, index)
+    assert len(evaluation) == evaluation["image_id"].nunique() == 1229
+    assert (evaluation["instanceCount"] > 0).all()
+    # the screening year from the de-identified StudyDate agrees with NLSTx's study_yr
+    years = evaluation.merge(index[["image_id", "study_yr"]], on="image_id", suffixes=("", "_index"))
+    assert (years["study_yr"] == years["study_yr_index"]).all()
+    training = nlst.training_cohort(index, nlstx["pid"].unique(), n_patients=50, seed=0)
+    assert training["pid"].nunique() == 50
+    assert not set(training["pid"]) & set(nlstx["pid"])
+    assert (training["instanceCount"] >= 50).all()
+    assert not training.duplicated(["pid", "study_yr"]).any()
+    assert (training.groupby("pid")["study_yr"].nunique() >= 2).all()
+    assert 90_000 < nlst.size_mb(evaluation) < 110_000  # about 99 GB
+
+
+def test_unknown_series_is_rejected(nlstx):
+    from lesiontrack.data import nlst
+
+    index = pd.DataFrame({"image_id": ["1.2.3"], "pid": ["1"], "study_yr": [0], "instanceCount": [100],
+                          "series_size_MB": [50.0]})
+    with pytest.raises(InputError, match="1229 series not in the IDC index"):
+        nlst.evaluation_cohort(nlstx, index, "nlstx.csv")
+
+
+# --------------------------------------------------------------------------- download (fake downloader, no network)
+def test_download_is_per_series_and_resumable(tmp_path):
+    from lesiontrack.data import nlst
+
+    calls: list[str] = []
+
+    def flaky(uid: str, folder: Path) -> None:  # the first call stops after 2 of 3 files, as an interruption
+        calls.append(uid)
+        n = 2 if len(calls) == 1 else 3
+        for k in range(n):
+            (folder / f"{k}.dcm").write_bytes(b"x")
+
+    series = pd.DataFrame({"image_id": ["1.1", "1.2"], "instanceCount": [3, 3]})
+    with pytest.raises(InputError, match=r"\.1\.1\.part: series 1\.1 has 2 of 3"):
+        nlst.download_series(series, tmp_path, flaky)
+    assert not (tmp_path / "1.1").exists()
+    table = nlst.download_series(series, tmp_path, flaky)
+    assert list(table["image_id"]) == ["1.1", "1.2"] and calls == ["1.1", "1.1", "1.2"]
+    assert nlst.download_series(series, tmp_path, flaky) is not None and len(calls) == 3  # complete: skipped
+
+
+def test_idc_downloader_calls_idc_index(monkeypatch, tmp_path):
+    idc_index = pytest.importorskip("idc_index")
+    from lesiontrack.data import nlst
+
+    seen = {}
+
+    class Client:
+        def download_from_selection(self, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr(idc_index, "IDCClient", Client)
+    nlst.idc_downloader("1.2.3", tmp_path)
+    assert seen["seriesInstanceUID"] == ["1.2.3"] and seen["downloadDir"] == str(tmp_path)
+    assert seen["dirTemplate"] is None and seen["use_s5cmd_sync"] is True
+
+
+# --------------------------------------------------------------------------- NLSTx boxes and --check-slices
+SPACING = (0.8, 0.8, 2.5)  # x, y, z mm
+NODULE = (32, 30, 25)  # x, y voxel and volume slice index k (slices sorted along +z)
+INSTANCE_NUMBERS = list(range(42, 2, -1))  # 40 slices; InstanceNumber 3..42 grows towards the feet
+
+
+def _write_series(folder: Path, nodule_k: int = NODULE[2], series_uid: str = "1.2.826.0.1.3680043.8.498.7") -> None:
+    """40 slices of 64x64 lung-density air with one dense ellipsoidal nodule, as CT DICOM (pydicom)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    z, y, x = np.mgrid[0:40, 0:64, 0:64]
+    inside = ((x - NODULE[0]) / 5.0) ** 2 + ((y - NODULE[1]) / 5.0) ** 2 + ((z - nodule_k) / 1.2) ** 2 <= 1.0
+    volume = np.where(inside, 40, -850).astype(np.int16)
+    folder.mkdir(parents=True)
+    origin = (-25.0, -40.0, -300.0)
+    for k in range(volume.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"{series_uid}.{k + 1}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{series_uid}.0", series_uid
+        ds.Modality, ds.PatientID = "CT", "100001"
+        ds.InstanceNumber = INSTANCE_NUMBERS[k]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * SPACING[2]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [SPACING[1], SPACING[0]]
+        ds.SliceThickness = 5.0
+        ds.Rows, ds.Columns = 64, 64
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = volume[k].tobytes()
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+
+
+def _nlstx_row(image_id: str, slice_number: int, year: int = 0) -> dict:
+    return {"pid": "100001", "study_yr": year, "image_id": image_id, "nodule": "1", "lesion_id": "100001-1",
+            "slice_number": slice_number, "box_x": NODULE[0] - 5, "box_y": NODULE[1] - 5, "box_w": 11, "box_h": 11}
+
+
+@pytest.mark.parametrize("truth", ["instance_number", "index0", "index1"])
+def test_check_slices_picks_the_convention_of_the_data(tmp_path, truth):
+    from lesiontrack.data import nlst
+
+    _write_series(tmp_path / "dicom" / "1.2.3")
+    # the nodule's slice is InstanceNumber 17, the 15th slice (0-based 14) in InstanceNumber order
+    number = {"instance_number": 17, "index0": 14, "index1": 15}[truth]
+    scores = nlst.check_slices(pd.DataFrame([_nlstx_row("1.2.3", number)]), tmp_path / "dicom")
+    assert scores["convention"].iloc[0] == truth
+    assert scores["mean_score"].iloc[0] > 0.3 > scores["mean_score"].iloc[1]
+
+
+def test_boxes_become_world_points_and_pairs(tmp_path):
+    from lesiontrack.data import nlst
+    from lesiontrack.io import Geometry
+
+    dicom = tmp_path / "dicom"
+    _write_series(dicom / "1.2.3", nodule_k=25)
+    _write_series(dicom / "1.2.4", nodule_k=20, series_uid="1.2.826.0.1.3680043.8.498.8")
+    volumes = {}
+    for uid in ("1.2.3", "1.2.4"):
+        volumes[uid] = str(tmp_path / f"{uid}.nii.gz")
+        sitk.WriteImage(read_image(dicom / uid), volumes[uid])
+    rows = pd.DataFrame([_nlstx_row("1.2.3", 17, 0), _nlstx_row("1.2.4", 42 - 20, 1)])
+    pairs, lesions = nlst.nlst_tables(rows, volumes, dicom, "instance_number")
+    assert len(pairs) == 2 and set(pairs["direction"]) == {"forward", "backward"}
+    forward = pairs[pairs["direction"] == "forward"].iloc[0]
+    geometry = Geometry.of(read_image(volumes["1.2.3"]))
+    expected = geometry.index_to_world([NODULE[0], NODULE[1], 25])[0]
+    assert [forward.source_x, forward.source_y, forward.source_z] == pytest.approx(expected)
+    assert forward.target_z == pytest.approx(expected[2] - 5 * SPACING[2])
+    assert forward.target_radius_mm == pytest.approx(11 / 2 * SPACING[0])
+    assert forward.target_box_min_x <= forward.target_x <= forward.target_box_max_x
+    with pytest.raises(InputError, match="Slice number 99 .* is not a slice"):
+        nlst.nlst_tables(pd.DataFrame([_nlstx_row("1.2.3", 99)]), volumes, dicom, "instance_number")
