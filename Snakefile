@@ -28,6 +28,7 @@ include: "rules/track.smk"
 include: "rules/evaluate.smk"
 include: "rules/dls.smk"
 include: "rules/figures.smk"
+include: "rules/nlst.smk"
 
 
 rule all:

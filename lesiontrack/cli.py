@@ -109,6 +109,81 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(log.tail(1).to_string(index=False))
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from lesiontrack.data import nlst
+    from lesiontrack.download import download
+
+    spec = _config(args.config)["datasets"]["nlst"]
+    out = Path(args.out_dir)
+    nlstx_csv = args.nlstx or download(spec["nlstx_url"], out / "nlstx_dataset.csv", sha256=spec["nlstx_sha256"])
+    series = nlst.select_stage(nlstx_csv, out / "series.csv", spec["n_training_patients"], spec["seed"],
+                               spec["slice_spacing_mm"], spec["min_slices"])
+    if not args.select_only:
+        table = nlst.download_stage(out / "series.csv", None, out / "dicom", out / "dicom.csv")
+        print(f"{len(table)} of {len(series)} series in {out / 'dicom'}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lesiontrack.data import nlst
+
+    table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
+    print(f"converted {len(table)} series into {args.images_dir}")
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from lesiontrack.data import nlst
+
+    if args.check_slices:
+        scores = nlst.check_slices(nlst.read_nlstx(args.nlstx), args.dicom_dir)
+        print(f"{nlst.LABEL} slice-number conventions, best first (mean dense-blob-in-lung score):")
+        print(scores.to_string(index=False))
+        return
+    convention = args.convention or _config(args.config)["datasets"]["nlst"]["slice_number_convention"]
+    pairs, lesions = nlst.pairs_stage(args.nlstx, args.images, args.dicom_dir, convention,
+                                      Path(args.out_dir) / "pairs.csv", Path(args.out_dir) / "lesions.csv")
+    print(f"{nlst.LABEL}: {pairs['pair_id'].nunique()} pairs ({len(pairs)} directed), {len(lesions)} nodule "
+          f"findings -> {args.out_dir}")
+
+
+def _add_dataset_commands(sub) -> None:
+    """download / convert / pairs of the real datasets (so far: --dataset nlst)."""
+    p = sub.add_parser("download", help="select and download a real dataset",
+                       description="nlst: fetch the NLSTx table, select the evaluation series and the unlabeled "
+                                   "training cohort from the offline IDC index (prints the download size first), "
+                                   "then download every series with idc-index (s5cmd); resumable.")
+    p.add_argument("--dataset", required=True, choices=["nlst"])
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--out-dir", default="results/nlst")
+    p.add_argument("--nlstx", help="local NLSTx CSV (default: download datasets.nlst.nlstx_url)")
+    p.add_argument("--select-only", action="store_true", help="write series.csv and the size; download nothing")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("convert", help="DICOM series -> NIfTI",
+                       description="Convert DICOM series folders to NIfTI (slice spacing from ImagePositionPatient; "
+                                   "a missing or irregular slice, or several series in a folder, is rejected).")
+    p.add_argument("--dataset", required=True, choices=["nlst"])
+    p.add_argument("--dicom-table", required=True, help="CSV image_id, path (series folders)")
+    p.add_argument("--images-dir", required=True, help="folder for <image_id>.nii.gz")
+    p.add_argument("--table", required=True, help="output CSV image_id, path")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("pairs", help="ground-truth pairs.csv and lesions.csv in world mm",
+                       description="nlst: NLSTx boxes -> nodule centres (world mm, LPS) and radii; all pairs of "
+                                   "screening years, both directions. --check-slices scores each slice-number "
+                                   "convention on the downloaded DICOM instead.")
+    p.add_argument("--dataset", required=True, choices=["nlst"])
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--nlstx", required=True, help="NLSTx CSV")
+    p.add_argument("--dicom-dir", required=True, help="folder of <SeriesInstanceUID>/ DICOM series")
+    p.add_argument("--images", action="append", default=[], metavar="CSV", help="table(s) image_id, path of NIfTI")
+    p.add_argument("--convention", choices=["instance_number", "index0", "index1"],
+                   help="default: datasets.nlst.slice_number_convention")
+    p.add_argument("--out-dir", default="results/nlst")
+    p.add_argument("--check-slices", action="store_true",
+                   help="score each slice-number convention by a dense blob in lung inside the boxes")
+    p.set_defaults(func=cmd_pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
@@ -219,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="method the p-values compare against")
     p.add_argument("--out-dir", default="results/tables")
     p.set_defaults(func=cmd_table)
+    _add_dataset_commands(sub)
     return parser
 
 

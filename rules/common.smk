@@ -1,6 +1,7 @@
 # Input functions and shard lists; no other logic.
 from pathlib import Path
 
+from lesiontrack.data import nlst as nlst_data
 from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
 from lesiontrack.provenance import fingerprint
@@ -138,4 +139,10 @@ def all_outputs():
         )
     if "dls" in enabled_datasets():
         outputs.append("results/tables/dls.csv")
+    if "nlst" in enabled_datasets():
+        outputs += [
+            "results/nlst/pairs.csv",
+            "results/nlst/lesions.csv",
+            "results/nlst/images.csv",
+        ]
     return outputs

@@ -207,6 +207,7 @@ def test_boxes_become_world_points_and_pairs(tmp_path):
         sitk.WriteImage(read_image(dicom / uid), volumes[uid])
     rows = pd.DataFrame([_nlstx_row("1.2.3", 17, 0), _nlstx_row("1.2.4", 42 - 20, 1)])
     pairs, lesions = nlst.nlst_tables(rows, volumes, dicom, "instance_number")
+    assert list(lesions["image_id"]) == ["1.2.3", "1.2.4"] and (lesions["status"] == "present").all()
     assert len(pairs) == 2 and set(pairs["direction"]) == {"forward", "backward"}
     forward = pairs[pairs["direction"] == "forward"].iloc[0]
     geometry = Geometry.of(read_image(volumes["1.2.3"]))
@@ -215,5 +216,69 @@ def test_boxes_become_world_points_and_pairs(tmp_path):
     assert forward.target_z == pytest.approx(expected[2] - 5 * SPACING[2])
     assert forward.target_radius_mm == pytest.approx(11 / 2 * SPACING[0])
     assert forward.target_box_min_x <= forward.target_x <= forward.target_box_max_x
-    with pytest.raises(InputError, match="Slice number 99 .* is not a slice"):
+    with pytest.raises(InputError, match=r"Slice number 99 .* is not a slice"):
         nlst.nlst_tables(pd.DataFrame([_nlstx_row("1.2.3", 99)]), volumes, dicom, "instance_number")
+
+
+def test_cli_check_slices_and_pairs(tmp_path, capsys):
+    from lesiontrack.cli import main
+
+    dicom = tmp_path / "dicom"
+    _write_series(dicom / "1.2.3")
+    csv = tmp_path / "nlstx.csv"
+    pd.DataFrame([{"fold": 0, "PID": 100001, "study_yr": 0, "malignancy": "B", "seriesinstanceuids": "1.2.3",
+                   "Abnormality UID": 1.0, "Slice number": 17.0, "Bounding box x (pixels)": NODULE[0] - 5.0,
+                   "Bounding box y (pixels)": NODULE[1] - 5.0, "Bounding box width (pixels)": 11.0,
+                   "Bounding box height (pixels)": 11.0}]).to_csv(csv, index=False)
+    assert main(["pairs", "--dataset", "nlst", "--nlstx", str(csv), "--dicom-dir", str(dicom), "--check-slices"]) == 0
+    out = capsys.readouterr().out
+    assert "NLSTx" in out and out.splitlines()[2].split()[0] == "instance_number"
+    assert main(["convert", "--dataset", "nlst", "--dicom-table", str(tmp_path / "none.csv"), "--images-dir",
+                 str(tmp_path / "images"), "--table", str(tmp_path / "images.csv")]) == 2
+    assert "none.csv: no such file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the workflow
+def _plan(workdir: Path, configfiles: list[Path]) -> dict[str, int]:
+    import os
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    cwd = Path.cwd()
+    try:
+        with SnakemakeApi(OutputSettings(verbose=False)) as api:
+            workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                    config_settings=ConfigSettings(configfiles=configfiles),
+                                    snakefile=workdir / "Snakefile", workdir=workdir)
+            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
+            jobs = list(workflow._workflow.dag.jobs)
+    finally:
+        os.chdir(cwd)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.rule.name] = counts.get(job.rule.name, 0) + 1
+    return counts
+
+
+def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tmp_path):
+    pytest.importorskip("idc_index_data")
+    from conftest import copy_workflow, run_workflow
+
+    workdir = copy_workflow(tmp_path / "repo")
+    configs = [workdir / "configs" / "paper-nlst.yaml", workdir / "configs" / "paper-model.yaml"]
+    plan = _plan(workdir, configs)
+    assert plan == {"nlst_nlstx": 1, "nlst_select": 1, "nlst_pairs": 1, "all": 1}  # up to the checkpoint
+    # offline: with the NLSTx table in place, the checkpoint selects the cohorts from the bundled index
+    small = tmp_path / "small.yaml"
+    small.write_text("shard_size: 100\ndatasets:\n  nlst:\n    n_training_patients: 5\n")
+    (workdir / "results" / "nlst").mkdir(parents=True)
+    shutil.copy(test_data / "nlstx" / "nlstx_dataset.csv", workdir / "results" / "nlst" / "nlstx_dataset.csv")
+    run_workflow(workdir, [*configs, small], targets=["results/nlst/series.csv"])
+    series = pd.read_csv(workdir / "results" / "nlst" / "series.csv", dtype={"image_id": str, "pid": str})
+    assert (series["role"] == "evaluation").sum() == 1229
+    assert series.loc[series["role"] == "training", "pid"].nunique() == 5
+    assert "GB to download" in (workdir / "results" / "logs" / "nlst" / "select.log").read_text()
+    n_shards = -(-len(series) // 100)
+    plan = _plan(workdir, [*configs, small])
+    assert plan["nlst_download"] == plan["nlst_convert"] == n_shards and plan["nlst_pairs"] == 1

@@ -256,7 +256,7 @@ def blob_score(array: np.ndarray, k: int | None, row: pd.Series, dense_hu: float
     """
     if k is None or not 0 <= k < array.shape[0]:
         return 0.0
-    x0, y0, w, h = (int(round(float(row[c]))) for c in ("box_x", "box_y", "box_w", "box_h"))
+    x0, y0, w, h = (round(float(row[c])) for c in ("box_x", "box_y", "box_w", "box_h"))
     plane = array[k]
     box = plane[max(y0, 0):y0 + h, max(x0, 0):x0 + w]
     if box.size == 0:
@@ -324,4 +324,69 @@ def nlst_tables(nlstx: pd.DataFrame, volumes: dict[str, str], dicom_dir: str | o
     pairs["split"] = "test"
     pairs["dataset"] = LABEL
     lesions = lesions[["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status"]]
+    return pairs, lesions
+
+
+# --------------------------------------------------------------------------- stages (CLI and workflow scripts)
+def shards(series: pd.DataFrame, shard_size: int) -> list[list[str]]:
+    """image_ids of each shard of series.csv, in row order (evaluation series first)."""
+    ids = series["image_id"].astype(str).tolist()
+    return [ids[k:k + shard_size] for k in range(0, len(ids), shard_size)]
+
+
+def select_stage(nlstx_csv: str | os.PathLike, out: str | os.PathLike, n_patients: int, seed: int = 0,
+                 slice_spacing_mm: float = 2.0, min_slices: int = 50, log: Callable[[str], None] = print
+                 ) -> pd.DataFrame:
+    """Write series.csv (both cohorts) and report its download size before anything is fetched."""
+    from lesiontrack.io import write_table
+
+    series = select_cohorts(nlstx_csv, n_patients, seed, slice_spacing_mm, min_slices)
+    for role, group in series.groupby("role", sort=False):
+        log(f"{LABEL} {role}: {len(group)} series of {group['pid'].nunique()} patients, "
+            f"{size_mb(group) / 1000:.1f} GB to download")
+    log(f"{LABEL} total download: {size_mb(series) / 1000:.1f} GB ({len(series)} series)")
+    write_table(series, out)
+    return series
+
+
+def download_stage(series_csv: str | os.PathLike, image_ids: Sequence[str] | None, dicom_dir: str | os.PathLike,
+                   out: str | os.PathLike, downloader: Downloader = idc_downloader) -> pd.DataFrame:
+    """Download the listed series (all of series.csv when ``image_ids`` is None); write ``image_id, path``."""
+    from lesiontrack.io import write_table
+
+    series = read_table(series_csv, required=["image_id", "instanceCount"])
+    series["image_id"] = series["image_id"].astype(str)
+    if image_ids is not None:
+        series = series[series["image_id"].isin(set(image_ids))]
+    table = download_series(series, dicom_dir, downloader)
+    write_table(table, out)
+    return table
+
+
+def convert_stage(dicom_table: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike
+                  ) -> pd.DataFrame:
+    """DICOM series folders (table ``image_id, path``) -> ``images_dir/<image_id>.nii.gz`` + the same table."""
+    from tqdm import tqdm
+
+    from lesiontrack.io import read_image, write_image, write_table
+
+    folders = read_table(dicom_table, required=["image_id", "path"])
+    rows = []
+    for image_id, folder in tqdm(list(zip(folders["image_id"].astype(str), folders["path"], strict=True)),
+                                 desc="convert", unit="series"):
+        path = write_image(read_image(folder), Path(images_dir) / f"{image_id}.nii.gz")
+        rows.append({"image_id": image_id, "path": str(path)})
+    table = pd.DataFrame(rows, columns=["image_id", "path"])
+    write_table(table, out)
+    return table
+
+
+def pairs_stage(nlstx_csv: str | os.PathLike, image_tables: Sequence[str | os.PathLike], dicom_dir: str | os.PathLike,
+                convention: str, out_pairs: str | os.PathLike, out_lesions: str | os.PathLike
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from lesiontrack.io import volume_paths, write_table
+
+    pairs, lesions = nlst_tables(read_nlstx(nlstx_csv), volume_paths(list(image_tables)), dicom_dir, convention)
+    write_table(lesions, out_lesions)
+    write_table(pairs, out_pairs)
     return pairs, lesions
