@@ -29,6 +29,7 @@ include: "rules/evaluate.smk"
 include: "rules/dls.smk"
 include: "rules/figures.smk"
 include: "rules/nlst.smk"
+include: "rules/custom.smk"
 
 
 rule all:

@@ -124,15 +124,30 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lesiontrack.data import nlst
+    from lesiontrack.data import custom, nlst
 
-    table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
+    if args.dataset == "custom":
+        if not args.inputs:
+            raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
+        table = custom.convert(args.inputs, args.images_dir, args.table)
+    elif not args.dicom_table:
+        raise SystemExit("lesiontrack convert --dataset nlst: give --dicom-table")
+    else:
+        table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
     print(f"converted {len(table)} series into {args.images_dir}")
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from lesiontrack.data import nlst
+    from lesiontrack.data import custom, nlst
 
+    if args.dataset == "custom":
+        if not (args.pairs_csv and len(args.images) == 1):
+            raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
+        pairs = custom.pairs_stage(args.pairs_csv, args.images[0], Path(args.out_dir) / "pairs.csv")
+        print(f"custom: {len(pairs)} pair rows inside their volumes -> {args.out_dir}")
+        return
+    if not (args.nlstx and args.dicom_dir):
+        raise SystemExit("lesiontrack pairs --dataset nlst: give --nlstx and --dicom-dir")
     if args.check_slices:
         scores = nlst.check_slices(nlst.read_nlstx(args.nlstx), args.dicom_dir)
         print(f"{nlst.LABEL} slice-number conventions, best first (mean dense-blob-in-lung score):")
@@ -161,20 +176,23 @@ def _add_dataset_commands(sub) -> None:
     p = sub.add_parser("convert", help="DICOM series -> NIfTI",
                        description="Convert DICOM series folders to NIfTI (slice spacing from ImagePositionPatient; "
                                    "a missing or irregular slice, or several series in a folder, is rejected).")
-    p.add_argument("--dataset", required=True, choices=["nlst"])
-    p.add_argument("--dicom-table", required=True, help="CSV image_id, path (series folders)")
+    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
+    p.add_argument("--dicom-table", help="nlst: CSV image_id, path (series folders)")
+    p.add_argument("--inputs", nargs="+", help="custom: volume files, DICOM series folders or glob patterns")
     p.add_argument("--images-dir", required=True, help="folder for <image_id>.nii.gz")
     p.add_argument("--table", required=True, help="output CSV image_id, path")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("pairs", help="ground-truth pairs.csv and lesions.csv in world mm",
-                       description="nlst: NLSTx boxes -> nodule centres (world mm, LPS) and radii; all pairs of "
-                                   "screening years, both directions. --check-slices scores each slice-number "
-                                   "convention on the downloaded DICOM instead.")
-    p.add_argument("--dataset", required=True, choices=["nlst"])
+                       description="custom: check a pairs CSV in world mm against its volumes. nlst: NLSTx "
+                                   "boxes -> nodule centres (world mm, LPS) and radii; all pairs of screening "
+                                   "years, both directions. --check-slices scores each slice-number convention on "
+                                   "the downloaded DICOM instead.")
+    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
     p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("--nlstx", required=True, help="NLSTx CSV")
-    p.add_argument("--dicom-dir", required=True, help="folder of <SeriesInstanceUID>/ DICOM series")
+    p.add_argument("--nlstx", help="nlst: NLSTx CSV")
+    p.add_argument("--dicom-dir", help="nlst: folder of <SeriesInstanceUID>/ DICOM series")
+    p.add_argument("--pairs-csv", help="custom: pairs CSV in world mm (checked against the --images volumes)")
     p.add_argument("--images", action="append", default=[], metavar="CSV", help="table(s) image_id, path of NIfTI")
     p.add_argument("--convention", choices=["instance_number", "index0", "index1"],
                    help="default: datasets.nlst.slice_number_convention")

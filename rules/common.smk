@@ -1,6 +1,7 @@
 # Input functions and shard lists; no other logic.
 from pathlib import Path
 
+from lesiontrack.data import custom as custom_data
 from lesiontrack.data import nlst as nlst_data
 from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
@@ -145,4 +146,8 @@ def all_outputs():
             "results/nlst/lesions.csv",
             "results/nlst/images.csv",
         ]
+    if "custom" in enabled_datasets():
+        outputs.append("results/custom/images.csv")
+        if config["datasets"]["custom"]["pairs"]:
+            outputs.append("results/custom/pairs.csv")
     return outputs
