@@ -56,13 +56,21 @@ def test_patterns_that_match_nothing_or_clash_are_rejected(own_data):
         custom.collect(["*"], own_data)
 
 
-def test_custom_config_plans_convert_and_pairs(own_data, tmp_path):
-    from conftest import copy_workflow
+def test_custom_config_plans_and_runs_convert_and_pairs(own_data, tmp_path):
+    from conftest import copy_workflow, run_workflow
     from test_nlst import _plan
 
     workdir = copy_workflow(tmp_path / "repo")
-    (tmp_path / "pairs.csv").write_text("pair_id\n")
+    pairs_csv = tmp_path / "pairs.csv"
+    pd.DataFrame([_pair_row("a", "ct_dicom", "ct_dicom", [0.0, -200.0, -790.0], [5.0, -190.0, -780.0])]).to_csv(
+        pairs_csv, index=False)
     overlay = tmp_path / "custom.yaml"
     overlay.write_text(f"datasets:\n  synthetic:\n    enabled: false\n  custom:\n    enabled: true\n"
-                       f"    images: ['{own_data}/*']\n    pairs: {tmp_path / 'pairs.csv'}\n")
+                       f"    images: ['{own_data}/*']\n    pairs: {pairs_csv}\n")
     assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "all": 1}
+    updated = run_workflow(workdir, [overlay])
+    assert {"results/custom/images.csv", "results/custom/pairs.csv"} <= set(updated)
+    images = pd.read_csv(workdir / "results" / "custom" / "images.csv")
+    assert list(images["image_id"]) == ["ct_dicom", "ct_sm"]
+    assert (workdir / "results" / "custom" / "images" / "ct_sm.nii.gz").exists()
+    assert "finished in" in (workdir / "results" / "logs" / "custom" / "pairs.log").read_text()

@@ -238,6 +238,16 @@ def test_cli_check_slices_and_pairs(tmp_path, capsys):
     assert "none.csv: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["download", "convert", "pairs"])
+def test_dataset_commands_have_help(stage):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lesiontrack.cli", stage, "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--dataset" in result.stdout
+
+
 # --------------------------------------------------------------------------- the workflow
 def _plan(workdir: Path, configfiles: list[Path]) -> dict[str, int]:
     import os
