@@ -292,3 +292,38 @@ def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tm
     n_shards = -(-len(series) // 100)
     plan = _plan(workdir, [*configs, small])
     assert plan["nlst_download"] == plan["nlst_convert"] == n_shards and plan["nlst_pairs"] == 1
+
+
+def test_nlst_rules_download_convert_pairs_offline(tmp_path):
+    """After the checkpoint: downloaded series are skipped (no network), converted, and paired in world mm."""
+    import os
+    import time
+
+    from conftest import REPO, copy_workflow, run_workflow
+
+    workdir = copy_workflow(tmp_path / "repo")
+    nlst_dir = workdir / "results" / "nlst"
+    _write_series(nlst_dir / "dicom" / "1.2.3", nodule_k=25)
+    _write_series(nlst_dir / "dicom" / "1.2.4", nodule_k=20, series_uid="1.2.826.0.1.3680043.8.498.8")
+    for uid in ("1.2.3", "1.2.4"):  # as download_series leaves a complete series
+        (nlst_dir / "dicom" / uid / ".complete").write_text("40\n")
+    rows = []
+    for uid, year, number in (("1.2.3", 0, 17), ("1.2.4", 1, 22)):
+        rows.append({"fold": 0, "PID": 100001, "study_yr": year, "malignancy": "B", "seriesinstanceuids": uid,
+                     "Abnormality UID": 1.0, "Slice number": number, "Bounding box x (pixels)": NODULE[0] - 5,
+                     "Bounding box y (pixels)": NODULE[1] - 5, "Bounding box width (pixels)": 11,
+                     "Bounding box height (pixels)": 11})
+    pd.DataFrame(rows).to_csv(nlst_dir / "nlstx_dataset.csv", index=False)
+    time.sleep(0.05)
+    pd.DataFrame({"image_id": ["1.2.3", "1.2.4"], "role": "evaluation", "pid": "100001", "study_yr": [0, 1],
+                  "instanceCount": 40, "series_size_MB": 0.3}).to_csv(nlst_dir / "series.csv", index=False)
+    os.utime(nlst_dir / "series.csv")
+    configs = [REPO / "configs" / "paper-nlst.yaml", REPO / "configs" / "paper-model.yaml"]
+    updated = run_workflow(workdir, configs)
+    assert {"results/nlst/pairs.csv", "results/nlst/lesions.csv", "results/nlst/shards/images-000.csv"} <= set(updated)
+    assert "results/nlst/series.csv" not in updated  # the checkpoint's output was taken as it is
+    pairs = pd.read_csv(nlst_dir / "pairs.csv")
+    assert len(pairs) == 2 and (pairs["dataset"] == "NLSTx").all()
+    forward = pairs[pairs["direction"] == "forward"].iloc[0]
+    assert forward.target_z == pytest.approx(forward.source_z - 5 * SPACING[2])
+    assert (nlst_dir / "images" / "1.2.4.nii.gz").exists()
