@@ -216,6 +216,8 @@ def test_boxes_become_world_points_and_pairs(tmp_path):
     assert forward.target_z == pytest.approx(expected[2] - 5 * SPACING[2])
     assert forward.target_radius_mm == pytest.approx(11 / 2 * SPACING[0])
     assert forward.target_box_min_x <= forward.target_x <= forward.target_box_max_x
+    assert forward.target_box_max_z - forward.target_box_min_z == pytest.approx(2 * forward.target_radius_mm)
+    assert forward.target_box_max_x - forward.target_box_min_x == pytest.approx(10 * SPACING[0])
     with pytest.raises(InputError, match=r"Slice number 99 .* is not a slice"):
         nlst.nlst_tables(pd.DataFrame([_nlstx_row("1.2.3", 99)]), volumes, dicom, "instance_number")
 

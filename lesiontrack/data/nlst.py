@@ -227,7 +227,10 @@ def slice_index(series: DicomSeries, slice_number: int, convention: str) -> int 
 
 
 def box_points(rows: pd.DataFrame, series: DicomSeries, geometry: Geometry, convention: str) -> pd.DataFrame:
-    """NLSTx rows of one series -> ``x, y, z`` (box centre, world mm), ``radius_mm`` and box bounds."""
+    """NLSTx rows of one series -> ``x, y, z`` (box centre, world mm), ``radius_mm`` and box bounds.
+
+    The box bounds (for the lenient convention) reach ``radius_mm`` beyond the slice along its normal.
+    """
     out = []
     for _, row in rows.iterrows():
         k = slice_index(series, int(row["slice_number"]), convention)
@@ -238,11 +241,14 @@ def box_points(rows: pd.DataFrame, series: DicomSeries, geometry: Geometry, conv
         # the box covers pixels x0 .. x0 + w - 1: its centre index is x0 + (w - 1) / 2
         corners = geometry.index_to_world(np.array([[x0 + (w - 1) / 2, y0 + (h - 1) / 2, k],
                                                     [x0, y0, k], [x0 + w - 1, y0 + h - 1, k]]))
+        radius = recist_radius_mm([w, h], geometry.spacing[0])
+        # the box is 2-D: across slices it spans the nodule's in-plane radius (a roughly round nodule)
+        normal = np.asarray(geometry.direction, float).reshape(3, 3)[:, 2]
+        spread = np.abs(normal) * radius
         out.append({"lesion_id": row["lesion_id"], "image_id": row["image_id"], "x": corners[0, 0],
-                    "y": corners[0, 1], "z": corners[0, 2],
-                    "radius_mm": recist_radius_mm([w, h], geometry.spacing[0]),
-                    **{f"box_min_{a}": min(corners[1, i], corners[2, i]) for i, a in enumerate("xyz")},
-                    **{f"box_max_{a}": max(corners[1, i], corners[2, i]) for i, a in enumerate("xyz")}})
+                    "y": corners[0, 1], "z": corners[0, 2], "radius_mm": radius,
+                    **{f"box_min_{a}": min(corners[1, i], corners[2, i]) - spread[i] for i, a in enumerate("xyz")},
+                    **{f"box_max_{a}": max(corners[1, i], corners[2, i]) + spread[i] for i, a in enumerate("xyz")}})
     return pd.DataFrame(out)
 
 
