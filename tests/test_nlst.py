@@ -250,6 +250,22 @@ def test_dataset_commands_have_help(stage):
     assert result.returncode == 0 and "--dataset" in result.stdout
 
 
+def test_nlst_config_defaults_and_bad_convention():
+    import yaml
+    from conftest import REPO
+
+    from lesiontrack import config
+
+    paper = config.merge(yaml.safe_load((REPO / "config.yaml").read_text()),
+                         yaml.safe_load((REPO / "configs" / "paper-nlst.yaml").read_text()))
+    cfg = config.validate(paper)
+    assert cfg["evaluate"]["min_radius_mm"] == 6 and cfg["datasets"]["nlst"]["enabled"]
+    assert cfg["datasets"]["nlst"]["nlstx_url"].startswith("https://raw.githubusercontent.com/benVZ/NLSTx/")
+    assert not config.validate(yaml.safe_load((REPO / "config.yaml").read_text()))["datasets"]["nlst"]["enabled"]
+    with pytest.raises(config.ConfigError, match=r"datasets\.nlst\.slice_number_convention = 'zero'"):
+        config.validate(config.merge(paper, {"datasets": {"nlst": {"slice_number_convention": "zero"}}}))
+
+
 # --------------------------------------------------------------------------- the workflow
 def _plan(workdir: Path, configfiles: list[Path]) -> dict[str, int]:
     import os
