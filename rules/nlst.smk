@@ -30,7 +30,7 @@ rule nlst_nlstx:
     benchmark:
         "results/benchmarks/nlst/nlstx.tsv"
     conda:
-        "../envs/evaluate.yaml"
+        "../envs/nlst.yaml"
     params:
         url=lookup(dpath="datasets/nlst/nlstx_url", within=config),
         sha256=lookup(dpath="datasets/nlst/nlstx_sha256", within=config),
