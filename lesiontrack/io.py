@@ -74,8 +74,9 @@ def dicom_series(folder: str | os.PathLike, tolerance: float = 0.01) -> DicomSer
     """Check and sort the slices of the one DICOM series in ``folder``.
 
     Rejects (one :class:`InputError` naming the folder) a folder with no series or several, slices
-    of different orientation, duplicate positions, and a missing or irregular slice (a gap between
-    neighbouring slice positions that differs from the median gap by more than ``tolerance`` of it).
+    of different orientation, duplicate positions, a missing or irregular slice (a gap between
+    neighbouring slice positions that differs from the median gap by more than ``tolerance`` of it),
+    and slices whose positions drift across the slice plane (gantry tilt).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -121,6 +122,11 @@ def dicom_series(folder: str | os.PathLike, tolerance: float = 0.01) -> DicomSer
         raise InputError(f"{folder}: missing or irregular slice: gap {gaps[k]:.3f} mm between slice positions "
                          f"{along[order][k]:.3f} and {along[order][k + 1]:.3f} mm, while the series steps "
                          f"{step:.3f} mm ({bad.size} such gap(s))")
+    lateral = np.asarray(positions)[order] - np.outer(along[order], normal)  # in-plane offset of each slice
+    drift = float(np.linalg.norm(lateral - lateral[0], axis=1).max())
+    if drift > tolerance * step:
+        raise InputError(f"{folder}: slice positions drift {drift:.3f} mm across the slice plane (gantry tilt or "
+                         "sheared series); a volume grid cannot hold it")
     spacing_z = float((along[order][-1] - along[order][0]) / (len(files) - 1))
     return DicomSeries(folder, tuple(files[i] for i in order), tuple(float(along[i]) for i in order),
                        tuple(numbers[i] for i in order), spacing_z)

@@ -57,6 +57,19 @@ def test_second_series_in_folder_is_rejected_naming_the_folder(dicom_dir, tmp_pa
         read_image(folder)
 
 
+def test_tilted_series_is_rejected_naming_the_folder(dicom_dir, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    folder = tmp_path / "tilt"
+    folder.mkdir()
+    for path in sorted(dicom_dir.iterdir()):
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.3 * (z + 804.5), z]  # a gantry tilt of about 8.5 degrees
+        ds.save_as(folder / path.name)
+    with pytest.raises(InputError, match=f"{folder}: slice positions drift"):
+        read_image(folder)
+
+
 # --------------------------------------------------------------------------- cohorts from the offline IDC index
 @pytest.fixture(scope="module")
 def nlstx(test_data) -> pd.DataFrame:
