@@ -30,6 +30,8 @@ include: "rules/evaluate.smk"
 include: "rules/dls.smk"
 include: "rules/dls_data.smk"
 include: "rules/figures.smk"
+include: "rules/nlst.smk"
+include: "rules/custom.smk"
 
 
 rule all:

@@ -157,6 +157,97 @@ def cmd_dls_pairs(args: argparse.Namespace) -> None:
     splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
     table = dls.pairs_table(splits, args.out)
     print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {args.out}")
+def cmd_download(args: argparse.Namespace) -> None:
+    from lesiontrack.data import nlst
+    from lesiontrack.download import download
+
+    spec = _config(args.config)["datasets"]["nlst"]
+    out = Path(args.out_dir)
+    nlstx_csv = args.nlstx or download(spec["nlstx_url"], out / "nlstx_dataset.csv", sha256=spec["nlstx_sha256"])
+    series = nlst.select_stage(nlstx_csv, out / "series.csv", spec["n_training_patients"], spec["seed"],
+                               spec["slice_spacing_mm"], spec["min_slices"])
+    if not args.select_only:
+        table = nlst.download_stage(out / "series.csv", None, out / "dicom", out / "dicom.csv")
+        print(f"{len(table)} of {len(series)} series in {out / 'dicom'}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lesiontrack.data import custom, nlst
+
+    if args.dataset == "custom":
+        if not args.inputs:
+            raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
+        table = custom.convert(args.inputs, args.images_dir, args.table)
+    elif not args.dicom_table:
+        raise SystemExit("lesiontrack convert --dataset nlst: give --dicom-table")
+    else:
+        table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
+    print(f"converted {len(table)} series into {args.images_dir}")
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    from lesiontrack.data import custom, nlst
+
+    if args.dataset == "custom":
+        if not (args.pairs_csv and len(args.images) == 1):
+            raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
+        pairs = custom.pairs_stage(args.pairs_csv, args.images[0], Path(args.out_dir) / "pairs.csv")
+        print(f"custom: {len(pairs)} pair rows inside their volumes -> {args.out_dir}")
+        return
+    if not (args.nlstx and args.dicom_dir):
+        raise SystemExit("lesiontrack pairs --dataset nlst: give --nlstx and --dicom-dir")
+    if args.check_slices:
+        scores = nlst.check_slices(nlst.read_nlstx(args.nlstx), args.dicom_dir)
+        print(f"{nlst.LABEL} slice-number conventions, best first (mean dense-blob-in-lung score):")
+        print(scores.to_string(index=False))
+        return
+    convention = args.convention or _config(args.config)["datasets"]["nlst"]["slice_number_convention"]
+    pairs, lesions = nlst.pairs_stage(args.nlstx, args.images, args.dicom_dir, convention,
+                                      Path(args.out_dir) / "pairs.csv", Path(args.out_dir) / "lesions.csv")
+    print(f"{nlst.LABEL}: {pairs['pair_id'].nunique()} pairs ({len(pairs)} directed), {len(lesions)} nodule "
+          f"findings -> {args.out_dir}")
+
+
+def _add_dataset_commands(sub) -> None:
+    """download / convert / pairs of the real datasets (so far: --dataset nlst)."""
+    p = sub.add_parser("download", help="select and download a real dataset",
+                       description="nlst: fetch the NLSTx table, select the evaluation series and the unlabeled "
+                                   "training cohort from the offline IDC index (prints the download size first), "
+                                   "then download every series with idc-index (s5cmd); resumable.")
+    p.add_argument("--dataset", required=True, choices=["nlst"])
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--out-dir", default="results/nlst")
+    p.add_argument("--nlstx", help="local NLSTx CSV (default: download datasets.nlst.nlstx_url)")
+    p.add_argument("--select-only", action="store_true", help="write series.csv and the size; download nothing")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("convert", help="DICOM series -> NIfTI",
+                       description="Convert DICOM series folders to NIfTI (slice spacing from ImagePositionPatient; "
+                                   "a missing or irregular slice, or several series in a folder, is rejected).")
+    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
+    p.add_argument("--dicom-table", help="nlst: CSV image_id, path (series folders)")
+    p.add_argument("--inputs", nargs="+", help="custom: volume files, DICOM series folders or glob patterns")
+    p.add_argument("--images-dir", required=True, help="folder for <image_id>.nii.gz")
+    p.add_argument("--table", required=True, help="output CSV image_id, path")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("pairs", help="ground-truth pairs.csv and lesions.csv in world mm",
+                       description="custom: check a pairs CSV in world mm against its volumes. nlst: NLSTx "
+                                   "boxes -> nodule centres (world mm, LPS) and radii; all pairs of screening "
+                                   "years, both directions. --check-slices scores each slice-number convention on "
+                                   "the downloaded DICOM instead.")
+    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--nlstx", help="nlst: NLSTx CSV")
+    p.add_argument("--dicom-dir", help="nlst: folder of <SeriesInstanceUID>/ DICOM series")
+    p.add_argument("--pairs-csv", help="custom: pairs CSV in world mm (checked against the --images volumes)")
+    p.add_argument("--images", action="append", default=[], metavar="CSV", help="table(s) image_id, path of NIfTI")
+    p.add_argument("--convention", choices=["instance_number", "index0", "index1"],
+                   help="default: datasets.nlst.slice_number_convention")
+    p.add_argument("--out-dir", default="results/nlst")
+    p.add_argument("--check-slices", action="store_true",
+                   help="score each slice-number convention by a dense blob in lung inside the boxes")
+    p.set_defaults(func=cmd_pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", help="DLS valid.json")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_dls_pairs)
+    _add_dataset_commands(sub)
     return parser
 
 

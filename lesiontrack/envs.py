@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "resample": ("numpy", "pandas", "SimpleITK", "tqdm"),
     "figures": ("numpy", "pandas", "SimpleITK", "matplotlib"),
     "evaluate": ("numpy", "pandas", "scipy", "SimpleITK"),
+    "nlst": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm", "idc-index", "idc-index-data", "duckdb"),
     "pretrain": ("torch", "torchio", "numpy", "pandas", "scipy", "SimpleITK", "matplotlib", "tqdm"),
 }
 

@@ -25,26 +25,111 @@ class InputError(ValueError):
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a NIfTI (or any SimpleITK format) file or a DICOM series folder.
-
-    For DICOM the slice spacing comes from the slice positions, not from ``SliceThickness``.
-    """
+    """Read a NIfTI (or any SimpleITK format) file or a DICOM series folder (see :func:`dicom_series`)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return dicom_series(path).read()
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{path}: folder holds no DICOM series")
-            if len(series) > 1:
-                raise InputError(f"{path}: folder holds {len(series)} DICOM series {list(series)}; give one")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            return reader.Execute()
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise InputError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from err
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series folder, its slices sorted along the slice normal (volume index k = ``files[k]``).
+
+    ``spacing_z`` is the distance between neighbouring ImagePositionPatient values along the
+    normal (never ``SliceThickness``); ``instance_numbers[k]`` is the InstanceNumber of slice k.
+    """
+
+    folder: Path
+    files: tuple[str, ...]
+    positions: tuple[float, ...]
+    instance_numbers: tuple[int | None, ...]
+    spacing_z: float
+
+    def read(self) -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(list(self.files))
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise InputError(f"{self.folder}: cannot be read as a DICOM series "
+                             f"({str(err).strip().splitlines()[-1]})") from err
+        spacing = image.GetSpacing()
+        image.SetSpacing((spacing[0], spacing[1], self.spacing_z))
+        return image
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, tag: str, file: str, folder: Path) -> str:
+    if not reader.HasMetaDataKey(tag):
+        raise InputError(f"{folder}: slice {Path(file).name} has no DICOM tag {tag}")
+    return reader.GetMetaData(tag).strip()
+
+
+def dicom_series(folder: str | os.PathLike, tolerance: float = 0.01) -> DicomSeries:
+    """Check and sort the slices of the one DICOM series in ``folder``.
+
+    Rejects (one :class:`InputError` naming the folder) a folder with no series or several, slices
+    of different orientation, duplicate positions, a missing or irregular slice (a gap between
+    neighbouring slice positions that differs from the median gap by more than ``tolerance`` of it),
+    and slices whose positions drift across the slice plane (gantry tilt).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such DICOM series folder")
+    series_reader = sitk.ImageSeriesReader()
+    series = series_reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series {list(series)}; give one")
+    files = list(series_reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    if len(files) < 2:
+        raise InputError(f"{folder}: DICOM series has {len(files)} slice(s); a volume needs at least 2")
+    reader = sitk.ImageFileReader()
+    positions, orientations, numbers = [], [], []
+    for file in files:
+        reader.SetFileName(file)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            raise InputError(f"{folder}: slice {Path(file).name} cannot be read ({err})") from err
+        try:
+            positions.append([float(v) for v in _dicom_tag(reader, "0020|0032", file, folder).split("\\")])
+            orientations.append([float(v) for v in _dicom_tag(reader, "0020|0037", file, folder).split("\\")])
+        except ValueError as err:
+            raise InputError(f"{folder}: slice {Path(file).name} has an unreadable position/orientation") from err
+        number = reader.GetMetaData("0020|0013").strip() if reader.HasMetaDataKey("0020|0013") else ""
+        numbers.append(int(float(number)) if number else None)
+    orientation = np.asarray(orientations)
+    if np.abs(orientation - orientation[0]).max() > 1e-4:
+        raise InputError(f"{folder}: slices have different ImageOrientationPatient values")
+    normal = np.cross(orientation[0, :3], orientation[0, 3:])
+    along = np.asarray(positions) @ normal
+    order = np.argsort(along, kind="stable")
+    gaps = np.diff(along[order])
+    step = float(np.median(gaps))
+    if step <= 1e-3 or gaps.min() <= 1e-3:
+        raise InputError(f"{folder}: two slices share one position ({along[order][np.argmin(gaps)]:.3f} mm "
+                         "along the slice normal)")
+    bad = np.flatnonzero(np.abs(gaps - step) > tolerance * step)
+    if bad.size:
+        k = int(bad[0])
+        raise InputError(f"{folder}: missing or irregular slice: gap {gaps[k]:.3f} mm between slice positions "
+                         f"{along[order][k]:.3f} and {along[order][k + 1]:.3f} mm, while the series steps "
+                         f"{step:.3f} mm ({bad.size} such gap(s))")
+    lateral = np.asarray(positions)[order] - np.outer(along[order], normal)  # in-plane offset of each slice
+    drift = float(np.linalg.norm(lateral - lateral[0], axis=1).max())
+    if drift > tolerance * step:
+        raise InputError(f"{folder}: slice positions drift {drift:.3f} mm across the slice plane (gantry tilt or "
+                         "sheared series); a volume grid cannot hold it")
+    spacing_z = float((along[order][-1] - along[order][0]) / (len(files) - 1))
+    return DicomSeries(folder, tuple(files[i] for i in order), tuple(float(along[i]) for i in order),
+                       tuple(numbers[i] for i in order), spacing_z)
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 # Input functions and shard lists; no other logic.
 from pathlib import Path
 
+from lesiontrack.data import custom as custom_data
+from lesiontrack.data import nlst as nlst_data
 from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
 from lesiontrack.provenance import fingerprint
@@ -140,4 +142,14 @@ def all_outputs():
         outputs.append("results/tables/dls.csv")
         if config["datasets"]["dls"]["download"]:
             outputs += ["results/dls/pairs.csv", "results/dls/images.csv"]
+    if "nlst" in enabled_datasets():
+        outputs += [
+            "results/nlst/pairs.csv",
+            "results/nlst/lesions.csv",
+            "results/nlst/images.csv",
+        ]
+    if "custom" in enabled_datasets():
+        outputs.append("results/custom/images.csv")
+        if config["datasets"]["custom"]["pairs"]:
+            outputs.append("results/custom/pairs.csv")
     return outputs

@@ -1,0 +1,119 @@
+# NLST (NCI Imaging Data Commons) evaluated on NLSTx pairs: enabled by datasets.nlst.enabled.
+# nlst_select is a checkpoint: the series it selects decide the download / convert shards.
+
+
+def nlst_shards():
+    import pandas as pd
+
+    series = pd.read_csv(
+        checkpoints.nlst_select.get().output.series, dtype={"image_id": str}
+    )
+    return nlst_data.shards(series, config["shard_size"])
+
+
+def nlst_shard_ids(wildcards):
+    return nlst_shards()[int(wildcards.shard)]
+
+
+def nlst_image_tables(wildcards):
+    n = len(nlst_shards())
+    return expand(
+        "results/nlst/shards/images-{shard}.csv", shard=[f"{k:03d}" for k in range(n)]
+    )
+
+
+rule nlst_nlstx:
+    output:
+        csv="results/nlst/nlstx_dataset.csv",
+    log:
+        "results/logs/nlst/nlstx.log",
+    benchmark:
+        "results/benchmarks/nlst/nlstx.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        url=lookup(dpath="datasets/nlst/nlstx_url", within=config),
+        sha256=lookup(dpath="datasets/nlst/nlstx_sha256", within=config),
+        code=code("lesiontrack.download"),
+    script:
+        "../workflow_scripts/download.py"
+
+
+checkpoint nlst_select:
+    input:
+        nlstx="results/nlst/nlstx_dataset.csv",
+    output:
+        series="results/nlst/series.csv",
+    log:
+        "results/logs/nlst/select.log",
+    benchmark:
+        "results/benchmarks/nlst/select.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        n_patients=lookup(dpath="datasets/nlst/n_training_patients", within=config),
+        seed=lookup(dpath="datasets/nlst/seed", within=config),
+        slice_spacing_mm=lookup(dpath="datasets/nlst/slice_spacing_mm", within=config),
+        min_slices=lookup(dpath="datasets/nlst/min_slices", within=config),
+        code=code("lesiontrack.data.nlst"),
+    script:
+        "../workflow_scripts/nlst.py"
+
+
+rule nlst_download:
+    input:
+        series="results/nlst/series.csv",
+    output:
+        table="results/nlst/shards/dicom-{shard}.csv",
+    log:
+        "results/logs/nlst/download/{shard}.log",
+    benchmark:
+        "results/benchmarks/nlst/download/{shard}.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        image_ids=nlst_shard_ids,
+        dicom_dir="results/nlst/dicom",
+        code=code("lesiontrack.data.nlst"),
+    script:
+        "../workflow_scripts/nlst.py"
+
+
+rule nlst_convert:
+    input:
+        table="results/nlst/shards/dicom-{shard}.csv",
+    output:
+        table="results/nlst/shards/images-{shard}.csv",
+    log:
+        "results/logs/nlst/convert/{shard}.log",
+    benchmark:
+        "results/benchmarks/nlst/convert/{shard}.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        images_dir="results/nlst/images",
+        code=code("lesiontrack.data.nlst", "lesiontrack.io"),
+    script:
+        "../workflow_scripts/nlst.py"
+
+
+rule nlst_pairs:
+    input:
+        nlstx="results/nlst/nlstx_dataset.csv",
+        images=nlst_image_tables,
+    output:
+        pairs="results/nlst/pairs.csv",
+        lesions="results/nlst/lesions.csv",
+        images="results/nlst/images.csv",
+    log:
+        "results/logs/nlst/pairs.log",
+    benchmark:
+        "results/benchmarks/nlst/pairs.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        dicom_dir="results/nlst/dicom",
+        convention=lookup(dpath="datasets/nlst/slice_number_convention", within=config),
+        code=code("lesiontrack.data.nlst", "lesiontrack.evaluate"),
+    script:
+        "../workflow_scripts/nlst.py"
