@@ -22,6 +22,8 @@ wildcard_constraints:
 
 include: "rules/common.smk"
 include: "rules/dls_common.smk"
+include: "rules/nlst_common.smk"
+include: "rules/custom_common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"

@@ -1,14 +1,6 @@
 # Your own data (datasets.custom): NIfTI files or DICOM series folders, optional pairs in world mm.
 
 
-def custom_sources(wildcards):
-    return list(custom_data.collect(config["datasets"]["custom"]["images"])["source"])
-
-
-def custom_pairs_csv(wildcards):
-    return config["datasets"]["custom"]["pairs"] or []
-
-
 rule custom_convert:
     input:
         custom_sources,
@@ -22,7 +14,9 @@ rule custom_convert:
         "../envs/resample.yaml"
     params:
         images=lookup(dpath="datasets/custom/images", within=config),
-        images_dir="results/custom/images",
+        images_dir=lambda wildcards, output: os.path.join(
+            os.path.dirname(output.table), "images"
+        ),
         code=code("lesiontrack.data.custom", "lesiontrack.io"),
     script:
         "../workflow_scripts/custom.py"

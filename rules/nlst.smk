@@ -1,25 +1,6 @@
 # NLST (NCI Imaging Data Commons) evaluated on NLSTx pairs: enabled by datasets.nlst.enabled.
-# nlst_select is a checkpoint: the series it selects decide the download / convert shards.
-
-
-def nlst_shards():
-    import pandas as pd
-
-    series = pd.read_csv(
-        checkpoints.nlst_select.get().output.series, dtype={"image_id": str}
-    )
-    return nlst_data.shards(series, config["shard_size"])
-
-
-def nlst_shard_ids(wildcards):
-    return nlst_shards()[int(wildcards.shard)]
-
-
-def nlst_image_tables(wildcards):
-    n = len(nlst_shards())
-    return expand(
-        "results/nlst/shards/images-{shard}.csv", shard=[f"{k:03d}" for k in range(n)]
-    )
+# nlst_select is a checkpoint: the series it selects decide the download / convert shards
+# (input functions in rules/nlst_common.smk).
 
 
 rule nlst_nlstx:
