@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STAGES: dict[str, tuple[str, ...]] = {
     "synth": ("numpy", "scipy", "pandas", "SimpleITK", "tqdm"),
-    "resample": ("numpy", "pandas", "SimpleITK", "tqdm"),
+    "resample": ("numpy", "pandas", "SimpleITK", "tqdm", "pillow"),  # pillow: DeepLesion PNG slices
     "figures": ("numpy", "pandas", "SimpleITK", "matplotlib"),
-    "evaluate": ("numpy", "pandas", "scipy", "SimpleITK"),
+    "evaluate": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm"),  # tqdm: downloads
     "nlst": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm", "idc-index", "idc-index-data", "duckdb"),
     "pretrain": ("torch", "torchio", "numpy", "pandas", "scipy", "SimpleITK", "matplotlib", "tqdm"),
 }
