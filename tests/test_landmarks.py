@@ -1,0 +1,127 @@
+"""The ``totalseg`` landmark backend: world-mm landmarks from TotalSegmentator label maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from lesiontrack.landmarks import read_class_map, totalseg_landmarks
+from lesiontrack.vocabulary import LANDMARKS, TOTALSEG_V2, TOTALSEG_V2_NAMES
+
+
+@pytest.fixture(scope="module")
+def example(test_data: Path) -> tuple[sitk.Image, dict[int, str]]:
+    folder = test_data / "totalseg"
+    seg, class_map = folder / "example_seg.nii.gz", folder / "class_map_total.json"
+    if not (seg.is_file() and class_map.is_file()):
+        pytest.skip(f"TotalSegmentator example {seg} / {class_map} not found")
+    return sitk.ReadImage(str(seg)), read_class_map(class_map)
+
+
+def by_hand(image: sitk.Image, class_map: dict[int, str], structures: tuple[str, ...], end: str | None) -> np.ndarray:
+    """World point by numpy alone: centroid of the mask (end None) or of its top / bottom world-z voxels."""
+    array = sitk.GetArrayFromImage(image)
+    ids = [label for label, name in class_map.items() if name in structures]
+    voxels_xyz = np.argwhere(np.isin(array, ids))[:, ::-1].astype(float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    world = np.array(image.GetOrigin()) + (voxels_xyz * np.array(image.GetSpacing())) @ direction.T
+    if end == "superior":
+        world = world[np.isclose(world[:, 2], world[:, 2].max())]
+    elif end == "inferior":
+        world = world[np.isclose(world[:, 2], world[:, 2].min())]
+    return world.mean(axis=0)
+
+
+def test_read_class_map_v1_and_v2(test_data: Path, tmp_path: Path):
+    v2_path, v1_path = (test_data / "totalseg" / f"class_map_{task}.json" for task in ("total", "total_v1"))
+    if not (v2_path.is_file() and v1_path.is_file()):
+        pytest.skip("TotalSegmentator class maps not found in the test data")
+    v2, v1 = read_class_map(v2_path), read_class_map(v1_path)
+    assert all(v2[label] == name for label, name in TOTALSEG_V2_NAMES.items())
+    assert v1[7] == "aorta" and v2[52] == "aorta" and v1[1] == v2[1] == "spleen"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"source": "x", "total": {"one": "spleen"}}))
+    with pytest.raises(ValueError, match="label ids must be integers"):
+        read_class_map(bad)
+
+
+def test_real_ct_landmarks_match_numpy(example):
+    image, class_map = example
+    assert image.GetSize() == (122, 101, 30)
+    table = totalseg_landmarks(image, class_map)
+    assert list(table.columns) == ["name", "x", "y", "z", "confidence"]
+    assert set(table["name"]) <= set(LANDMARKS)
+    points = table.set_index("name")[["x", "y", "z"]]
+    expected = {
+        "vertebra_L1": by_hand(image, class_map, ("vertebrae_L1",), None),
+        "lung_base_left": by_hand(image, class_map, ("lung_upper_lobe_left", "lung_lower_lobe_left"), "inferior"),
+        "lung_base_right": by_hand(image, class_map, ("lung_upper_lobe_right", "lung_middle_lobe_right",
+                                                      "lung_lower_lobe_right"), "inferior"),
+        "kidney_left_upper_pole": by_hand(image, class_map, ("kidney_left",), "superior"),
+        "kidney_right_upper_pole": by_hand(image, class_map, ("kidney_right",), "superior"),
+    }
+    spacing = np.array(image.GetSpacing())
+    for name, point in expected.items():
+        assert name in points.index, name
+        assert np.all(np.abs(points.loc[name].to_numpy() - point) <= spacing), (name, points.loc[name], point)
+    # cut by the field of view: liver and kidneys reach an end slice, T11/T12/L2 touch the top or bottom
+    for name in ("liver_dome", "kidney_left_lower_pole", "kidney_right_lower_pole",
+                 "vertebra_T11", "vertebra_T12", "vertebra_L2", "lung_apex_left", "lung_apex_right"):
+        assert name not in points.index, name
+    assert (table["confidence"] == 1.0).all()
+
+
+def label_map(direction: tuple[float, ...], origin: tuple[float, float, float] = (-50.0, -40.0, 80.0)) -> sitk.Image:
+    """40x40x40 grid at 2 mm: a kidney_left sphere (r 12 mm) and an L1 sphere (r 6 mm) at known world points."""
+    image = sitk.Image(40, 40, 40, sitk.sitkUInt8)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    index = np.stack(np.meshgrid(*(np.arange(40.0),) * 3, indexing="ij"), axis=-1).reshape(-1, 3)  # (x, y, z)
+    world = np.array(origin) + (index * 2.0) @ np.array(direction).reshape(3, 3).T
+    array = np.zeros((40, 40, 40), np.uint8)  # (z, y, x)
+    for name, centre, radius in (("kidney_left", KIDNEY, 12.0), ("vertebrae_L1", L1, 6.0)):
+        inside = index[np.linalg.norm(world - centre, axis=1) <= radius].astype(int)
+        array[inside[:, 2], inside[:, 1], inside[:, 0]] = TOTALSEG_V2[name]
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+FLIPPED_Z = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+PERMUTED = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # index x runs to world -z, index z to world +x
+KIDNEY, L1 = np.array([-10.0, 0.0, 40.0]), np.array([0.0, 0.0, 30.0])
+
+
+@pytest.mark.parametrize("direction, origin", [(IDENTITY, (-50.0, -40.0, 0.0)), (FLIPPED_Z, (-50.0, -40.0, 78.0)),
+                                                (PERMUTED, (-50.0, -40.0, 78.0))])
+def test_synthetic_poles_follow_world_z(direction, origin):
+    image = label_map(direction, origin)
+    table = totalseg_landmarks(image, TOTALSEG_V2_NAMES).set_index("name")
+    assert set(table.index) == {"kidney_left_upper_pole", "kidney_left_lower_pole", "vertebra_L1"}
+    upper, lower = table.loc["kidney_left_upper_pole"], table.loc["kidney_left_lower_pole"]
+    assert upper["z"] == pytest.approx(KIDNEY[2] + 12.0) and lower["z"] == pytest.approx(KIDNEY[2] - 12.0)
+    for pole in (upper, lower):
+        assert pole["x"] == pytest.approx(KIDNEY[0]) and pole["y"] == pytest.approx(KIDNEY[1])
+    assert table.loc["vertebra_L1", ["x", "y", "z"]].to_numpy(float) == pytest.approx(L1)
+
+
+def test_synthetic_cut_structures_are_omitted():
+    # flipped z, origin z 50: world z runs 50 (array slice 0) down to -28; the kidney (28..52) reaches slice 0,
+    # the most superior slice, so its upper pole is cut; L1 (24..36) lies inside.
+    image = label_map(FLIPPED_Z, (-50.0, -40.0, 50.0))
+    table = totalseg_landmarks(image, TOTALSEG_V2_NAMES)
+    assert set(table["name"]) == {"kidney_left_lower_pole", "vertebra_L1"}
+    # the grid starting at the kidney's centre in x: both pole slices touch the in-plane edge
+    table = totalseg_landmarks(label_map(IDENTITY, (-10.0, -40.0, 0.0)), TOTALSEG_V2_NAMES)
+    assert set(table["name"]) == {"vertebra_L1"}
+    # a class map without the structures gives an empty table with the columns
+    empty = totalseg_landmarks(image, {99: "brain"})
+    assert empty.empty and list(empty.columns) == ["name", "x", "y", "z", "confidence"]
+    assert isinstance(empty, pd.DataFrame)
