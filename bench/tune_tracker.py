@@ -10,6 +10,14 @@ training subjects are split as the workflow splits them (the last ``validation_s
 the held-out subjects' lesion pairs are tracked (coarse-to-fine, or ``--full``) and CPM@Radius,
 MED, the median error, the share over 20 mm and MEDz are printed per seed and as mean +- spread
 over seeds (one run is noisy: settings that differ by a few points are not told apart by one seed).
+
+The validation subject has only 16 pairs. ``--tuning-results DIR`` also scores every pair of a
+second synthetic run made with another seed, which shares no phantom with the test split:
+
+    snakemake -d /tmp/tune --config synthetic='{seed: 1, n_train_subjects: 1, n_test_subjects: 6}' \
+        --cores 2 results/synthetic/pairs.csv results/synthetic/shards/resampled-000.csv \
+        results/synthetic/shards/resampled-001.csv
+    python bench/tune_tracker.py --results results --full --tuning-results /tmp/tune/results ...
 """
 
 from __future__ import annotations
