@@ -14,7 +14,7 @@ over seeds (one run is noisy: settings that differ by a few points are not told 
 The validation subject has only 16 pairs. ``--tuning-results DIR`` also scores every pair of a
 second synthetic run made with another seed, which shares no phantom with the test split:
 
-    printf 'synthetic: {seed: 1, n_train_subjects: 1, n_test_subjects: 6}\n' > /tmp/tune/overlay.yaml
+    printf 'synthetic: {seed: 1, n_train_subjects: 1, n_test_subjects: 6}\\n' > /tmp/tune/overlay.yaml
     snakemake -d /tmp/tune --configfile /tmp/tune/overlay.yaml --cores 2 results/synthetic/pairs.csv \\
         results/synthetic/shards/resampled-000.csv results/synthetic/shards/resampled-001.csv
     python bench/tune_tracker.py --results results --full --tuning-results /tmp/tune/results ...
