@@ -36,8 +36,8 @@ class MatchSettings:
     coarse_to_fine: bool = False
     subvoxel: bool = True
     coarse_levels: int = 3  # coarse-to-fine: scales >= this are evaluated everywhere
-    n_peaks: int = 3
-    window_mm: float = 24.0  # half-width of the box searched at the fine scales around each peak
+    n_peaks: int = 16
+    window_mm: float = 32.0  # half-width of the box searched at the fine scales around each peak
 
 
 @dataclass(frozen=True)
