@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -114,6 +116,26 @@ def run_workflow(workdir: Path, configfiles: list[Path] | None = None, targets: 
     finally:
         os.chdir(cwd)
     return updated
+
+
+
+@contextlib.contextmanager
+def planned_jobs(workdir: Path, configfiles: list[Path], snakefile: Path | None = None) -> Iterator[list]:
+    """The jobs of a dry run (``snakemake -n``) of the workflow with ``configfiles`` in ``workdir``;
+    read them inside the ``with`` block, while the Snakemake API is open."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(verbose=False)) as api:
+            workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                    config_settings=ConfigSettings(configfiles=[Path(c) for c in configfiles]),
+                                    snakefile=snakefile or workdir / "Snakefile", workdir=workdir)
+            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
+            yield list(workflow._workflow.dag.jobs)
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="session")

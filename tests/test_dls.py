@@ -5,7 +5,6 @@ configs/paper-dls.yaml."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import zipfile
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from conftest import REPO, LocalHTTPServer
+from conftest import REPO, LocalHTTPServer, planned_jobs
 
 from lesiontrack.data import dls
 from lesiontrack.data.synthetic import PAIR_COLUMNS
@@ -220,25 +219,12 @@ def test_closed_port_fails_with_one_message_and_no_file(tmp_path):
 
 def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     """`snakemake -n --configfile configs/paper-dls.yaml configs/paper-model.yaml` plans from download on."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
-
-    cwd = Path.cwd()
-    try:
-        with SnakemakeApi(OutputSettings(verbose=False)) as api:
-            workflow = api.workflow(
-                resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[REPO / "configs" / "paper-dls.yaml",
-                                                            REPO / "configs" / "paper-model.yaml"]),
-                snakefile=REPO / "Snakefile", workdir=tmp_path)
-            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
-            jobs = workflow._workflow.dag.jobs
-            rules = pd.Series([job.rule.name for job in jobs]).value_counts().to_dict()
-            archive_jobs = [job for job in jobs if job.rule.name == "dls_archive"]
-            urls = sorted(job.params.url for job in archive_jobs)
-            annotation_urls = sorted(job.params.url for job in jobs if job.rule.name == "dls_annotations")
-    finally:
-        os.chdir(cwd)
+    configs = [REPO / "configs" / "paper-dls.yaml", REPO / "configs" / "paper-model.yaml"]
+    with planned_jobs(tmp_path, configs, REPO / "Snakefile") as jobs:
+        rules = pd.Series([job.rule.name for job in jobs]).value_counts().to_dict()
+        archive_jobs = [job for job in jobs if job.rule.name == "dls_archive"]
+        urls = sorted(job.params.url for job in archive_jobs)
+        annotation_urls = sorted(job.params.url for job in jobs if job.rule.name == "dls_annotations")
     assert rules["dls_archive"] == 56 and rules["dls_annotations"] == 2
     assert rules["dls_info"] == 1 and rules["dls_archive_index"] == 1 and rules["dls_pairs"] == 1
     assert rules["download_dlt_predictions"] == 1

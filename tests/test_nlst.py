@@ -281,25 +281,11 @@ def test_nlst_config_defaults_and_bad_convention():
 
 # --------------------------------------------------------------------------- the workflow
 def _plan(workdir: Path, configfiles: list[Path]) -> dict[str, int]:
-    import os
+    from conftest import planned_jobs
 
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
-
-    cwd = Path.cwd()
-    try:
-        with SnakemakeApi(OutputSettings(verbose=False)) as api:
-            workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
-                                    config_settings=ConfigSettings(configfiles=configfiles),
-                                    snakefile=workdir / "Snakefile", workdir=workdir)
-            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
-            jobs = list(workflow._workflow.dag.jobs)
-    finally:
-        os.chdir(cwd)
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.rule.name] = counts.get(job.rule.name, 0) + 1
-    return counts
+    with planned_jobs(workdir, configfiles) as jobs:
+        names = [job.rule.name for job in jobs]
+    return {name: names.count(name) for name in dict.fromkeys(names)}
 
 
 def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tmp_path):

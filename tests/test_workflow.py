@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_workflow
+from conftest import REPO, planned_jobs, run_workflow
 
 from lesiontrack.io import read_table
 
@@ -149,28 +148,16 @@ def test_dls_table_reproduces_published_rows(test_data, tmp_path):
 
 def test_paper_model_config_plans_paper_training(tmp_path):
     """`snakemake -n --configfile configs/paper-model.yaml` plans pretrain with the paper's settings."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
-
-    cwd = Path.cwd()
-    try:
-        with SnakemakeApi(OutputSettings(verbose=False)) as api:
-            workflow = api.workflow(
-                resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[REPO / "configs" / "paper-model.yaml"]),
-                snakefile=REPO / "Snakefile", workdir=tmp_path)
-            workflow.dag(DAGSettings()).execute_workflow(executor="local", pseudo_executor="dryrun")
-            jobs = [job for job in workflow._workflow.dag.jobs if job.rule.name == "pretrain"]
-            assert len(jobs) == 1
-            params, resources = jobs[0].params, jobs[0].resources
-            assert params.model["width"] == 64 and params.model["embedding_dim"] == 128
-            assert params.train["batch_size"] == 8 and list(params.train["patch_size"]) == [32, 96, 96]
-            assert params.train["max_epochs"] == 64 and params.train["patience"] == 5
-            assert params.train["temperature"] == 0.5 and params.train["lr"] == 0.0001
-            assert resources["gpu"] == 1
-            assert str(jobs[0].output.best) == "results/models/paper/checkpoint_best.pt"
-    finally:
-        os.chdir(cwd)
+    with planned_jobs(tmp_path, [REPO / "configs" / "paper-model.yaml"], REPO / "Snakefile") as planned:
+        jobs = [job for job in planned if job.rule.name == "pretrain"]
+        assert len(jobs) == 1
+        params, resources = jobs[0].params, jobs[0].resources
+        assert params.model["width"] == 64 and params.model["embedding_dim"] == 128
+        assert params.train["batch_size"] == 8 and list(params.train["patch_size"]) == [32, 96, 96]
+        assert params.train["max_epochs"] == 64 and params.train["patience"] == 5
+        assert params.train["temperature"] == 0.5 and params.train["lr"] == 0.0001
+        assert resources["gpu"] == 1
+        assert str(jobs[0].output.best) == "results/models/paper/checkpoint_best.pt"
 
 
 def test_smoke_pretraining_outputs(smoke_run):
