@@ -118,9 +118,10 @@ def _pair_loss(model, pairs, cfg: TrainConfig, spacing_mm: float, rng, device) -
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
     with autocast:
         outputs = model(views, dense=False)
-    outputs = [o.float().cpu() for o in outputs]
+    # the loss stays on the network's device; only the random draws (numpy) are on the CPU
+    outputs = [o.float() for o in outputs]
     head = model.module.project if hasattr(model, "module") else model.project  # DDP wraps the model
-    total, per_scale = torch.zeros(()), torch.zeros(N_SCALES)
+    total, per_scale = torch.zeros((), device=device), torch.zeros(N_SCALES, device=device)
     for b, pair in enumerate(pairs):
         e1 = [o[b] for o in outputs]
         e2 = [o[len(pairs) + b] for o in outputs]

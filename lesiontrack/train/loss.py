@@ -104,9 +104,10 @@ def sample_levels(embeddings1: list[torch.Tensor], embeddings2: list[torch.Tenso
 
     ``embeddings1/2``: per level, dense embedding maps (``project`` None) or decoder features with
     ``project(level, features)`` the model's head (:meth:`MultiScaleEmbedding.project`)."""
-    p1 = torch.from_numpy(positives1.astype(np.float32))
-    p2 = torch.from_numpy(positives2.astype(np.float32))
-    candidates = [torch.from_numpy(s.candidates.astype(np.float32)) for s in sources]
+    device = embeddings1[0].device  # the maps stay where the network put them (CPU or GPU)
+    p1 = torch.from_numpy(positives1.astype(np.float32)).to(device)
+    p2 = torch.from_numpy(positives2.astype(np.float32)).to(device)
+    candidates = [torch.from_numpy(s.candidates.astype(np.float32)).to(device) for s in sources]
     levels = []
     for level, (e1, e2) in enumerate(zip(embeddings1, embeddings2, strict=True)):
         to_embedding = _projector(project, level)
@@ -122,14 +123,14 @@ def choose_negatives(levels: list[Level], sources: list[NegativeSource], n_hard:
     """Per positive, the ``n_hard`` candidates most similar to the anchor (summed similarity over
     scales) and ``n_diverse`` random ones, none of them excluded. Returns indices (N, n_hard +
     n_diverse) into the candidates of all ``sources``, concatenated in order."""
-    excluded = torch.from_numpy(np.concatenate([s.excluded for s in sources], axis=1))
+    excluded = np.concatenate([s.excluded for s in sources], axis=1)
     with torch.no_grad():
         similarity = sum(anchor @ bank.T for anchor, _, bank in levels)
-    similarity = similarity.masked_fill(excluded, float("-inf"))
-    hard = torch.topk(similarity, k=n_hard, dim=1).indices.numpy()
+    similarity = similarity.masked_fill(torch.from_numpy(excluded).to(similarity.device), float("-inf"))
+    hard = torch.topk(similarity, k=n_hard, dim=1).indices.cpu().numpy()
     chosen = np.empty((len(excluded), n_hard + n_diverse), dtype=int)
     for i in range(len(excluded)):
-        allowed = np.flatnonzero(~excluded[i].numpy())
+        allowed = np.flatnonzero(~excluded[i])
         chosen[i, :n_hard] = hard[i]
         chosen[i, n_hard:] = rng.choice(allowed, size=n_diverse, replace=len(allowed) < n_diverse)
     return chosen
@@ -145,12 +146,14 @@ def multiscale_loss(levels: list[Level], positives2: np.ndarray, sources: list[N
 
     ``levels``: :func:`sample_levels`; ``negatives``: indices into the concatenated candidates of
     ``sources`` (:func:`choose_negatives`)."""
-    index = torch.from_numpy(negatives.astype(np.int64))
+    device = levels[0][0].device
+    index = torch.from_numpy(negatives.astype(np.int64)).to(device)
     candidates = np.concatenate([s.candidates for s in sources])[negatives]
     same_view = np.concatenate([np.full(len(s.candidates), s.same_view) for s in sources])[negatives]
     per_scale = []
     for (anchor, positive, bank), stride in zip(levels, CUMULATIVE_STRIDES, strict=True):
         step = np.asarray(stride)
         same_cell = same_view & np.all(np.floor(candidates / step) == np.floor(positives2[:, None, :] / step), -1)
-        per_scale.append(info_nce_bank(anchor, positive, bank, index, temperature, torch.from_numpy(~same_cell)))
+        per_scale.append(info_nce_bank(anchor, positive, bank, index, temperature,
+                                       torch.from_numpy(~same_cell).to(device)))
     return torch.stack(per_scale).mean(), per_scale
