@@ -106,7 +106,9 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     volumes = _tiny_volumes(tmp_path)
     model = ModelConfig(width=4, embedding_dim=8)
     straight = pretrain(volumes[:2], volumes[2:], tmp_path / "a", TrainConfig(**TINY), model, progress=False)
-    again = pretrain(volumes[:2], volumes[2:], tmp_path / "b", TrainConfig(**TINY), model, progress=False)
+    # batches drawn by two forked processes instead of one thread: the same stream
+    again = pretrain(volumes[:2], volumes[2:], tmp_path / "b", TrainConfig(**TINY, sampler_workers=2), model,
+                     progress=False)
     losses = [c for c in straight.columns if "loss" in c]
     pd.testing.assert_frame_equal(straight[losses], again[losses])
     # one epoch, stop, then resume for the second: the same losses as the straight run
@@ -197,7 +199,8 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
     log = pd.read_csv(tmp_path / "ddp" / "training_log.tsv", sep="\t")
     assert list(log["epoch"]) == [0]
     state = torch.load(tmp_path / "ddp" / "checkpoint_latest.pt", weights_only=False)
-    assert state["world_size"] == 2 and len(state["numpy_rng"]) == 2
+    assert state["world_size"] == 2 and len(state["loss_rng"]) == 2  # one random stream per rank
+    assert state["loss_rng"][0] != state["loss_rng"][1]
 
 
 def test_landmark_positives_drawn_when_tables_exist(tmp_path):

@@ -52,6 +52,7 @@ class TrainConfig:
     landmark_fraction: float = 0.0  # share of positives that are the same landmark in two volumes
     far_negatives: int = 0  # candidates per pair from a sibling patch elsewhere in the same volume
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on the CPU)
+    sampler_workers: int = 1  # processes drawing patch pairs ahead (1: one background thread)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -256,6 +257,64 @@ def learning_rate(train: TrainConfig, step: int) -> float:
     return train.lr * (0.01 + 0.99 * 0.5 * (1.0 + np.cos(np.pi * min(step, total) / total)))
 
 
+def _draw_batch(volumes: _Volumes, count: int, cfg: TrainConfig, patches: PatchConfig, rank: int,
+                step: int) -> list:
+    """The patch pairs of one global training step: a function of (seed, rank, step) alone, so a
+    batch is the same whichever thread or process draws it, and a resumed run continues the stream.
+    TorchIO draws from torch's global generator, which is seeded here too."""
+    sequence = np.random.SeedSequence([cfg.seed, rank, 2, step])
+    torch.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
+    return _sample_pairs(volumes, count, cfg, patches, np.random.default_rng(sequence))
+
+
+_WORKER_STATE: tuple | None = None
+
+
+def _start_worker(*state) -> None:
+    global _WORKER_STATE
+    torch.set_num_threads(1)
+    _WORKER_STATE = state
+
+
+def _draw_in_worker(step: int) -> list:
+    volumes, count, cfg, patches, rank = _WORKER_STATE
+    return _draw_batch(volumes, count, cfg, patches, rank, step)
+
+
+class _Prefetcher:
+    """Batches drawn ahead of the training step, ``train.sampler_workers`` at a time: one
+    background thread (1; the training step runs meanwhile), or that many forked processes,
+    which share the loaded volumes copy-on-write. On a GPU, sampling and augmentation (CPU work)
+    are the bottleneck, so give them the allocation's spare cores."""
+
+    def __init__(self, volumes: _Volumes, count: int, cfg: TrainConfig, patches: PatchConfig, rank: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.depth = max(1, cfg.sampler_workers)
+        state = (volumes, count, cfg, patches, rank)
+        if cfg.sampler_workers <= 1:
+            self.pool = ThreadPoolExecutor(max_workers=1)
+            self.submit = lambda step: self.pool.submit(_draw_batch, *state, step)
+        else:  # fork: the children inherit the volumes without pickling them
+            self.pool = ProcessPoolExecutor(cfg.sampler_workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_start_worker, initargs=state)
+            self.submit = lambda step: self.pool.submit(_draw_in_worker, step)
+        self.pending: dict[int, Any] = {}
+
+    def batch(self, step: int, last: int) -> list:
+        """The pairs of global ``step``; keeps the next ``depth`` steps (up to ``last``) in flight."""
+        for ahead in range(step, min(step + self.depth, last) + 1):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.submit(ahead)
+        return self.pending.pop(step).result()
+
+    def close(self) -> None:
+        for future in self.pending.values():
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
     """(rank, world size, device); joins the process group when launched by torchrun."""
     import torch.distributed as dist
@@ -281,9 +340,7 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     CPU): each rank draws ``batch_size / N`` pairs from its own random stream, gradients are
     averaged, and rank 0 writes checkpoints and logs.
     """
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,9 +349,8 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         raise ValueError(f"train.batch_size = {train.batch_size}: must be a multiple of the {world} processes")
     local_batch = train.batch_size // world
     torch.manual_seed(train.seed)  # the same initial weights on every rank
-    # two streams: one draws patch pairs (in a background thread, one batch ahead), one draws
-    # candidates and negatives for the loss; both are saved with the checkpoint
-    rng = np.random.default_rng([train.seed, rank])
+    # patch pairs: one stream per global step (_draw_batch); candidates and negatives for the
+    # loss: one stream saved with the checkpoint
     loss_rng = np.random.default_rng([train.seed, rank, 1])
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
     volumes = _Volumes(train_paths, landmark_dir)
@@ -321,31 +377,43 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         start_epoch, best, bad_epochs = state["epoch"] + 1, state["best_validation"], state["bad_epochs"]
         log_rows = state["log"]
         torch.set_rng_state(state["torch_rng"][rank])
-        rng.bit_generator.state = state["numpy_rng"][rank]
         loss_rng.bit_generator.state = state["loss_rng"][rank]
+    sampler = _Prefetcher(volumes, local_batch, train, patches, rank)
+    try:
+        log_rows = _epochs(network, model, optimizer, sampler, volumes, held_out, validation_set, train, loss_rng,
+                           start_epoch, best, bad_epochs, log_rows, config, out_dir, rank, world, device, progress)
+    finally:
+        sampler.close()
+    log = pd.DataFrame(log_rows)
+    if rank == 0:
+        plot_progress(log, out_dir / "progress.png")
+    return log
+
+
+def _epochs(network, model, optimizer, sampler: _Prefetcher, volumes: _Volumes, held_out: _Volumes, validation_set,
+            train: TrainConfig, loss_rng, start_epoch: int, best: float, bad_epochs: int, log_rows: list,
+            config: dict, out_dir: Path, rank: int, world: int, device, progress: bool) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    last_step = train.max_epochs * train.steps_per_epoch - 1
     for epoch in range(start_epoch, train.max_epochs):
         if bad_epochs >= train.patience:
             break
         began = time.perf_counter()
         network.train()
         sums, count = np.zeros(N_SCALES + 1), 0
-        # the next batch is sampled while this one trains (sampling is CPU work that does not draw
-        # from torch's generator elsewhere, so the stream stays the same as sampling in line); the
-        # sampler is idle at the end of an epoch, when random states are saved
-        with ThreadPoolExecutor(max_workers=1) as sampler:
-            upcoming = sampler.submit(_sample_pairs, volumes, local_batch, train, patches, rng)
-            for step in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(train, epoch * train.steps_per_epoch + step)
-                pairs = upcoming.result()
-                if step + 1 < train.steps_per_epoch:
-                    upcoming = sampler.submit(_sample_pairs, volumes, local_batch, train, patches, rng)
-                loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, loss_rng, device)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums += np.array([loss.item(), *per_scale])
-                count += 1
+        for step in tqdm(range(train.steps_per_epoch), desc=f"epoch {epoch}", disable=not progress or rank > 0):
+            global_step = epoch * train.steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train, global_step)
+            pairs = sampler.batch(global_step, last_step)
+            loss, per_scale = _pair_loss(network, pairs, train, volumes.spacing_mm, loss_rng, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += np.array([loss.item(), *per_scale])
+            count += 1
         if world > 1:  # the logged training loss is the mean over ranks
             totals = torch.tensor(sums / count, dtype=torch.float64)
             dist.all_reduce(totals)
@@ -359,26 +427,22 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
         log_rows.append(row)
         improved = validation[0] < best
         best, bad_epochs = (validation[0], 0) if improved else (best, bad_epochs + 1)
-        own_states = (torch.get_rng_state(), rng.bit_generator.state, loss_rng.bit_generator.state)
+        own_states = (torch.get_rng_state(), loss_rng.bit_generator.state)
         random_states = [own_states]
         if world > 1:
             random_states = [None] * world
             dist.all_gather_object(random_states, own_states)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "config": config,
                  "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows, "world_size": world,
-                 "torch_rng": [s[0] for s in random_states], "numpy_rng": [s[1] for s in random_states],
-                 "loss_rng": [s[2] for s in random_states]}
+                 "torch_rng": [s[0] for s in random_states], "loss_rng": [s[1] for s in random_states]}
         if rank == 0:
             if improved:
                 _save(state, out_dir / "checkpoint_best.pt")
-            _save(state, latest)
+            _save(state, out_dir / "checkpoint_latest.pt")
             write_table(pd.DataFrame(log_rows), out_dir / "training_log.tsv", float_format="%.6f")
         if world > 1:
             dist.barrier()
-    log = pd.DataFrame(log_rows)
-    if rank == 0:
-        plot_progress(log, out_dir / "progress.png")
-    return log
+    return log_rows
 
 
 def _validation_set(held_out: _Volumes, train: TrainConfig, patches: PatchConfig) -> tuple[list, dict]:
