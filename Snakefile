@@ -16,7 +16,7 @@ validate(config, source="config (config.yaml + --configfile overlays)")
 
 wildcard_constraints:
     shard=r"\d{3}",
-    dataset="synthetic|dls",
+    dataset="synthetic|dls|nlst|custom",
     model=r"[A-Za-z0-9_.]+",
 
 
@@ -26,6 +26,7 @@ include: "rules/nlst_common.smk"
 include: "rules/custom_common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
+include: "rules/landmarks.smk"
 include: "rules/pretrain.smk"
 include: "rules/track.smk"
 include: "rules/evaluate.smk"

@@ -99,6 +99,25 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def cmd_landmarks(args: argparse.Namespace) -> None:
+    from lesiontrack import landmarks
+
+    if args.images:
+        if not (args.out_dir and args.table):
+            raise SystemExit("lesiontrack landmarks --images: give --out-dir and --table")
+        table = landmarks.landmarks_shard(args.images, args.backend, args.out_dir, args.table, args.truth_dir)
+        print(f"{len(table)} landmark table(s), {table['rows'].min() if len(table) else 0}-"
+              f"{table['rows'].max() if len(table) else 0} rows each -> {args.out_dir}")
+        return
+    if not args.out:
+        raise SystemExit("lesiontrack landmarks: give --out (one volume) or --images, --out-dir and --table")
+    from lesiontrack.io import write_table
+
+    table = landmarks.volume_landmarks(args.backend, args.image, args.labels, args.class_map, args.file)
+    write_table(table, args.out)
+    print(f"{len(table)} landmarks ({args.backend}) -> {args.out}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain
 
@@ -109,60 +128,39 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(log.tail(1).to_string(index=False))
 
 
-def cmd_dls_download(args: argparse.Namespace) -> None:
+def _download_dls(args: argparse.Namespace) -> None:
+    """DLS annotations, DL_info.csv and the DeepLesion archives, then the archive index and the
+    series plan (which series to convert, in which shard)."""
     from lesiontrack.data import dls
+    from lesiontrack.download import DownloadError
 
     cfg = _config(args.config)["dls"]
     if args.archives:
         cfg["archives"] = args.archives
-    from lesiontrack.download import DownloadError
-
+    out = Path(args.out_dir or "results/dls")
     try:
-        paths = dls.download_all(cfg, args.out_dir)
+        paths = dls.download_all(cfg, out)
     except DownloadError as err:
-        raise SystemExit(f"lesiontrack dls-download: error: {err}") from err
-    for path in paths:
-        print(path)
+        raise SystemExit(f"lesiontrack download: error: {err}") from err
+    archives = [p for p in paths if Path(p).name.startswith("Images_png_")]
+    annotations = [p for p in paths if Path(p).suffix == ".json"]
+    dl_info = next(p for p in paths if Path(p).name == "DL_info.csv")
+    index = dls.archive_index(archives, out / "archive_index.csv")
+    plan = dls.plan_series(index, dl_info, annotations, args.shard_size or _config(args.config)["shard_size"],
+                           cfg["pretraining"], out / "series.csv")
+    print(f"{index['series_id'].nunique()} series in {len(archives)} archive(s); {len(plan)} to convert "
+          f"({(plan['role'] == 'dls').sum()} DLS, {(plan['role'] == 'pretrain').sum()} pretraining) -> "
+          f"{out / 'series.csv'}")
 
 
-def cmd_dls_index(args: argparse.Namespace) -> None:
-    from lesiontrack.data import dls
-
-    index = dls.archive_index(args.archives, args.out)
-    plan = dls.plan_series(index, args.dl_info, args.annotations, args.shard_size, not args.no_pretraining,
-                           args.series)
-    print(f"{index['series_id'].nunique()} series in {len(args.archives)} archive(s); {len(plan)} to convert "
-          f"({(plan['role'] == 'dls').sum()} DLS, {(plan['role'] == 'pretrain').sum()} pretraining) -> {args.series}")
-
-
-def cmd_dls_convert(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from lesiontrack.data import dls
-
-    series = list(args.series or [])
-    if args.plan:
-        plan = pd.read_csv(args.plan, dtype=str)
-        series += plan.loc[plan["shard"] == f"{args.shard:03d}", "series_id"].tolist() if args.shard is not None \
-            else plan["series_id"].tolist()
-    if not series:
-        raise SystemExit("lesiontrack dls-convert: give --series ID ... or --plan series.csv [--shard N]")
-    table = dls.convert(args.index, args.dl_info, series, args.out_dir, args.table, check=not args.no_check)
-    print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.out_dir}")
-
-
-def cmd_dls_pairs(args: argparse.Namespace) -> None:
-    from lesiontrack.data import dls
-
-    splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
-    table = dls.pairs_table(splits, args.out)
-    print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {args.out}")
 def cmd_download(args: argparse.Namespace) -> None:
     from lesiontrack.data import nlst
     from lesiontrack.download import download
 
+    if args.dataset == "dls":
+        return _download_dls(args)
     spec = _config(args.config)["datasets"]["nlst"]
-    out = Path(args.out_dir)
+    out = Path(args.out_dir or "results/nlst")
     nlstx_csv = args.nlstx or download(spec["nlstx_url"], out / "nlstx_dataset.csv", sha256=spec["nlstx_sha256"])
     series = nlst.select_stage(nlstx_csv, out / "series.csv", spec["n_training_patients"], spec["seed"],
                                spec["slice_spacing_mm"], spec["min_slices"])
@@ -172,8 +170,22 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lesiontrack.data import custom, nlst
+    from lesiontrack.data import custom, dls, nlst
 
+    if args.dataset == "dls":
+        if not (args.index and args.dl_info and (args.series or args.plan)):
+            raise SystemExit("lesiontrack convert --dataset dls: give --index, --dl-info and --series ID ... or "
+                             "--plan series.csv [--shard N]")
+        series = list(args.series or [])
+        if args.plan:
+            import pandas as pd
+
+            plan = pd.read_csv(args.plan, dtype=str)
+            chosen = plan["shard"] == f"{args.shard:03d}" if args.shard is not None else plan["shard"].notna()
+            series += plan.loc[chosen, "series_id"].tolist()
+        table = dls.convert(args.index, args.dl_info, series, args.images_dir, args.table, check=not args.no_check)
+        print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.images_dir}")
+        return
     if args.dataset == "custom":
         if not args.inputs:
             raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
@@ -186,13 +198,21 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_pairs(args: argparse.Namespace) -> None:
-    from lesiontrack.data import custom, nlst
+    from lesiontrack.data import custom, dls, nlst
 
+    out_dir = Path(args.out_dir or f"results/{args.dataset}")
+    if args.dataset == "dls":
+        if not args.test:
+            raise SystemExit("lesiontrack pairs --dataset dls: give --test test.json [--valid valid.json]")
+        splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
+        table = dls.pairs_table(splits, out_dir / "pairs.csv")
+        print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {out_dir}")
+        return
     if args.dataset == "custom":
         if not (args.pairs_csv and len(args.images) == 1):
             raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
-        pairs = custom.pairs_stage(args.pairs_csv, args.images[0], Path(args.out_dir) / "pairs.csv")
-        print(f"custom: {len(pairs)} pair rows inside their volumes -> {args.out_dir}")
+        pairs = custom.pairs_stage(args.pairs_csv, args.images[0], out_dir / "pairs.csv")
+        print(f"custom: {len(pairs)} pair rows inside their volumes -> {out_dir}")
         return
     if not (args.nlstx and args.dicom_dir):
         raise SystemExit("lesiontrack pairs --dataset nlst: give --nlstx and --dicom-dir")
@@ -203,40 +223,58 @@ def cmd_pairs(args: argparse.Namespace) -> None:
         return
     convention = args.convention or _config(args.config)["datasets"]["nlst"]["slice_number_convention"]
     pairs, lesions = nlst.pairs_stage(args.nlstx, args.images, args.dicom_dir, convention,
-                                      Path(args.out_dir) / "pairs.csv", Path(args.out_dir) / "lesions.csv")
+                                      out_dir / "pairs.csv", out_dir / "lesions.csv")
     print(f"{nlst.LABEL}: {pairs['pair_id'].nunique()} pairs ({len(pairs)} directed), {len(lesions)} nodule "
-          f"findings -> {args.out_dir}")
+          f"findings -> {out_dir}")
 
 
 def _add_dataset_commands(sub) -> None:
-    """download / convert / pairs of the real datasets (so far: --dataset nlst)."""
+    """download / convert / pairs of the real datasets: --dataset dls | nlst | custom."""
     p = sub.add_parser("download", help="select and download a real dataset",
-                       description="nlst: fetch the NLSTx table, select the evaluation series and the unlabeled "
-                                   "training cohort from the offline IDC index (prints the download size first), "
-                                   "then download every series with idc-index (s5cmd); resumable.")
-    p.add_argument("--dataset", required=True, choices=["nlst"])
+                       description="dls: the DLS annotations, DL_info.csv and the DeepLesion archives of the "
+                                   "config's dls section (resumable, retried, verified), then the archive index "
+                                   "and the series plan. nlst: fetch the NLSTx table, select the evaluation "
+                                   "series and the unlabeled training cohort from the offline IDC index (prints "
+                                   "the download size first), then download every series with idc-index (s5cmd); "
+                                   "resumable.")
+    p.add_argument("--dataset", required=True, choices=["dls", "nlst"])
     p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("--out-dir", default="results/nlst")
-    p.add_argument("--nlstx", help="local NLSTx CSV (default: download datasets.nlst.nlstx_url)")
-    p.add_argument("--select-only", action="store_true", help="write series.csv and the size; download nothing")
+    p.add_argument("--out-dir", help="default: results/<dataset>")
+    p.add_argument("--archives", type=int, nargs="+", help="dls: archive numbers 1..56 (default: config dls.archives)")
+    p.add_argument("--shard-size", type=int, help="dls: series per conversion shard (default: config shard_size)")
+    p.add_argument("--nlstx", help="nlst: local NLSTx CSV (default: download datasets.nlst.nlstx_url)")
+    p.add_argument("--select-only", action="store_true", help="nlst: write series.csv and the size; download nothing")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("convert", help="DICOM series -> NIfTI",
-                       description="Convert DICOM series folders to NIfTI (slice spacing from ImagePositionPatient; "
-                                   "a missing or irregular slice, or several series in a folder, is rejected).")
-    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
+    p = sub.add_parser("convert", help="DICOM series or DeepLesion PNG slices -> NIfTI",
+                       description="nlst, custom: convert DICOM series folders (slice spacing from "
+                                   "ImagePositionPatient; a missing or irregular slice, or several series in a "
+                                   "folder, is rejected) and NIfTI files. dls: runs of contiguous DeepLesion PNG "
+                                   "slices -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU (world mm, LPS), spacing from "
+                                   "DL_info.csv, slices towards the feet; checks lungs above liver.")
+    p.add_argument("--dataset", required=True, choices=["dls", "nlst", "custom"])
+    p.add_argument("--index", help="dls: archive index CSV (written by download --dataset dls)")
+    p.add_argument("--dl-info", help="dls: DL_info.csv")
+    p.add_argument("--series", nargs="+", help="dls: series ids PPPPPP_SS_SS")
+    p.add_argument("--plan", help="dls: series plan CSV (series.csv of download --dataset dls)")
+    p.add_argument("--shard", type=int, help="dls: only this shard of the plan")
+    p.add_argument("--no-check", action="store_true", help="dls: skip the head-feet check")
     p.add_argument("--dicom-table", help="nlst: CSV image_id, path (series folders)")
     p.add_argument("--inputs", nargs="+", help="custom: volume files, DICOM series folders or glob patterns")
     p.add_argument("--images-dir", required=True, help="folder for <image_id>.nii.gz")
-    p.add_argument("--table", required=True, help="output CSV image_id, path")
+    p.add_argument("--table", required=True, help="output CSV image_id, path, ...")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("pairs", help="ground-truth pairs.csv and lesions.csv in world mm",
-                       description="custom: check a pairs CSV in world mm against its volumes. nlst: NLSTx "
-                                   "boxes -> nodule centres (world mm, LPS) and radii; all pairs of screening "
+                       description="custom: check a pairs CSV in world mm against its volumes. dls: DLS "
+                                   "annotations -> one row per directed pair (entries 2k-1 forward, 2k backward "
+                                   "share pair_id k), points in world mm, radius from the RECIST diameter. nlst: "
+                                   "NLSTx boxes -> nodule centres (world mm, LPS) and radii; all pairs of screening "
                                    "years, both directions. --check-slices scores each slice-number convention on "
                                    "the downloaded DICOM instead.")
-    p.add_argument("--dataset", required=True, choices=["nlst", "custom"])
+    p.add_argument("--dataset", required=True, choices=["dls", "nlst", "custom"])
+    p.add_argument("--test", help="dls: DLS test.json")
+    p.add_argument("--valid", help="dls: DLS valid.json")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--nlstx", help="nlst: NLSTx CSV")
     p.add_argument("--dicom-dir", help="nlst: folder of <SeriesInstanceUID>/ DICOM series")
@@ -244,7 +282,7 @@ def _add_dataset_commands(sub) -> None:
     p.add_argument("--images", action="append", default=[], metavar="CSV", help="table(s) image_id, path of NIfTI")
     p.add_argument("--convention", choices=["instance_number", "index0", "index1"],
                    help="default: datasets.nlst.slice_number_convention")
-    p.add_argument("--out-dir", default="results/nlst")
+    p.add_argument("--out-dir", help="default: results/<dataset>")
     p.add_argument("--check-slices", action="store_true",
                    help="score each slice-number convention by a dense blob in lung inside the boxes")
     p.set_defaults(func=cmd_pairs)
@@ -283,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
                    help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
+    p = sub.add_parser("landmarks", help="named anatomical landmarks (world mm) of a CT",
+                       description="Backends: totalseg (from a TotalSegmentator label map: --labels, v2 ids or "
+                                   "--class-map), heuristic (intensities only: lungs, carina; --image), synthetic "
+                                   "and file (a table name, x, y, z checked against the vocabulary; --file). "
+                                   "Writes name, x, y, z, confidence; a structure cut by the field of view is "
+                                   "left out.")
+    p.add_argument("--backend", required=True, choices=["totalseg", "heuristic", "synthetic", "file"])
+    one = p.add_argument_group("one volume")
+    one.add_argument("--image", help="CT (NIfTI or DICOM series folder), for heuristic")
+    one.add_argument("--labels", help="label map, for totalseg")
+    one.add_argument("--class-map", help="TotalSegmentator class map JSON (default: v2 ids)")
+    one.add_argument("--file", help="landmark table, for synthetic and file")
+    one.add_argument("--out", help="output CSV")
+    many = p.add_argument_group("a table of volumes (workflow form)")
+    many.add_argument("--images", help="CSV image_id, path[, label_path]")
+    many.add_argument("--truth-dir", help="synthetic: folder of <image_id>.csv ground-truth tables")
+    many.add_argument("--out-dir", help="folder for <image_id>.csv")
+    many.add_argument("--table", help="output CSV listing the tables")
+    p.set_defaults(func=cmd_landmarks)
+
     p = sub.add_parser("pretrain", help="self-supervised pretraining of the embedding network",
                        description="Train the multi-scale embedding network on NIfTI volumes resampled to one "
                                    "isotropic spacing (model and train settings from the config); resumes from "
@@ -361,45 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results/tables")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("dls-download", help="download DLS annotations, DL_info.csv and DeepLesion archives",
-                       description="Fetch the files of the config's dls section (resumable, retried, verified).")
-    p.add_argument("--config", action="append", default=[], metavar="YAML")
-    p.add_argument("--out-dir", default="results/dls")
-    p.add_argument("--archives", type=int, nargs="+", help="archive numbers 1..56 (default: config dls.archives)")
-    p.set_defaults(func=cmd_dls_download)
-
-    p = sub.add_parser("dls-index", help="index DeepLesion archives: which archive holds which series",
-                       description="Write the archive index (series_id, archive, n_slices, first/last slice) and "
-                                   "the series to convert with their shards (DLS series and pretraining series).")
-    p.add_argument("--archives", nargs="+", required=True, help="Images_png_NN.zip files")
-    p.add_argument("--dl-info", required=True, help="DL_info.csv")
-    p.add_argument("--annotations", nargs="+", required=True, help="DLS test.json, valid.json")
-    p.add_argument("--out", required=True, help="archive index CSV")
-    p.add_argument("--series", required=True, help="series plan CSV (series_id, role, shard)")
-    p.add_argument("--shard-size", type=int, default=16)
-    p.add_argument("--no-pretraining", action="store_true", help="only the series the DLS splits refer to")
-    p.set_defaults(func=cmd_dls_index)
-
-    p = sub.add_parser("dls-convert", help="DeepLesion PNG slices -> sub-volume NIfTI (world mm, LPS)",
-                       description="Runs of contiguous slices of each series -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU, "
-                                   "spacing from DL_info.csv, slices towards the feet; checks lungs above liver.")
-    p.add_argument("--index", required=True, help="archive index CSV (lesiontrack dls-index)")
-    p.add_argument("--dl-info", required=True)
-    p.add_argument("--series", nargs="+", help="series ids PPPPPP_SS_SS")
-    p.add_argument("--plan", help="series plan CSV (lesiontrack dls-index --series)")
-    p.add_argument("--shard", type=int, help="only this shard of the plan")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--table", help="output CSV of the converted volumes (image_id, path, ...)")
-    p.add_argument("--no-check", action="store_true", help="skip the head-feet check")
-    p.set_defaults(func=cmd_dls_convert)
-
-    p = sub.add_parser("dls-pairs", help="DLS annotations -> pairs.csv in world mm",
-                       description="One row per directed pair (entries 2k-1 forward, 2k backward share pair_id k), "
-                                   "points in world mm of the DLS sub-volumes, radius from the RECIST diameter.")
-    p.add_argument("--test", required=True, help="DLS test.json")
-    p.add_argument("--valid", help="DLS valid.json")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_dls_pairs)
     _add_dataset_commands(sub)
     return parser
 

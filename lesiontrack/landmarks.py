@@ -1,4 +1,5 @@
-"""Landmark backend ``totalseg``: anatomical landmarks from a TotalSegmentator label map.
+"""Landmark backends: ``totalseg`` (from a TotalSegmentator label map), ``heuristic`` (intensities
+only, see :func:`heuristic_landmarks`), ``synthetic`` and ``file`` (tables), and the tables per volume.
 
 :func:`totalseg_landmarks` turns a label map (and its id -> structure-name class map) into a table
 ``name, x, y, z, confidence`` in world mm (SimpleITK physical space, LPS: +z is superior), with
@@ -29,7 +30,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lesiontrack.io import Geometry
-from lesiontrack.vocabulary import LUNG_LABELS, VERTEBRAE, check_landmark_name
+from lesiontrack.vocabulary import LANDMARK_NAMES, LUNG_LABELS, TOTALSEG_V2_NAMES, VERTEBRAE, check_landmark_name
 
 COLUMNS = ("name", "x", "y", "z", "confidence")
 
@@ -141,3 +142,214 @@ def totalseg_landmarks(label_map: sitk.Image, class_map: dict[int, str]) -> pd.D
         rows.append(_row(name, _to_world(geometry, pole)))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table.astype({"x": float, "y": float, "z": float, "confidence": float})
+
+
+# --- backend "heuristic": intensity only, no model -------------------------------------------
+
+BODY_HU = -500.0  # above: the body; below, inside its outline: lungs, airways, bowel gas
+LUNG_MEDIAN_HU = -940.0  # lung regions have a higher median than gas (emphysema included)
+MIN_LUNG_ML = 30.0
+
+
+def _axial(geometry: Geometry, array: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The array with the slice axis (nearest world z) first and running superior; returns
+    (array view, that axis in the original (z, y, x) order, its sign)."""
+    axis, sign = _slice_axis(geometry)
+    view = np.moveaxis(array, axis, 0)
+    return (view if sign > 0 else view[::-1]), axis, sign
+
+
+def _from_axial(voxels: np.ndarray, axis: int, sign: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Voxel indices of the :func:`_axial` view back to the original (z, y, x) array."""
+    voxels = np.asarray(voxels, float).copy()
+    if sign < 0:
+        voxels[:, 0] = shape[axis] - 1 - voxels[:, 0]
+    order = [axis] + [a for a in range(3) if a != axis]
+    back = np.empty_like(voxels)
+    back[:, order] = voxels
+    return back
+
+
+def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
+    """Landmarks from intensities alone (no model, no label map), on any CT in HU:
+
+    * air inside the body outline (below -500 HU) in the two largest connected regions (at least
+      30 ml each) is lung and airway;
+    * the trachea is followed from the highest slice where a small air region (0.5-8 cm^2) lies
+      near the body's left-right midline, downwards while one such region continues; the carina
+      is the centroid of its lowest slice (where it divides or joins the lungs);
+    * the lungs are the lung-and-airway air minus the trachea, split into left and right at the
+      trachea's (else the body's) midline; apex and base are the centroids of their most superior
+      and most inferior slices, as in the ``totalseg`` backend.
+
+    The same field-of-view rule as ``totalseg``: a pole on the volume's end slice is omitted.
+    Confidence 0.5 (intensity rules, not a segmentation).
+    """
+    from scipy import ndimage
+
+    geometry = Geometry.of(image)
+    raw = sitk.GetArrayViewFromImage(image)
+    hu, axis, sign = _axial(geometry, raw)
+    spacing_zyx = np.asarray(geometry.spacing, float)[::-1]
+    spacing = np.r_[spacing_zyx[axis], np.delete(spacing_zyx, axis)]  # of the axial view
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
+    n_slices = hu.shape[0]
+    empty = pd.DataFrame(columns=list(COLUMNS)).astype({c: float for c in COLUMNS[1:]})
+
+    dense = hu > BODY_HU
+    labels, count = ndimage.label(dense)
+    if count == 0:
+        return empty
+    body = labels == (np.argmax(ndimage.sum_labels(dense, labels, range(1, count + 1))) + 1)
+    inside = np.stack([ndimage.binary_fill_holes(s) for s in body])
+    air = inside & ~body  # below -500 HU within the body outline: lungs, airways, bowel gas
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return empty
+    index = np.arange(1, count + 1)
+    volumes_ml = ndimage.sum_labels(air, labels, index) * voxel_ml
+    # lung parenchyma (about -850 HU, with vessels) is told from gas (bowel, about -1000 HU) by
+    # its median; the two largest such regions are the lungs (one when they connect)
+    large = [k + 1 for k in np.argsort(volumes_ml)[::-1] if volumes_ml[k] >= MIN_LUNG_ML]
+    lungs_like = [k for k in large if np.median(hu[labels == k]) > LUNG_MEDIAN_HU]
+    lung_air = np.isin(labels, lungs_like[:2])
+    if not lung_air.any():
+        return empty
+
+    def world(voxels_axial: np.ndarray) -> np.ndarray:
+        return _to_world(geometry, _from_axial(voxels_axial, axis, sign, raw.shape))
+
+    rows: list[dict[str, object]] = []
+
+    def add(name: str, voxels: np.ndarray) -> None:
+        rows.append({**_row(name, world(voxels)), "confidence": 0.5})
+
+    midline = np.argwhere(inside).mean(axis=0)[2]  # in-plane column of the body's centroid
+    trachea = np.zeros_like(air)
+    previous, gap = None, 0
+    for z in range(n_slices - 1, -1, -1):  # from the most superior slice down
+        regions, n = ndimage.label(air[z])
+        if previous is None:
+            if n == 0:
+                continue
+            areas = ndimage.sum_labels(air[z], regions, range(1, n + 1)) * pixel_cm2
+            centres = np.array(ndimage.center_of_mass(air[z], regions, range(1, n + 1)))
+            near = [k for k in range(n) if 0.5 <= areas[k] <= 8.0 and abs(centres[k][1] - midline) * spacing[2] < 30.0]
+            if len(near) != 1:
+                continue
+            chosen = near[0] + 1
+        else:
+            # regions that overlap the last trachea slice grown by 2 pixels (partial volume may
+            # break the air column for a slice or two: up to 3 slices are bridged)
+            touching = sorted(set(regions[ndimage.binary_dilation(previous, iterations=2)].ravel()) - {0})
+            areas = {k: (regions == k).sum() * pixel_cm2 for k in touching}
+            if sum(a >= 0.3 for a in areas.values()) > 1 or max(areas.values(), default=0.0) > 8.0:
+                break  # divided into the main bronchi, or joined the lungs
+            if not touching:
+                gap += 1
+                if gap > 3:
+                    break
+                continue
+            chosen, gap = max(areas, key=areas.get), 0
+        previous = regions == chosen
+        trachea[z] = previous
+    trachea_voxels = np.argwhere(trachea)
+    lung_slices = np.flatnonzero(lung_air.any(axis=(1, 2)))
+    if len(trachea_voxels):
+        lowest, highest = trachea_voxels[:, 0].min(), trachea_voxels[:, 0].max()
+        # an airway enters the chest from above the lungs and ends between their top and bottom
+        # (a midline gas bubble in the abdomen does not)
+        if (highest >= min(n_slices - 1, lung_slices.max()) - 2 and lung_slices.min() < lowest < lung_slices.max()
+                and (highest - lowest) * spacing[0] >= 30.0):
+            midline = trachea_voxels[:, 2].mean()
+            add("carina", trachea_voxels[trachea_voxels[:, 0] == lowest])
+        else:
+            trachea[:] = False
+    lungs = lung_air & ~ndimage.binary_dilation(trachea, iterations=1)
+    columns = np.arange(hu.shape[2])
+    # world x grows towards the patient's left (LPS): which side of the midline column is left
+    left_is_high = world(np.array([[0.0, 0.0, 1.0]]))[0] > world(np.array([[0.0, 0.0, 0.0]]))[0]
+    for side in ("left", "right"):
+        half = (columns > midline) if (side == "left") == bool(left_is_high) else (columns < midline)
+        voxels = np.argwhere(lungs & half[None, None, :])
+        if len(voxels) * voxel_ml < MIN_LUNG_ML / 2:
+            continue
+        top, bottom = voxels[:, 0].max(), voxels[:, 0].min()
+        if top < n_slices - 1:
+            add(f"lung_apex_{side}", voxels[voxels[:, 0] == top])
+        if bottom > 0:
+            add(f"lung_base_{side}", voxels[voxels[:, 0] == bottom])
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return table.astype({"x": float, "y": float, "z": float, "confidence": float})
+
+
+# --- tables per volume and per shard ---------------------------------------------------------
+
+BACKENDS = ("totalseg", "heuristic", "synthetic", "file")
+
+
+def read_landmarks(path: str | Path) -> pd.DataFrame:
+    """A landmark table (``name, x, y, z[, confidence]`` in world mm) checked against the vocabulary."""
+    from lesiontrack.io import InputError, read_table
+
+    table = read_table(path, required=["name", "x", "y", "z"])
+    unknown = sorted(set(table["name"]) - set(LANDMARK_NAMES))
+    if unknown:
+        raise InputError(f"{path}: landmark name(s) {unknown[:5]} not in lesiontrack.vocabulary.LANDMARKS")
+    duplicated = table.loc[table["name"].duplicated(), "name"]
+    if len(duplicated):
+        raise InputError(f"{path}: landmark {duplicated.iloc[0]!r} given twice")
+    if "confidence" not in table.columns:
+        table["confidence"] = 1.0
+    return table[list(COLUMNS)].astype({"x": float, "y": float, "z": float, "confidence": float})
+
+
+def volume_landmarks(backend: str, image: str | Path | None = None, labels: str | Path | None = None,
+                     class_map: str | Path | None = None, table: str | Path | None = None) -> pd.DataFrame:
+    """One volume's landmarks by ``backend``: ``totalseg`` (a label map ``labels``, TotalSegmentator
+    v2 ids unless ``class_map`` is given), ``heuristic`` (the CT ``image``), ``synthetic`` (the
+    generator's ground truth ``table``, an oracle) or ``file`` (a user's ``table``)."""
+    from lesiontrack.io import InputError, read_image
+
+    if backend == "totalseg":
+        if labels is None:
+            raise InputError("landmark backend totalseg needs a label map (TotalSegmentator output)")
+        names = read_class_map(class_map) if class_map else TOTALSEG_V2_NAMES
+        return totalseg_landmarks(read_image(labels), names)
+    if backend == "heuristic":
+        if image is None:
+            raise InputError("landmark backend heuristic needs the CT image")
+        return heuristic_landmarks(read_image(image))
+    if backend in ("synthetic", "file"):
+        if table is None:
+            raise InputError(f"landmark backend {backend} needs a landmark table (name, x, y, z)")
+        return read_landmarks(table)
+    raise InputError(f"landmark backend {backend!r}: expected one of {BACKENDS}")
+
+
+def landmarks_shard(images_csv: str | Path, backend: str, out_dir: str | Path, out_table: str | Path,
+                    truth_dir: str | Path | None = None) -> pd.DataFrame:
+    """Landmark tables ``out_dir/<image_id>.csv`` of every volume of an images shard table
+    (``image_id, path``; ``label_path`` for ``totalseg``); the shard table lists them with their
+    row counts and seconds."""
+    import time
+
+    from lesiontrack.io import InputError, read_table, write_table
+
+    images = read_table(images_csv, required=["image_id", "path"])
+    if backend == "totalseg" and "label_path" not in images.columns:
+        raise InputError(f"{images_csv}: no label_path column: the totalseg backend needs a TotalSegmentator "
+                         f"label map per volume (use train.landmark_backend: heuristic)")
+    rows = []
+    for record in images.to_dict("records"):
+        began = time.perf_counter()
+        truth = Path(truth_dir) / f"{record['image_id']}.csv" if truth_dir else None
+        table = volume_landmarks(backend, record["path"], record.get("label_path"), table=truth)
+        out = Path(out_dir) / f"{record['image_id']}.csv"
+        write_table(table, out, float_format="%.4f")
+        rows.append({"image_id": record["image_id"], "landmarks": str(out), "rows": len(table),
+                     "seconds": round(time.perf_counter() - began, 3)})
+    result = pd.DataFrame(rows, columns=["image_id", "landmarks", "rows", "seconds"])
+    write_table(result, out_table)
+    return result

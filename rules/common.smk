@@ -51,10 +51,78 @@ def gpu_count(wildcards):
     return 1 if config["train"]["device"] == "cuda" else 0
 
 
+def uses_landmarks():
+    return config["train"]["landmark_fraction"] > 0
+
+
 def landmark_dir(wildcards):
-    """Folder of the landmark tables that pretraining draws landmark positives from."""
-    backends = {"synthetic": "results/synthetic/truth"}
-    return backends[config["train"]["landmark_backend"]]
+    """Folders of the landmark tables that pretraining draws landmark positives from: the
+    landmarks rule's output per training dataset, or the synthetic ground truth (an oracle).
+    """
+    if not uses_landmarks():
+        return []
+    if config["train"]["landmark_backend"] == "synthetic":
+        return (
+            ["results/synthetic/truth"]
+            if "synthetic" in config["train"]["datasets"]
+            else []
+        )
+    return [f"results/{name}/landmarks" for name in config["train"]["datasets"]]
+
+
+def landmark_tables(dataset):
+    return expand(
+        "results/{dataset}/shards/landmarks-{shard}.csv",
+        dataset=dataset,
+        shard=image_shard_names(dataset),
+    )
+
+
+def training_landmark_tables(wildcards):
+    """Landmark shard tables pretraining waits for (none for the synthetic oracle)."""
+    if not uses_landmarks() or config["train"]["landmark_backend"] == "synthetic":
+        return []
+    return [t for name in config["train"]["datasets"] for t in landmark_tables(name)]
+
+
+def image_shard_names(dataset):
+    """Shards of a dataset's images-{shard}.csv (DLS, NLST: known once their checkpoint ran)."""
+    if dataset == "synthetic":
+        return synthetic_shard_names()
+    if dataset == "dls":
+        return sorted(set(dls_series_plan()["shard"]))
+    if dataset == "nlst":
+        return [f"{k:03d}" for k in range(len(nlst_shards()))]
+    return ["000"]  # custom: one shard
+
+
+def resampled_tables(dataset):
+    return expand(
+        "results/{dataset}/shards/resampled-{shard}.csv",
+        dataset=dataset,
+        shard=image_shard_names(dataset),
+    )
+
+
+def dataset_resampled_tables(wildcards):
+    return resampled_tables(wildcards.dataset)
+
+
+def training_images(wildcards):
+    """images.csv of each dataset that pretraining draws from (train.datasets)."""
+    return [f"results/{name}/images.csv" for name in config["train"]["datasets"]]
+
+
+def training_resampled_tables(wildcards):
+    return [t for name in config["train"]["datasets"] for t in resampled_tables(name)]
+
+
+def model_checkpoint(wildcards):
+    """model.checkpoint when given (no pretraining), else this workflow's pretrained model."""
+    return (
+        config["model"]["checkpoint"]
+        or f"results/models/{wildcards.model}/checkpoint_best.pt"
+    )
 
 
 def embedding_dir(wildcards):
@@ -66,20 +134,18 @@ def model_embedding_dir(wildcards):
     return f"results/{wildcards.dataset}/embeddings/{config['model']['name']}"
 
 
-def embedding_splits(wildcards):
-    """Splits whose volumes are embedded: the one that is tracked."""
-    return [config["evaluate"]["split"]]
-
-
 def embedding_tables(wildcards):
-    """Embedding shard tables of the shards that hold volumes of the tracked split."""
-    split = config["evaluate"]["split"]
-    splits = [s for _, s in synthetic_data.subject_ids(SYNTHETIC)]
-    names = [
-        f"{k:03d}"
-        for k, subjects in enumerate(SYNTHETIC_SHARDS)
-        if any(splits[i] == split for i in subjects)
-    ]
+    """Embedding shard tables of the shards that may hold volumes of the tracked split (synthetic:
+    known from the subjects; other datasets: every shard)."""
+    names = image_shard_names(wildcards.dataset)
+    if wildcards.dataset == "synthetic":
+        split = config["evaluate"]["split"]
+        splits = [s for _, s in synthetic_data.subject_ids(SYNTHETIC)]
+        names = [
+            f"{k:03d}"
+            for k, subjects in enumerate(SYNTHETIC_SHARDS)
+            if any(splits[i] == split for i in subjects)
+        ]
     return expand(
         "results/{dataset}/shards/embeddings-{model}-{shard}.csv",
         dataset=wildcards.dataset,
@@ -96,11 +162,22 @@ PUBLISHED_ROWS = {"dls": PUBLISHED_DLS}
 PUBLISHED_FIELDS = {method_slug(name): field for name, field in PUBLISHED_DLS.items()}
 
 
-def table_rows(dataset):
-    """(name, file slug) of each row of the dataset's table: our methods, then published rows.
+def tracked_datasets():
+    """Enabled datasets with images and ground-truth pairs: our methods run on these."""
+    spec = config["datasets"]
+    return [
+        name
+        for name in enabled_datasets()
+        if name in ("synthetic", "nlst")
+        or (name == "dls" and spec["dls"]["download"])
+        or (name == "custom" and spec["custom"]["pairs"])
+    ]
 
-    Our methods run where the dataset's images exist: so far the synthetic dataset."""
-    own = config["track"]["methods"] if dataset == "synthetic" else []
+
+def table_rows(dataset):
+    """(name, file slug) of each row of the dataset's table: our methods (where the dataset's
+    images are downloaded), then published rows."""
+    own = config["track"]["methods"] if dataset in tracked_datasets() else []
     published = list(PUBLISHED_ROWS.get(dataset, {}))
     return [(name, method_slug(name)) for name in own + published]
 
@@ -132,12 +209,16 @@ def all_outputs():
             "results/synthetic/images.csv",
             "results/figures/synthetic_preview.png",
             "results/tables/synthetic.csv",
-            f"results/models/{config['model']['name']}/checkpoint_best.pt",
         ]
         outputs += expand(
             "results/synthetic/shards/resampled-{shard}.csv",
             shard=synthetic_shard_names(),
         )
+        if config["train"]["landmark_backend"] != "synthetic":
+            outputs += landmark_tables("synthetic")
+    training = set(config["train"]["datasets"]) & set(enabled_datasets())
+    if not config["model"]["checkpoint"] and (tracked_datasets() or training):
+        outputs.append(f"results/models/{config['model']['name']}/checkpoint_best.pt")
     if "dls" in enabled_datasets():
         outputs.append("results/tables/dls.csv")
         if config["datasets"]["dls"]["download"]:
@@ -147,9 +228,10 @@ def all_outputs():
             "results/nlst/pairs.csv",
             "results/nlst/lesions.csv",
             "results/nlst/images.csv",
+            "results/tables/nlst.csv",
         ]
     if "custom" in enabled_datasets():
         outputs.append("results/custom/images.csv")
         if config["datasets"]["custom"]["pairs"]:
-            outputs.append("results/custom/pairs.csv")
+            outputs += ["results/custom/pairs.csv", "results/tables/custom.csv"]
     return outputs

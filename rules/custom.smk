@@ -6,6 +6,7 @@ rule custom_convert:
         custom_sources,
     output:
         table="results/custom/images.csv",
+        shard="results/custom/shards/images-000.csv",
     log:
         "results/logs/custom/convert.log",
     benchmark:

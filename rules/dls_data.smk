@@ -120,7 +120,9 @@ rule dls_convert:
 
 rule dls_images:
     input:
-        dls_image_shards,
+        shards=dls_image_shards,
+        series="results/dls/series.csv",
+        pairs="results/dls/pairs.csv",
     output:
         table="results/dls/images.csv",
     log:
@@ -130,6 +132,6 @@ rule dls_images:
     conda:
         "../envs/evaluate.yaml"
     params:
-        code=code("lesiontrack.data.synthetic"),
+        code=code("lesiontrack.data.dls"),
     script:
         "../workflow_scripts/dls_images.py"

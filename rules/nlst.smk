@@ -81,6 +81,7 @@ rule nlst_convert:
 rule nlst_pairs:
     input:
         nlstx="results/nlst/nlstx_dataset.csv",
+        series="results/nlst/series.csv",
         images=nlst_image_tables,
     output:
         pairs="results/nlst/pairs.csv",

@@ -1,10 +1,8 @@
 rule pretrain:
     input:
-        images="results/synthetic/images.csv",
-        resampled=expand(
-            "results/synthetic/shards/resampled-{shard}.csv",
-            shard=synthetic_shard_names(),
-        ),
+        images=training_images,
+        resampled=training_resampled_tables,
+        landmarks=training_landmark_tables,
     output:
         best="results/models/{model}/checkpoint_best.pt",
         latest="results/models/{model}/checkpoint_latest.pt",

@@ -1,7 +1,7 @@
 rule embed:
     input:
-        checkpoint="results/models/{model}/checkpoint_best.pt",
-        images="results/{dataset}/shards/images-{shard}.csv",
+        checkpoint=model_checkpoint,
+        pairs="results/{dataset}/pairs.csv",
         resampled="results/{dataset}/shards/resampled-{shard}.csv",
     output:
         table="results/{dataset}/shards/embeddings-{model}-{shard}.csv",
@@ -16,7 +16,7 @@ rule embed:
         gpu=gpu_count,
     params:
         out_dir=embedding_dir,
-        splits=embedding_splits,
+        split=lookup(dpath="evaluate/split", within=config),
         device=lookup(dpath="train/device", within=config),
         code=code("lesiontrack.track.embed"),
     script:
@@ -50,7 +50,7 @@ rule track_embedding:
 rule track_registration:
     input:
         pairs="results/{dataset}/pairs.csv",
-        volumes=synthetic_shard_tables("resampled"),
+        volumes=dataset_resampled_tables,
     output:
         predictions="results/{dataset}/predictions/{method}.csv",
     log:

@@ -56,21 +56,49 @@ def test_patterns_that_match_nothing_or_clash_are_rejected(own_data):
         custom.collect(["*"], own_data)
 
 
-def test_custom_config_plans_and_runs_convert_and_pairs(own_data, tmp_path):
+def _checkpoint(path: Path) -> Path:
+    """A small untrained lesiontrack checkpoint (width 4, 8-d), as pretraining writes it."""
+    from dataclasses import asdict
+
+    import torch
+
+    from lesiontrack.model import build_model
+    from lesiontrack.train.loop import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(width=4, embedding_dim=8)
+    model = build_model(config.width, config.embedding_dim)
+    torch.save({"model": model.state_dict(), "config": {"model": asdict(config), "window_hu": [-1000.0, 400.0],
+                                                        "spacing_mm": 2.0}}, path)
+    return path
+
+
+def test_custom_config_plans_and_runs_embed(own_data, tmp_path):
+    """Own scans and pairs with a given checkpoint: convert, resample and embed run (no pretraining),
+    and the plan goes on to tracking and the table."""
     from conftest import copy_workflow, run_workflow
     from test_nlst import _plan
 
     workdir = copy_workflow(tmp_path / "repo")
     pairs_csv = tmp_path / "pairs.csv"
-    pd.DataFrame([_pair_row("a", "ct_dicom", "ct_dicom", [0.0, -200.0, -790.0], [5.0, -190.0, -780.0])]).to_csv(
+    inside_sm = list(Geometry.of(read_image(own_data / "ct_sm.nii.gz")).index_to_world([60, 50, 15])[0])
+    pd.DataFrame([_pair_row("a", "ct_dicom", "ct_sm", [0.0, -200.0, -790.0], inside_sm)]).to_csv(
         pairs_csv, index=False)
+    checkpoint = _checkpoint(tmp_path / "model.pt")
     overlay = tmp_path / "custom.yaml"
     overlay.write_text(f"datasets:\n  synthetic:\n    enabled: false\n  custom:\n    enabled: true\n"
-                       f"    images: ['{own_data}/*']\n    pairs: {pairs_csv}\n")
-    assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "all": 1}
-    updated = run_workflow(workdir, [overlay])
-    assert {"results/custom/images.csv", "results/custom/pairs.csv"} <= set(updated)
+                       f"    images: ['{own_data}/*']\n    pairs: {pairs_csv}\nmodel:\n  checkpoint: {checkpoint}\n")
+    assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "track_baseline": 1, "resample": 1,
+                                         "track_registration": 2, "embed": 1, "evaluate": 6, "track_embedding": 3,
+                                         "table": 1, "all": 1}
+    embedded = "results/custom/shards/embeddings-default-000.csv"
+    updated = run_workflow(workdir, [overlay], targets=[embedded])
+    assert {"results/custom/images.csv", "results/custom/pairs.csv", embedded} <= set(updated)
     images = pd.read_csv(workdir / "results" / "custom" / "images.csv")
-    assert list(images["image_id"]) == ["ct_dicom", "ct_sm"]
-    assert (workdir / "results" / "custom" / "images" / "ct_sm.nii.gz").exists()
+    assert list(images["image_id"]) == ["ct_dicom", "ct_sm"] and set(images["split"]) == {"train"}
+    table = pd.read_csv(workdir / embedded)
+    assert sorted(table["image_id"]) == ["ct_dicom", "ct_sm"]  # both ends of the pair
+    for folder in table["embeddings"]:
+        scales = sorted(p.name for p in (workdir / folder).glob("scale*.npy"))
+        assert len(scales) == 5 and (workdir / folder / "geometry.json").exists()
     assert "finished in" in (workdir / "results" / "logs" / "custom" / "pairs.log").read_text()

@@ -234,10 +234,8 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert not list(tmp_path.rglob("*.zip"))  # a plan, nothing fetched
 
 
-def test_workflow_runs_dls_from_local_server(tmp_path):
-    """The DLS rules end to end, every URL on a local server: download, checkpoint index, conversion, pairs."""
-    from conftest import copy_workflow, run_workflow
-
+def _dls_files(tmp_path: Path) -> tuple[dict[str, bytes], str, str]:
+    """Files of a local DLS + DeepLesion server: one annotated series, one pretraining series."""
     stack = chest_to_abdomen()
     other = "000777_01_01"  # a patient outside the DLS splits: pretraining data
     archive1 = write_archive(tmp_path / "a1.zip", {n + 1: hu for n, hu in enumerate(stack)}).read_bytes()
@@ -252,6 +250,14 @@ def test_workflow_runs_dls_from_local_server(tmp_path):
     files = {"/dlt/test.json": annotations, "/dlt/valid.json": annotations,
              "/nih/DL_info.csv": (tmp_path / "DL_info.csv").read_bytes(),
              "/nih/1.zip": archive1, "/nih/2.zip": archive2}
+    return files, other, name
+
+
+def test_workflow_runs_dls_from_local_server(tmp_path):
+    """The DLS rules end to end, every URL on a local server: download, checkpoint index, conversion, pairs."""
+    from conftest import copy_workflow, run_workflow
+
+    files, other, name = _dls_files(tmp_path)
     workdir = copy_workflow(tmp_path / "repo")
     overlay = tmp_path / "overlay.yaml"
     with LocalHTTPServer(files) as server:
@@ -265,11 +271,40 @@ def test_workflow_runs_dls_from_local_server(tmp_path):
     index = pd.read_csv(results / "archive_index.csv", dtype=str)
     assert index[["series_id", "archive"]].values.tolist() == [
         [SERIES, "results/dls/archives/Images_png_01.zip"], [other, "results/dls/archives/Images_png_02.zip"]]
-    images = pd.read_csv(results / "images.csv", dtype={"n_slices": int})
+    images = pd.read_csv(results / "images.csv", dtype={"n_slices": int, "subject_id": str})
     assert images[["image_id", "n_slices", "head_feet"]].values.tolist() == [
         [f"{SERIES}_001-006", 6, "confirmed"], [f"{other}_007-008", 2, "inconclusive"]]
+    # the DLS volume is evaluated (its pairs are in test and valid: test wins); the other patient's
+    # volume is pretraining data
+    assert images[["subject_id", "split"]].values.tolist() == [["000042", "test"], ["000777", "train"]]
     pairs = pd.read_csv(results / "pairs.csv", dtype={"dls_entry": str})
     assert len(pairs) == 4 and sorted(set(pairs["split"])) == ["test", "valid"]
     image = sitk.ReadImage(str(results / "images" / name))
     assert image.TransformPhysicalPointToIndex(pairs.loc[0, ["target_x", "target_y", "target_z"]].tolist()) == (7, 8, 4)
     assert sorted(p.name for p in (results / "archives").iterdir()) == ["Images_png_01.zip", "Images_png_02.zip"]
+
+
+def test_cli_download_convert_pairs_dls_from_local_server(tmp_path, capsys):
+    """`lesiontrack download | convert | pairs --dataset dls`, every URL on a local server."""
+    from lesiontrack.cli import main
+
+    files, other, name = _dls_files(tmp_path)
+    out = tmp_path / "dls"
+    overlay = tmp_path / "overlay.yaml"
+    with LocalHTTPServer(files) as server:
+        overlay.write_text(
+            f"dls:\n  annotation_urls: {{test: {server.url}/dlt/test.json, valid: {server.url}/dlt/valid.json}}\n"
+            f"  dl_info_url: {server.url}/nih/DL_info.csv\n"
+            f"  archive_urls: [{server.url}/nih/1.zip, {server.url}/nih/2.zip]\n  archives: [1, 2]\n")
+        assert main(["download", "--dataset", "dls", "--config", str(overlay), "--out-dir", str(out)]) == 0
+    assert "2 series in 2 archive(s); 2 to convert (1 DLS, 1 pretraining)" in capsys.readouterr().out
+    assert main(["convert", "--dataset", "dls", "--index", str(out / "archive_index.csv"), "--dl-info",
+                 str(out / "DL_info.csv"), "--plan", str(out / "series.csv"), "--shard", "0",
+                 "--images-dir", str(out / "images"), "--table", str(out / "images-000.csv")]) == 0
+    images = pd.read_csv(out / "images-000.csv")
+    assert sorted(images["image_id"]) == [f"{SERIES}_001-006", f"{other}_007-008"]
+    assert main(["pairs", "--dataset", "dls", "--test", str(out / "annotations" / "test.json"), "--out-dir",
+                 str(out)]) == 0
+    pairs = pd.read_csv(out / "pairs.csv")
+    assert len(pairs) == 2 and set(pairs["source_image"]) == {name.removesuffix(".nii.gz")}
+

@@ -295,7 +295,10 @@ def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tm
     workdir = copy_workflow(tmp_path / "repo")
     configs = [workdir / "configs" / "paper-nlst.yaml", workdir / "configs" / "paper-model.yaml"]
     plan = _plan(workdir, configs)
-    assert plan == {"nlst_nlstx": 1, "nlst_select": 1, "nlst_pairs": 1, "all": 1}  # up to the checkpoint
+    # up to the checkpoint, and the jobs after it that do not depend on its shards: pretraining on
+    # the training cohort, tracking with every method, evaluation, the NLSTx table
+    assert plan == {"nlst_nlstx": 1, "nlst_select": 1, "nlst_pairs": 1, "pretrain": 1, "track_baseline": 1,
+                    "track_embedding": 3, "track_registration": 2, "evaluate": 6, "table": 1, "all": 1}
     # offline: with the NLSTx table in place, the checkpoint selects the cohorts from the bundled index
     small = tmp_path / "small.yaml"
     small.write_text("shard_size: 100\ndatasets:\n  nlst:\n    n_training_patients: 5\n")
@@ -309,6 +312,7 @@ def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tm
     n_shards = -(-len(series) // 100)
     plan = _plan(workdir, [*configs, small])
     assert plan["nlst_download"] == plan["nlst_convert"] == n_shards and plan["nlst_pairs"] == 1
+    assert plan["resample"] == plan["embed"] == n_shards and plan["pretrain"] == 1 and plan["table"] == 1
 
 
 def test_nlst_rules_download_convert_pairs_offline(tmp_path):
@@ -336,8 +340,11 @@ def test_nlst_rules_download_convert_pairs_offline(tmp_path):
                   "instanceCount": 40, "series_size_MB": 0.3}).to_csv(nlst_dir / "series.csv", index=False)
     os.utime(nlst_dir / "series.csv")
     configs = [REPO / "configs" / "paper-nlst.yaml", REPO / "configs" / "paper-model.yaml"]
-    updated = run_workflow(workdir, configs)
+    updated = run_workflow(workdir, configs, targets=["results/nlst/pairs.csv", "results/nlst/images.csv"])
     assert {"results/nlst/pairs.csv", "results/nlst/lesions.csv", "results/nlst/shards/images-000.csv"} <= set(updated)
+    images = pd.read_csv(nlst_dir / "images.csv", dtype={"image_id": str, "subject_id": str})
+    assert images[["image_id", "subject_id", "split"]].values.tolist() == [["1.2.3", "100001", "test"],
+                                                                          ["1.2.4", "100001", "test"]]
     assert "results/nlst/series.csv" not in updated  # the checkpoint's output was taken as it is
     pairs = pd.read_csv(nlst_dir / "pairs.csv")
     assert len(pairs) == 2 and (pairs["dataset"] == "NLSTx").all()

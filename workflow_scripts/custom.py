@@ -11,7 +11,7 @@ from lesiontrack.workflow import logged
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule) as log:
     if sm.rule == "custom_convert":
-        table = custom.convert(list(sm.params.images), sm.params.images_dir, sm.output.table)
+        table = custom.convert(list(sm.params.images), sm.params.images_dir, [sm.output.table, sm.output.shard])
         log.info("converted %d volume(s)", len(table))
     else:
         pairs = custom.pairs_stage(sm.input.pairs, sm.input.images, sm.output.pairs)

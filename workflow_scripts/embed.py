@@ -1,4 +1,4 @@
-"""Rule embed: whole-volume embeddings of one shard of resampled volumes (the splits that are tracked)."""
+"""Rule embed: whole-volume embeddings of one shard of resampled volumes (those the tracked pairs use)."""
 
 import sys
 from pathlib import Path
@@ -13,5 +13,5 @@ from lesiontrack.workflow import logged
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):
     torch.set_num_threads(sm.threads)
-    embed_shard(sm.input.checkpoint, sm.input.images, sm.input.resampled, sm.params.splits, sm.params.out_dir,
+    embed_shard(sm.input.checkpoint, sm.input.pairs, sm.input.resampled, sm.params.split, sm.params.out_dir,
                 sm.output.table, sm.params.device)

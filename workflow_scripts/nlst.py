@@ -6,7 +6,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
 
 from lesiontrack.data import nlst
-from lesiontrack.data.synthetic import merge_tables
 from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
@@ -21,6 +20,6 @@ with logged(sm.log[0], sm.rule) as log:
     elif sm.rule == "nlst_pairs":
         nlst.pairs_stage(sm.input.nlstx, list(sm.input.images), sm.params.dicom_dir, sm.params.convention,
                          sm.output.pairs, sm.output.lesions)
-        merge_tables(list(sm.input.images), sm.output.images)
+        nlst.images_table(list(sm.input.images), sm.input.series, sm.output.images)
     else:
         raise ValueError(f"workflow_scripts/nlst.py: no such rule {sm.rule}")

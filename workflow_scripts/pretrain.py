@@ -14,7 +14,7 @@ sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule) as log:
     torch.set_num_threads(sm.threads)
     train_config = TrainConfig.from_dict(sm.params.train)
-    training, validation = select_volumes(sm.input.images, sm.input.resampled, "train",
+    training, validation = select_volumes(list(sm.input.images), sm.input.resampled, "train",
                                           sm.params.train["validation_subjects"])
     log.info("%d training and %d validation volumes", len(training), len(validation))
     pretrain(training, validation, Path(sm.output.latest).parent, train_config, ModelConfig.from_dict(sm.params.model),

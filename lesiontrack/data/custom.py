@@ -60,12 +60,17 @@ def collect(patterns: Sequence[str], base: str | os.PathLike = ".") -> pd.DataFr
 
 def convert(patterns: Sequence[str], images_dir: str | os.PathLike, out: str | os.PathLike,
             base: str | os.PathLike = ".") -> pd.DataFrame:
-    """Write every matched volume as ``images_dir/<image_id>.nii.gz``; table ``image_id, path, source``."""
+    """Write every matched volume as ``images_dir/<image_id>.nii.gz``; table ``image_id, path,
+    source, subject_id, split`` (every volume is its own subject, all are ``train``: an unlabeled
+    training set; evaluation pairs say which volumes they use). ``out``: one path or several."""
     table = collect(patterns, base)
     paths = [str(write_image(read_image(src), Path(images_dir) / f"{image_id}.nii.gz"))
              for image_id, src in zip(table["image_id"], table["source"], strict=True)]
     table.insert(1, "path", paths)
-    write_table(table, out)
+    table["subject_id"] = table["image_id"]
+    table["split"] = "train"
+    for path in [out] if isinstance(out, (str, os.PathLike)) else out:
+        write_table(table, path)
     return table
 
 

@@ -447,3 +447,30 @@ def plan_series(index: str | Path | pd.DataFrame, dl_info: str | Path, split_jso
     if out is not None:
         write_table(table, out)
     return table
+
+
+def images_table(shard_tables: Sequence[str | Path], series_csv: str | Path, pairs_csv: str | Path,
+                 out: str | Path | None = None) -> pd.DataFrame:
+    """The converted sub-volumes of every shard with ``subject_id`` (the DeepLesion patient) and
+    ``split``: ``train`` for pretraining series (patients outside the DLS splits), else the DLS
+    split whose pairs use the volume (``test`` before ``valid``), or ``unused``."""
+    from lesiontrack.io import read_table
+
+    table = pd.concat([read_table(t, required=["image_id", "path", "series_id"]) for t in shard_tables],
+                      ignore_index=True)
+    roles = read_table(series_csv, required=["series_id", "role"]).astype({"series_id": str})
+    role = dict(zip(roles["series_id"], roles["role"], strict=True))
+    pairs = read_table(pairs_csv, required=["source_image", "target_image", "split"])
+    split_of: dict[str, str] = {}
+    for split in sorted(pairs["split"].unique(), key=lambda name: name != "test"):
+        chosen = pairs[pairs["split"] == split]
+        for image_id in pd.concat([chosen["source_image"], chosen["target_image"]]):
+            split_of.setdefault(image_id, split)
+    table["series_id"] = table["series_id"].astype(str)
+    table["subject_id"] = table["series_id"].str[:6]
+    table["split"] = [("train" if role.get(series) == "pretrain" else split_of.get(image_id, "unused"))
+                      for image_id, series in zip(table["image_id"], table["series_id"], strict=True)]
+    if out is not None:
+        write_table(table, out)
+    return table
+

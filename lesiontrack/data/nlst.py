@@ -396,3 +396,21 @@ def pairs_stage(nlstx_csv: str | os.PathLike, image_tables: Sequence[str | os.Pa
     write_table(lesions, out_lesions)
     write_table(pairs, out_pairs)
     return pairs, lesions
+
+
+def images_table(image_tables: Sequence[str | os.PathLike], series_csv: str | os.PathLike,
+                 out: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The converted series of every shard with ``subject_id`` (NLST pid) and ``split``: ``test``
+    for the NLSTx evaluation series, ``train`` for the unlabeled training cohort."""
+    from lesiontrack.io import read_table, write_table
+
+    table = pd.concat([read_table(t, required=["image_id", "path"]) for t in image_tables], ignore_index=True)
+    series = read_table(series_csv, required=["image_id", "role", "pid"]).astype({"image_id": str})
+    table = table.astype({"image_id": str}).merge(series[["image_id", "pid", "role"]], on="image_id", how="left",
+                                                  validate="1:1")
+    table["subject_id"] = table.pop("pid").astype(str)
+    table["split"] = table.pop("role").map({"evaluation": "test", "training": "train"}).fillna("unused")
+    if out is not None:
+        write_table(table, out)
+    return table
+

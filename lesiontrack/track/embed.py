@@ -176,11 +176,14 @@ def embed_files(checkpoint: str | Path, volumes: dict[str, str | Path], out_dir:
     return rows
 
 
-def embed_shard(checkpoint: str | Path, images_csv: str | Path, resampled_csv: str | Path, splits: list[str],
+def embed_shard(checkpoint: str | Path, pairs_csv: str | Path, resampled_csv: str | Path, split: str,
                 out_dir: str | Path, out_table: str | Path, device: str = "cpu") -> pd.DataFrame:
-    """Embed the volumes of one shard whose split is in ``splits``; the shard's table lists them."""
-    images = read_table(images_csv, required=["image_id", "split"])
-    wanted = set(images.loc[images["split"].isin(splits), "image_id"])
+    """Embed the volumes of one shard that a pair of ``split`` uses (as source or target; every
+    pair where pairs.csv has no ``split`` column); the shard's table lists them."""
+    pairs = read_table(pairs_csv, required=["source_image", "target_image"])
+    if "split" in pairs.columns:
+        pairs = pairs[pairs["split"] == split]
+    wanted = set(pairs["source_image"].astype(str)) | set(pairs["target_image"].astype(str))
     volumes = {i: p for i, p in volume_paths([resampled_csv]).items() if i in wanted}
     rows = embed_files(checkpoint, volumes, out_dir, device) if volumes else []
     table = pd.DataFrame(rows, columns=["image_id", "embeddings", "volume", "seconds"])

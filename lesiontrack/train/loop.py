@@ -101,12 +101,20 @@ class _Volumes:
         self.spacing_mm = spacings.pop()
 
 
+def _folders(landmark_dir) -> list[str]:
+    if not landmark_dir:
+        return []
+    return [str(landmark_dir)] if isinstance(landmark_dir, (str, Path)) else [str(d) for d in landmark_dir]
+
+
 def _landmarks(landmark_dir, path: Path, geometry: Geometry) -> dict[str, np.ndarray]:
-    """Landmark name -> voxel (z, y, x) of the volume, from ``<landmark_dir>/<image_id>.csv``."""
+    """Landmark name -> voxel (z, y, x) of the volume, from ``<landmark_dir>/<image_id>.csv`` (the
+    first of several folders that has it)."""
     if landmark_dir is None:
         return {}
-    table_path = Path(landmark_dir) / f"{image_id_of(path)}.csv"
-    if not table_path.exists():
+    candidates = [Path(f) / f"{image_id_of(path)}.csv" for f in _folders(landmark_dir)]
+    table_path = next((c for c in candidates if c.exists()), None)
+    if table_path is None:
         return {}
     table = read_table(table_path, required=["name", "x", "y", "z"])
     voxels = geometry.world_to_index(table[["x", "y", "z"]].to_numpy(float))[:, ::-1]
@@ -227,19 +235,22 @@ def _sample_group(volumes: _Volumes, room: int, cfg: TrainConfig, patches: Patch
     return [first, second]
 
 
-def select_volumes(images_csv: str | Path, resampled_tables: list[str | Path], split: str = "train",
+def select_volumes(images_csv: str | Path | list, resampled_tables: list[str | Path], split: str = "train",
                    validation_subjects: int = 1) -> tuple[list[str], list[str]]:
-    """Resampled volumes of the ``split`` subjects: (training, validation = the last subjects)."""
+    """Resampled volumes of the ``split`` subjects of one or several datasets' ``images.csv``
+    (columns ``image_id, subject_id, split``): (training, validation = the last subjects)."""
     from lesiontrack.io import InputError, read_table
 
-    images = read_table(images_csv, required=["image_id", "subject_id", "split"])
+    tables = [images_csv] if isinstance(images_csv, (str, Path)) else list(images_csv)
+    images = pd.concat([read_table(t, required=["image_id", "subject_id", "split"]).astype({"subject_id": str})
+                        for t in tables], ignore_index=True)
     resampled = pd.concat([read_table(t, required=["image_id", "path"]) for t in resampled_tables])
     table = images[images["split"] == split].merge(resampled[["image_id", "path"]], on="image_id",
                                                     suffixes=("_native", ""))
     subjects = sorted(table["subject_id"].unique())
     if len(subjects) <= validation_subjects:
-        raise InputError(f"{images_csv}: {len(subjects)} {split} subject(s); pretraining needs more than "
-                         f"train.validation_subjects = {validation_subjects}")
+        raise InputError(f"{', '.join(map(str, tables))}: {len(subjects)} {split} subject(s); pretraining needs more "
+                         f"than train.validation_subjects = {validation_subjects}")
     held_out = set(subjects[-validation_subjects:])
     validation = table["subject_id"].isin(held_out)
     return table.loc[~validation, "path"].tolist(), table.loc[validation, "path"].tolist()
@@ -333,7 +344,7 @@ def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
 
 def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
              train: TrainConfig, model_cfg: ModelConfig, window_hu: tuple[float, float] = (-1000.0, 400.0),
-             progress: bool = True, landmark_dir: str | Path | None = None) -> pd.DataFrame:
+             progress: bool = True, landmark_dir: str | Path | list | None = None) -> pd.DataFrame:
     """Train (or resume from ``checkpoint_latest.pt``) until ``max_epochs`` or early stopping.
 
     Under ``torchrun --nproc_per_node N`` this is data-parallel (DDP; NCCL on GPUs, gloo on the
@@ -363,7 +374,7 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     network = model if world == 1 else DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                                 else None)
     config = {"train": asdict(train), "model": asdict(model_cfg), "window_hu": list(window_hu),
-              "spacing_mm": volumes.spacing_mm, "landmark_dir": str(landmark_dir) if landmark_dir else None}
+              "spacing_mm": volumes.spacing_mm, "landmark_dir": _folders(landmark_dir)}
     log_rows: list[dict[str, Any]] = []
     start_epoch, best, bad_epochs = 0, float("inf"), 0
     latest = out_dir / "checkpoint_latest.pt"
