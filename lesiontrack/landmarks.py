@@ -5,8 +5,10 @@ only, see :func:`heuristic_landmarks`), ``synthetic`` and ``file`` (tables), and
 ``name, x, y, z, confidence`` in world mm (SimpleITK physical space, LPS: +z is superior), with
 names from :data:`lesiontrack.vocabulary.LANDMARKS`. Definitions, all on the label voxels:
 
-* vertebra centre (``vertebra_<level>``): centroid of the whole vertebra mask (body and posterior
-  elements; a simplification of "centre of the vertebral body", biased dorsally by a few mm).
+* vertebra centre (``vertebra_<level>``): centre of the vertebral body, taken as the centroid of
+  the mask's voxels in the anterior 40 % of its extent along world y (LPS: anterior is -y). The
+  body is the front of a vertebra and the canal and posterior elements the rest; the whole-mask
+  centroid lay 12-16 mm dorsal of the body centre on the synthetic data, this rule 0.9 mm (median).
 * pole landmarks (lung apex/base, liver dome/tip, spleen top/tip, kidney poles, carina = lowest
   trachea slice, aortic arch top, sternum top, xiphoid tip, iliac crests): centroid of the mask's
   voxels in its most superior (or most inferior) slice. "Slice" is a plane of the array axis whose
@@ -96,6 +98,15 @@ def _row(name: str, point: np.ndarray) -> dict[str, object]:
     return {"name": check_landmark_name(name), "x": x, "y": y, "z": z, "confidence": 1.0}
 
 
+BODY_FRACTION = 0.4  # the vertebral body: the anterior 40 % of a vertebra's antero-posterior extent
+
+
+def vertebral_body_centre(world: np.ndarray) -> np.ndarray:
+    """Centre of the vertebral body from a vertebra mask's voxels (N, 3) in world mm (LPS)."""
+    y = world[:, 1]
+    return world[y <= y.min() + BODY_FRACTION * (y.max() - y.min())].mean(axis=0)
+
+
 def totalseg_landmarks(label_map: sitk.Image, class_map: dict[int, str]) -> pd.DataFrame:
     """Landmarks of a TotalSegmentator label map (see the module docstring for the definitions).
 
@@ -123,7 +134,7 @@ def totalseg_landmarks(label_map: sitk.Image, class_map: dict[int, str]) -> pd.D
         voxels = np.argwhere(mask)
         if (voxels.min(axis=0) == 0).any() or (voxels.max(axis=0) == np.asarray(labels.shape) - 1).any():
             continue  # cut by the field of view
-        rows.append(_row(name, _to_world(geometry, voxels)))
+        rows.append(_row(name, vertebral_body_centre(geometry.index_to_world(voxels[:, ::-1].astype(float)))))
     for name, (structures, side) in POLES.items():
         mask = mask_of(structures)
         if mask is None:

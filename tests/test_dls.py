@@ -228,6 +228,10 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert rules["dls_archive"] == 56 and rules["dls_annotations"] == 2
     assert rules["dls_info"] == 1 and rules["dls_archive_index"] == 1 and rules["dls_pairs"] == 1
     assert rules["download_dlt_predictions"] == 1
+    # after the checkpoint's jobs: pretraining on the DLS training volumes, tracking with every
+    # method, their evaluation and the table beside DLT's published rows
+    assert rules["pretrain"] == 1 and rules["track_embedding"] == 3 and rules["track_registration"] == 2
+    assert rules["evaluate"] == 6 and rules["evaluate_published"] == 2 and rules["table"] == 1
     assert urls == sorted(dls.archive_urls())
     assert annotation_urls == [f"https://raw.githubusercontent.com/JimmyCai91/DLT/master/data/{s}.json"
                                for s in ("test", "valid")]
