@@ -329,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "left out.")
     p.add_argument("--backend", required=True, choices=["totalseg", "heuristic", "synthetic", "file"])
     one = p.add_argument_group("one volume")
-    one.add_argument("--image", help="CT (NIfTI or DICOM series folder), for heuristic")
-    one.add_argument("--labels", help="label map, for totalseg")
+    one.add_argument("--image", help="CT (NIfTI or DICOM series folder): for heuristic, and for totalseg with a "
+                                     "DICOM SEG (puts the SEG on the CT's grid)")
+    one.add_argument("--labels", help="label map (NIfTI, or a DICOM SEG file), for totalseg")
     one.add_argument("--class-map", help="TotalSegmentator class map JSON (default: v2 ids)")
     one.add_argument("--file", help="landmark table, for synthetic and file")
     one.add_argument("--out", help="output CSV")

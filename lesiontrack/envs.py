@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STAGES: dict[str, tuple[str, ...]] = {
     "synth": ("numpy", "scipy", "pandas", "SimpleITK", "tqdm"),
-    "resample": ("numpy", "pandas", "SimpleITK", "tqdm", "pillow"),  # pillow: DeepLesion PNG slices
+    # pillow: DeepLesion PNG slices; pydicom: DICOM SEG label maps (rule landmarks)
+    "resample": ("numpy", "pandas", "SimpleITK", "tqdm", "pillow", "pydicom"),
     "figures": ("numpy", "pandas", "SimpleITK", "matplotlib"),
     "evaluate": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm"),  # tqdm: downloads
     "nlst": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm", "idc-index", "idc-index-data", "duckdb"),

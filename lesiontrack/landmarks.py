@@ -318,16 +318,22 @@ def read_landmarks(path: str | Path) -> pd.DataFrame:
 
 def volume_landmarks(backend: str, image: str | Path | None = None, labels: str | Path | None = None,
                      class_map: str | Path | None = None, table: str | Path | None = None) -> pd.DataFrame:
-    """One volume's landmarks by ``backend``: ``totalseg`` (a label map ``labels``, TotalSegmentator
-    v2 ids unless ``class_map`` is given), ``heuristic`` (the CT ``image``), ``synthetic`` (the
-    generator's ground truth ``table``, an oracle) or ``file`` (a user's ``table``)."""
+    """One volume's landmarks by ``backend``: ``totalseg`` (a label map ``labels``: NIfTI with
+    TotalSegmentator v2 ids unless ``class_map`` is given, or a DICOM SEG file), ``heuristic``
+    (the CT ``image``), ``synthetic`` (the generator's ground truth ``table``, an oracle) or
+    ``file`` (a user's ``table``)."""
     from lesiontrack.io import InputError, read_image
 
     if backend == "totalseg":
         if labels is None:
             raise InputError("landmark backend totalseg needs a label map (TotalSegmentator output)")
-        names = read_class_map(class_map) if class_map else TOTALSEG_V2_NAMES
-        return totalseg_landmarks(read_image(labels), names)
+        from lesiontrack.dicom_seg import is_dicom_seg, read_seg
+
+        if is_dicom_seg(labels):  # segments named by their labels (e.g. IDC's TotalSegmentator SEGs)
+            label_map, names = read_seg(labels, read_image(image) if image is not None else None)
+        else:
+            label_map, names = read_image(labels), TOTALSEG_V2_NAMES
+        return totalseg_landmarks(label_map, read_class_map(class_map) if class_map else names)
     if backend == "heuristic":
         if image is None:
             raise InputError("landmark backend heuristic needs the CT image")

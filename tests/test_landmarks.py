@@ -179,3 +179,73 @@ def test_file_backend_rejects_names_outside_the_vocabulary(tmp_path: Path):
     assert main(["landmarks", "--backend", "file", "--file", str(table), "--out", str(tmp_path / "out.csv")]) == 0
     assert pd.read_csv(tmp_path / "out.csv").to_dict("records") == [
         {"name": "carina", "x": 1.0, "y": 2.0, "z": 3.0, "confidence": 1.0}]
+
+
+def _write_seg(folder: Path, out: Path, blocks: dict[str, tuple[slice, slice, slice]]) -> Path:
+    """A DICOM SEG written with highdicom on the CT series in ``folder``: one segment per
+    SegmentLabel, painted as a (slice, row, column) block over the CT's frames in position order."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    source = sorted((pydicom.dcmread(p) for p in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for d in source:  # the example series is anonymised down to empty UIDs, which a SEG must reference
+        d.SOPClassUID = d.SOPClassUID or d.file_meta.MediaStorageSOPClassUID
+        d.SOPInstanceUID = d.SOPInstanceUID or pydicom.uid.generate_uid()
+        d.StudyInstanceUID = d.StudyInstanceUID or study
+        d.SeriesInstanceUID = d.SeriesInstanceUID or series
+        d.PatientID = d.PatientID or "anonymous"
+    mask = np.zeros((len(source), int(source[0].Rows), int(source[0].Columns)), np.uint8)
+    descriptions = []
+    algorithm = hd.AlgorithmIdentificationSequence(name="TotalSegmentator", version="1.5.6",
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    for number, (label, block) in enumerate(blocks.items(), start=1):
+        mask[block] = number
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=label, segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=codes.SCT.Organ, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm))
+    seg = hd.seg.Segmentation(
+        source_images=source, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=300,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lesiontrack tests",
+        manufacturer_model_name="test", software_versions="0", device_serial_number="0")
+    seg.save_as(out)
+    return out
+
+
+def test_dicom_seg_landmarks_by_segment_label(test_data: Path, tmp_path: Path):
+    """A SEG that highdicom writes on the real DICOM series: segments are named by SegmentLabel
+    (not by number), land on the CT's voxels, and give the landmarks computed by hand."""
+    from lesiontrack.dicom_seg import is_dicom_seg, read_seg
+    from lesiontrack.io import read_image
+    from lesiontrack.landmarks import volume_landmarks
+
+    folder = test_data / "totalseg" / "example_ct_dicom"
+    liver, l1 = (slice(4, 12), slice(200, 260), slice(120, 200)), (slice(6, 14), slice(300, 340), slice(240, 280))
+    seg_path = _write_seg(folder, tmp_path / "seg.dcm", {"Vertebrae L1": l1, "liver": liver, "Kidney Cyst": l1})
+    assert is_dicom_seg(seg_path) and not is_dicom_seg(next(folder.iterdir()))
+    ct = read_image(folder)
+    labels, names = read_seg(seg_path, ct)
+    assert names == {1: "vertebrae_L1", 2: "liver", 3: "Kidney Cyst"}
+    array = sitk.GetArrayFromImage(labels)  # on the CT grid: (slice, row, column) as painted
+    assert labels.GetSize() == ct.GetSize() and (array[liver] == 2).all() and (array[l1] == 3).all()
+    assert (array > 0).sum() == 8 * 60 * 80 + 8 * 40 * 40
+    # landmarks: the liver dome is the centroid of the block's top slice; "Kidney Cyst" (no
+    # TotalSegmentator structure) painted over all of L1, so no L1 landmark
+    table = volume_landmarks("totalseg", image=folder, labels=seg_path).set_index("name")
+    assert set(table.index) == {"liver_dome", "liver_tip"}
+    top = np.argwhere(array == 2)
+    top = top[top[:, 0] == top[:, 0].max()][:, ::-1].astype(float)
+    expected = np.array([ct.TransformContinuousIndexToPhysicalPoint(tuple(v)) for v in top]).mean(axis=0)
+    assert table.loc["liver_dome", ["x", "y", "z"]].to_numpy(float) == pytest.approx(expected, abs=1e-3)
+    # alone (and without the CT: the SEG's own frames), L1's body centre is the centroid of the
+    # block's anterior 40 % (smallest world y = smallest rows here)
+    seg_only = volume_landmarks("totalseg", labels=_write_seg(folder, tmp_path / "l1.dcm", {"Vertebrae L1": l1}))
+    rows = np.arange(300, 340)
+    anterior = rows[rows <= 300 + 0.4 * 39]
+    expected_l1 = np.array([ct.TransformContinuousIndexToPhysicalPoint((float(c), float(r), float(k)))
+                            for k in range(6, 14) for r in anterior for c in range(240, 280)]).mean(axis=0)
+    assert seg_only.set_index("name").loc["vertebra_L1", ["x", "y", "z"]].to_numpy(float) == pytest.approx(
+        expected_l1, abs=1e-3)

@@ -308,7 +308,8 @@ def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tm
     series = pd.read_csv(workdir / "results" / "nlst" / "series.csv", dtype={"image_id": str, "pid": str})
     assert (series["role"] == "evaluation").sum() == 1229
     assert series.loc[series["role"] == "training", "pid"].nunique() == 5
-    assert "GB to download" in (workdir / "results" / "logs" / "nlst" / "select.log").read_text()
+    log = (workdir / "results" / "logs" / "nlst" / "select.log").read_text()
+    assert "GB to download" in log and "TotalSegmentator DICOM SEG in the same studies" in log
     n_shards = -(-len(series) // 100)
     plan = _plan(workdir, [*configs, small])
     assert plan["nlst_download"] == plan["nlst_convert"] == n_shards and plan["nlst_pairs"] == 1

@@ -149,6 +149,24 @@ def training_cohort(index: pd.DataFrame, exclude_pids: Sequence[str], n_patients
     return cohort.reset_index(drop=True)
 
 
+TOTALSEG_SEG = "totalsegmentator_ct_segmentations"
+
+
+def totalseg_segs(study_uids: Sequence[str], parquet: str | os.PathLike | None = None) -> pd.DataFrame:
+    """IDC's TotalSegmentator (1.5.6) DICOM SEG series in the given studies: ``StudyInstanceUID,
+    SeriesInstanceUID, series_size_MB``. The offline index does not say which CT series a SEG
+    segments (a study may hold several CTs), so this is per study: an upper bound on what the
+    selected CT series need."""
+    import duckdb
+
+    parquet = Path(parquet) if parquet else index_path()
+    query = ("SELECT StudyInstanceUID, SeriesInstanceUID, series_size_MB FROM read_parquet(?) "
+             "WHERE analysis_result_id = ? AND Modality = 'SEG'")
+    with duckdb.connect() as con:
+        table = con.execute(query, [str(parquet), TOTALSEG_SEG]).df()
+    return table[table["StudyInstanceUID"].isin(set(map(str, study_uids)))].reset_index(drop=True)
+
+
 def size_mb(cohort: pd.DataFrame) -> float:
     return float(cohort["series_size_MB"].sum())
 
@@ -351,6 +369,11 @@ def select_stage(nlstx_csv: str | os.PathLike, out: str | os.PathLike, n_patient
         log(f"{LABEL} {role}: {len(group)} series of {group['pid'].nunique()} patients, "
             f"{size_mb(group) / 1000:.1f} GB to download")
     log(f"{LABEL} total download: {size_mb(series) / 1000:.1f} GB ({len(series)} series)")
+    segs = totalseg_segs(series["StudyInstanceUID"].unique())
+    if len(segs):  # landmarks (backend totalseg) can read these instead of running TotalSegmentator
+        log(f"{LABEL} TotalSegmentator DICOM SEG in the same studies (optional, for landmarks): {len(segs)} series, "
+            f"{segs['series_size_MB'].sum() / 1000:.1f} GB ({segs['series_size_MB'].mean():.0f} MB per SEG "
+            f"beside {series['series_size_MB'].mean():.0f} MB per CT series)")
     write_table(series, out)
     return series
 
