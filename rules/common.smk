@@ -117,6 +117,26 @@ def training_resampled_tables(wildcards):
     return [t for name in config["train"]["datasets"] for t in resampled_tables(name)]
 
 
+def ablation_models():
+    return config["ablation"]["models"]
+
+
+def section_of(name, wildcards):
+    """The config's ``train`` or ``model`` section for the model being built: an ablation model's
+    own values over the config's."""
+    values = dict(config[name])
+    values.update(ablation_models().get(wildcards.model, {}).get(name, {}))
+    return values
+
+
+def train_params(wildcards):
+    return section_of("train", wildcards)
+
+
+def model_params(wildcards):
+    return section_of("model", wildcards)
+
+
 def model_checkpoint(wildcards):
     """model.checkpoint when given (no pretraining), else this workflow's pretrained model."""
     return (
@@ -134,7 +154,12 @@ def model_embedding_dir(wildcards):
     return f"results/{wildcards.dataset}/embeddings/{config['model']['name']}"
 
 
-def embedding_tables(wildcards):
+def variant_embedding_tables(wildcards):
+    """Embedding shard tables of an ablation model (the model wildcard)."""
+    return embedding_tables(wildcards, wildcards.model)
+
+
+def embedding_tables(wildcards, model=None):
     """Embedding shard tables of the shards that may hold volumes of the tracked split (synthetic:
     known from the subjects; other datasets: every shard)."""
     names = image_shard_names(wildcards.dataset)
@@ -149,7 +174,7 @@ def embedding_tables(wildcards):
     return expand(
         "results/{dataset}/shards/embeddings-{model}-{shard}.csv",
         dataset=wildcards.dataset,
-        model=config["model"]["name"],
+        model=model or config["model"]["name"],
         shard=names,
     )
 
@@ -179,7 +204,14 @@ def table_rows(dataset):
     images are downloaded), then published rows."""
     own = config["track"]["methods"] if dataset in tracked_datasets() else []
     published = list(PUBLISHED_ROWS.get(dataset, {}))
-    return [(name, method_slug(name)) for name in own + published]
+    rows = [(name, method_slug(name)) for name in own]
+    if dataset in tracked_datasets():
+        rows += [
+            (f"{method} [{model}]", f"{method}@{model}")
+            for model in ablation_models()
+            for method in config["ablation"]["methods"]
+        ]
+    return rows + [(name, method_slug(name)) for name in published]
 
 
 def method_files(pattern):

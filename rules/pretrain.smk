@@ -18,8 +18,8 @@ rule pretrain:
     resources:
         gpu=gpu_count,
     params:
-        train=lookup(dpath="train", within=config),
-        model=lookup(dpath="model", within=config),
+        train=train_params,
+        model=model_params,
         window_hu=lookup(dpath="preprocess/window_hu", within=config),
         landmark_dir=landmark_dir,
         code=code("lesiontrack.train.loop"),

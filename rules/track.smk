@@ -47,6 +47,30 @@ rule track_embedding:
         "../workflow_scripts/track.py"
 
 
+rule track_variant:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        embeddings=variant_embedding_tables,
+    output:
+        predictions="results/{dataset}/predictions/{method}@{model}.csv",
+    log:
+        "results/logs/track/{dataset}-{method}@{model}.log",
+    benchmark:
+        "results/benchmarks/track/{dataset}-{method}@{model}.tsv"
+    wildcard_constraints:
+        method="multiscale|single-scale-fine|two-scale",
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        track=lookup(dpath="track", within=config),
+        embeddings=embedding_dir,
+        code=code("lesiontrack.track.predict"),
+    script:
+        "../workflow_scripts/track.py"
+
+
 rule track_registration:
     input:
         pairs="results/{dataset}/pairs.csv",

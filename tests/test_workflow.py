@@ -160,6 +160,22 @@ def test_paper_model_config_plans_paper_training(tmp_path):
         assert str(jobs[0].output.best) == "results/models/paper/checkpoint_best.pt"
 
 
+def test_ablation_config_plans_a_second_model_without_landmarks(tmp_path):
+    """configs/ablation-landmarks.yaml: a model trained with landmark fraction 0 beside the default
+    one (0.1), its multiscale row in the same table, paired against multiscale."""
+    with planned_jobs(tmp_path, [REPO / "configs" / "ablation-landmarks.yaml"], REPO / "Snakefile") as planned:
+        fractions = {str(job.output.best): job.params.train["landmark_fraction"]
+                     for job in planned if job.rule.name == "pretrain"}
+        table = next(job for job in planned if job.rule.name == "table")
+        rows, reference = list(table.params.methods), table.params.reference
+        variant = next(job for job in planned if job.rule.name == "track_variant")
+        embeddings = variant.params.embeddings
+    assert fractions == {"results/models/default/checkpoint_best.pt": 0.1,
+                         "results/models/nolandmarks/checkpoint_best.pt": 0.0}
+    assert rows[-1] == "multiscale [nolandmarks]" and reference == "multiscale" and "multiscale" in rows
+    assert embeddings == "results/synthetic/embeddings/nolandmarks"
+
+
 def test_smoke_pretraining_outputs(smoke_run):
     model_dir = smoke_run / "results" / "models" / "default"
     log = pd.read_csv(model_dir / "training_log.tsv", sep="\t")
