@@ -134,7 +134,8 @@ def _download_dls(args: argparse.Namespace) -> None:
     from lesiontrack.data import dls
     from lesiontrack.download import DownloadError
 
-    cfg = _config(args.config)["dls"]
+    config = _config(args.config)
+    cfg = config["dls"]
     if args.archives:
         cfg["archives"] = args.archives
     out = Path(args.out_dir or "results/dls")
@@ -146,7 +147,7 @@ def _download_dls(args: argparse.Namespace) -> None:
     annotations = [p for p in paths if Path(p).suffix == ".json"]
     dl_info = next(p for p in paths if Path(p).name == "DL_info.csv")
     index = dls.archive_index(archives, out / "archive_index.csv")
-    plan = dls.plan_series(index, dl_info, annotations, args.shard_size or _config(args.config)["shard_size"],
+    plan = dls.plan_series(index, dl_info, annotations, args.shard_size or config["shard_size"],
                            cfg["pretraining"], out / "series.csv")
     print(f"{index['series_id'].nunique()} series in {len(archives)} archive(s); {len(plan)} to convert "
           f"({(plan['role'] == 'dls').sum()} DLS, {(plan['role'] == 'pretrain').sum()} pretraining) -> "

@@ -24,11 +24,13 @@ def synthetic_shard_subjects(wildcards):
     return SYNTHETIC_SHARDS[int(wildcards.shard)]
 
 
-def synthetic_shard_tables(name):
+def shard_tables(dataset, name):
+    """results/<dataset>/shards/<name>-<shard>.csv of every image shard of the dataset."""
     return expand(
-        "results/synthetic/shards/{name}-{shard}.csv",
+        "results/{dataset}/shards/{name}-{shard}.csv",
+        dataset=dataset,
         name=name,
-        shard=synthetic_shard_names(),
+        shard=image_shard_names(dataset),
     )
 
 
@@ -70,19 +72,15 @@ def landmark_dir(wildcards):
     return [f"results/{name}/landmarks" for name in config["train"]["datasets"]]
 
 
-def landmark_tables(dataset):
-    return expand(
-        "results/{dataset}/shards/landmarks-{shard}.csv",
-        dataset=dataset,
-        shard=image_shard_names(dataset),
-    )
-
-
 def training_landmark_tables(wildcards):
     """Landmark shard tables pretraining waits for (none for the synthetic oracle)."""
     if not uses_landmarks() or config["train"]["landmark_backend"] == "synthetic":
         return []
-    return [t for name in config["train"]["datasets"] for t in landmark_tables(name)]
+    return [
+        t
+        for name in config["train"]["datasets"]
+        for t in shard_tables(name, "landmarks")
+    ]
 
 
 def image_shard_names(dataset):
@@ -96,16 +94,8 @@ def image_shard_names(dataset):
     return ["000"]  # custom: one shard
 
 
-def resampled_tables(dataset):
-    return expand(
-        "results/{dataset}/shards/resampled-{shard}.csv",
-        dataset=dataset,
-        shard=image_shard_names(dataset),
-    )
-
-
 def dataset_resampled_tables(wildcards):
-    return resampled_tables(wildcards.dataset)
+    return shard_tables(wildcards.dataset, "resampled")
 
 
 def training_images(wildcards):
@@ -114,7 +104,11 @@ def training_images(wildcards):
 
 
 def training_resampled_tables(wildcards):
-    return [t for name in config["train"]["datasets"] for t in resampled_tables(name)]
+    return [
+        t
+        for name in config["train"]["datasets"]
+        for t in shard_tables(name, "resampled")
+    ]
 
 
 def ablation_models():
@@ -162,7 +156,6 @@ def variant_embedding_tables(wildcards):
 def embedding_tables(wildcards, model=None):
     """Embedding shard tables of the shards that may hold volumes of the tracked split (synthetic:
     known from the subjects; other datasets: every shard)."""
-    names = image_shard_names(wildcards.dataset)
     if wildcards.dataset == "synthetic":
         split = config["evaluate"]["split"]
         splits = [s for _, s in synthetic_data.subject_ids(SYNTHETIC)]
@@ -171,6 +164,8 @@ def embedding_tables(wildcards, model=None):
             for k, subjects in enumerate(SYNTHETIC_SHARDS)
             if any(splits[i] == split for i in subjects)
         ]
+    else:
+        names = image_shard_names(wildcards.dataset)
     return expand(
         "results/{dataset}/shards/embeddings-{model}-{shard}.csv",
         dataset=wildcards.dataset,
@@ -242,12 +237,9 @@ def all_outputs():
             "results/figures/synthetic_preview.png",
             "results/tables/synthetic.csv",
         ]
-        outputs += expand(
-            "results/synthetic/shards/resampled-{shard}.csv",
-            shard=synthetic_shard_names(),
-        )
+        outputs += shard_tables("synthetic", "resampled")
         if config["train"]["landmark_backend"] != "synthetic":
-            outputs += landmark_tables("synthetic")
+            outputs += shard_tables("synthetic", "landmarks")
     training = set(config["train"]["datasets"]) & set(enabled_datasets())
     if not config["model"]["checkpoint"] and (tracked_datasets() or training):
         outputs.append(f"results/models/{config['model']['name']}/checkpoint_best.pt")

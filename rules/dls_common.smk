@@ -36,5 +36,4 @@ def dls_shard_archives(wildcards):
 
 
 def dls_image_shards(wildcards):
-    shards = sorted(set(dls_series_plan()["shard"]))
-    return expand("results/dls/shards/images-{shard}.csv", shard=shards)
+    return shard_tables("dls", "images")

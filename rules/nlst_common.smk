@@ -15,7 +15,4 @@ def nlst_shard_ids(wildcards):
 
 
 def nlst_image_tables(wildcards):
-    n = len(nlst_shards())
-    return expand(
-        "results/nlst/shards/images-{shard}.csv", shard=[f"{k:03d}" for k in range(n)]
-    )
+    return shard_tables("nlst", "images")

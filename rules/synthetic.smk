@@ -20,9 +20,9 @@ rule synth:
 
 rule synth_tables:
     input:
-        images=synthetic_shard_tables("images"),
-        lesions=synthetic_shard_tables("lesions"),
-        pairs=synthetic_shard_tables("pairs"),
+        images=shard_tables("synthetic", "images"),
+        lesions=shard_tables("synthetic", "lesions"),
+        pairs=shard_tables("synthetic", "pairs"),
     output:
         images="results/synthetic/images.csv",
         lesions="results/synthetic/lesions.csv",
