@@ -25,6 +25,7 @@ definitions are deterministic given the label map).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,16 +183,23 @@ def _from_axial(voxels: np.ndarray, axis: int, sign: int, shape: tuple[int, ...]
 
 
 def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
-    """Landmarks from intensities alone (no model, no label map), on any CT in HU:
+    """Landmarks from intensities alone (no model, no label map), on any CT in HU.
 
-    * air inside the body outline (below -500 HU) in the two largest connected regions (at least
-      30 ml each) is lung and airway;
+    Air (below -500 HU inside the body outline):
+
+    * the two largest connected air regions (at least 30 ml each) whose median is above -940 HU
+      are lung and airway (bowel gas is darker);
     * the trachea is followed from the highest slice where a small air region (0.5-8 cm^2) lies
       near the body's left-right midline, downwards while one such region continues; the carina
       is the centroid of its lowest slice (where it divides or joins the lungs);
     * the lungs are the lung-and-airway air minus the trachea, split into left and right at the
       trachea's (else the body's) midline; apex and base are the centroids of their most superior
       and most inferior slices, as in the ``totalseg`` backend.
+
+    Bone (above 250 HU inside the body outline, holes filled per slice), see :func:`_bone_landmarks`:
+    sternum top and xiphoid tip, pubic symphysis, iliac crests and femoral heads. Vertebral levels
+    are not named: telling T12 from L1 by intensity alone (counting from the last rib) is not
+    reliable enough to supervise with, so the spine is left to ``totalseg``.
 
     The same field-of-view rule as ``totalseg``: a pole on the volume's end slice is omitted.
     Confidence 0.5 (intensity rules, not a segmentation).
@@ -203,9 +211,6 @@ def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
     hu, axis, sign = _axial(geometry, raw)
     spacing_zyx = np.asarray(geometry.spacing, float)[::-1]
     spacing = np.r_[spacing_zyx[axis], np.delete(spacing_zyx, axis)]  # of the axial view
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
-    n_slices = hu.shape[0]
     empty = pd.DataFrame(columns=list(COLUMNS)).astype({c: float for c in COLUMNS[1:]})
 
     dense = hu > BODY_HU
@@ -214,10 +219,35 @@ def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
         return empty
     body = labels == (np.argmax(ndimage.sum_labels(dense, labels, range(1, count + 1))) + 1)
     inside = np.stack([ndimage.binary_fill_holes(s) for s in body])
+
+    def to_world(voxels_axial: np.ndarray) -> np.ndarray:
+        """World mm (N, 3) of each voxel of the axial view."""
+        return geometry.index_to_world(_from_axial(voxels_axial, axis, sign, raw.shape)[:, ::-1])
+
+    rows: list[dict[str, object]] = []
+
+    def add(name: str, voxels: np.ndarray) -> None:
+        rows.append({**_row(name, to_world(voxels).mean(axis=0)), "confidence": 0.5})
+
+    lung_slices = _air_landmarks(hu, inside, body, spacing, to_world, add)
+    _bone_landmarks(hu, inside, spacing, to_world, add, lung_slices)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    return table.astype({"x": float, "y": float, "z": float, "confidence": float})
+
+
+def _air_landmarks(hu: np.ndarray, inside: np.ndarray, body: np.ndarray, spacing: np.ndarray,
+                   to_world, add) -> tuple[int, int] | None:
+    """Carina and lung apices and bases (see :func:`heuristic_landmarks`); returns the lungs'
+    lowest and highest slice of the axial view, or None without lungs."""
+    from scipy import ndimage
+
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    pixel_cm2 = float(spacing[1] * spacing[2]) / 100.0
+    n_slices = hu.shape[0]
     air = inside & ~body  # below -500 HU within the body outline: lungs, airways, bowel gas
     labels, count = ndimage.label(air)
     if count == 0:
-        return empty
+        return None
     index = np.arange(1, count + 1)
     volumes_ml = ndimage.sum_labels(air, labels, index) * voxel_ml
     # lung parenchyma (about -850 HU, with vessels) is told from gas (bowel, about -1000 HU) by
@@ -226,15 +256,7 @@ def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
     lungs_like = [k for k in large if np.median(hu[labels == k]) > LUNG_MEDIAN_HU]
     lung_air = np.isin(labels, lungs_like[:2])
     if not lung_air.any():
-        return empty
-
-    def world(voxels_axial: np.ndarray) -> np.ndarray:
-        return _to_world(geometry, _from_axial(voxels_axial, axis, sign, raw.shape))
-
-    rows: list[dict[str, object]] = []
-
-    def add(name: str, voxels: np.ndarray) -> None:
-        rows.append({**_row(name, world(voxels)), "confidence": 0.5})
+        return None
 
     midline = np.argwhere(inside).mean(axis=0)[2]  # in-plane column of the body's centroid
     trachea = np.zeros_like(air)
@@ -279,10 +301,9 @@ def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
             trachea[:] = False
     lungs = lung_air & ~ndimage.binary_dilation(trachea, iterations=1)
     columns = np.arange(hu.shape[2])
-    # world x grows towards the patient's left (LPS): which side of the midline column is left
-    left_is_high = world(np.array([[0.0, 0.0, 1.0]]))[0] > world(np.array([[0.0, 0.0, 0.0]]))[0]
+    left_is_high = _left_is_high_column(to_world)
     for side in ("left", "right"):
-        half = (columns > midline) if (side == "left") == bool(left_is_high) else (columns < midline)
+        half = (columns > midline) if (side == "left") == left_is_high else (columns < midline)
         voxels = np.argwhere(lungs & half[None, None, :])
         if len(voxels) * voxel_ml < MIN_LUNG_ML / 2:
             continue
@@ -291,8 +312,104 @@ def heuristic_landmarks(image: sitk.Image) -> pd.DataFrame:
             add(f"lung_apex_{side}", voxels[voxels[:, 0] == top])
         if bottom > 0:
             add(f"lung_base_{side}", voxels[voxels[:, 0] == bottom])
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    return table.astype({"x": float, "y": float, "z": float, "confidence": float})
+    return int(lung_slices.min()), int(lung_slices.max())
+
+
+def _left_is_high_column(to_world) -> bool:
+    """Whether the axial view's column index grows towards the patient's left (LPS: +x)."""
+    ends = to_world(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    return bool(ends[1, 0] > ends[0, 0])
+
+
+BONE_HU = 250.0  # cortical and cancellous bone; contrast-filled vessels stay below
+MIDLINE_MM = 25.0  # anterior midline bone (sternum, symphysis): within this of the body's midline
+ANTERIOR_FRACTION = 0.3  # ... and in the front 30 % of the body's depth (vertebral bodies lie behind)
+LATERAL_MM = 45.0  # pelvic bone of one side: further than this from the midline (sacrum within)
+MIN_HIP_ML = 20.0  # an iliac wing is far larger than any rib below the lungs
+MIN_HEAD_RADIUS_MM = 15.0  # femoral head about 22-25 mm; femoral shaft and rami thinner
+
+
+def _bone_landmarks(hu: np.ndarray, inside: np.ndarray, spacing: np.ndarray, to_world, add,
+                    lung_slices: tuple[int, int] | None) -> None:
+    """Bone landmarks of the axial view (slices running superior), in world mm via ``to_world``:
+
+    * anterior midline bone (within 25 mm of the body's midline, in the front 30 % of the body's
+      depth on its slice) in 3D connected parts of at least 2 ml: the sternum is the largest part
+      overlapping the lungs' slices (top slice -> ``sternum_top``, bottom -> ``xiphoid_tip``); the
+      pubic symphysis is the centroid of the lowest part entirely below the lungs;
+    * bone of one side (more than 45 mm from the midline) below the lungs: its largest connected
+      part, when at least 20 ml, is the hip bone, and the centroid of its top slice the iliac crest;
+      the femoral head centre is the point of that side's bone deepest inside bone (maximum of the
+      distance transform of the hole-filled bone mask, at least 15 mm: the head is the thickest
+      round bone of the pelvis) below the iliac crest.
+
+    Poles on the volume's end slice and parts touching it are omitted, as everywhere.
+    """
+    from scipy import ndimage
+
+    n_slices = hu.shape[0]
+    bone = inside & (hu > BONE_HU)
+    if not bone.any():
+        return
+    bone = np.stack([ndimage.binary_fill_holes(s) for s in bone])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    # world x (left-right) and y (antero-posterior) of every voxel of one slice: in-plane axes
+    # only; the slice axis is the one nearest world z, so within a slice these barely change
+    rows_cols = np.argwhere(np.ones(hu.shape[1:], bool))
+    plane = to_world(np.c_[np.zeros(len(rows_cols)), rows_cols])
+    x_of = plane[:, 0].reshape(hu.shape[1:])
+    y_of = plane[:, 1].reshape(hu.shape[1:])
+    midline_x = float(np.median(x_of[inside.any(axis=0)]))
+    depth = np.where(inside, y_of[None], np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # slices outside the body: all NaN
+        front, back = np.nanmin(depth, axis=(1, 2)), np.nanmax(depth, axis=(1, 2))
+    below_lungs = np.arange(n_slices) < (lung_slices[0] if lung_slices else n_slices)
+
+    # anterior midline: sternum and pubic symphysis
+    near_midline = np.abs(x_of - midline_x) <= MIDLINE_MM
+    anterior = y_of[None] < (front + ANTERIOR_FRACTION * (back - front))[:, None, None]
+    parts, count = ndimage.label(bone & near_midline[None] & anterior)
+    if count:
+        index = np.arange(1, count + 1)
+        volume_ml = ndimage.sum_labels(np.ones_like(parts), parts, index) * voxel_ml
+        extent = ndimage.find_objects(parts)
+        candidates = [(k, extent[k - 1][0]) for k in index if volume_ml[k - 1] >= 2.0]
+        if lung_slices:
+            chest = [(k, s) for k, s in candidates if s.start <= lung_slices[1] and s.stop - 1 >= lung_slices[0]]
+            if chest:
+                k, s = max(chest, key=lambda c: volume_ml[c[0] - 1])
+                voxels = np.argwhere(parts == k)
+                if s.stop - 1 < n_slices - 1:
+                    add("sternum_top", voxels[voxels[:, 0] == s.stop - 1])
+                if s.start > 0:
+                    add("xiphoid_tip", voxels[voxels[:, 0] == s.start])
+        pelvis = [(k, s) for k, s in candidates if below_lungs[s.stop - 1] and s.start > 0]
+        if pelvis:
+            k, _ = min(pelvis, key=lambda c: c[1].start)
+            add("pubic_symphysis", np.argwhere(parts == k))
+
+    # one side's pelvic bone: iliac crest and femoral head
+    for side in ("left", "right"):
+        lateral = (x_of - midline_x) * (1.0 if side == "left" else -1.0)  # LPS: +x is the left
+        mask = bone & (lateral > LATERAL_MM)[None] & below_lungs[:, None, None]
+        parts, count = ndimage.label(mask)
+        if not count:
+            continue
+        sizes = ndimage.sum_labels(mask, parts, np.arange(1, count + 1)) * voxel_ml
+        k = int(np.argmax(sizes)) + 1
+        if sizes[k - 1] < MIN_HIP_ML:
+            continue
+        hip = parts == k
+        top = int(np.flatnonzero(hip.any(axis=(1, 2))).max())
+        if top < n_slices - 1 and (lung_slices is None or top < lung_slices[0] - 1):
+            add(f"iliac_crest_{side}", np.c_[np.full(int(hip[top].sum()), top), np.argwhere(hip[top])])
+        thickness = ndimage.distance_transform_edt(mask, sampling=spacing)
+        thickness[top:] = 0.0
+        centre = np.unravel_index(int(np.argmax(thickness)), thickness.shape)
+        radius = float(thickness[centre])
+        if radius >= MIN_HEAD_RADIUS_MM and centre[0] * spacing[0] > radius:  # not cut by the bottom slice
+            add(f"femoral_head_{side}", np.array([centre], float))
 
 
 # --- tables per volume and per shard ---------------------------------------------------------

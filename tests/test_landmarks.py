@@ -148,6 +148,62 @@ def test_heuristic_agrees_with_totalseg_on_the_real_ct(example, test_data: Path)
     assert (heuristic["confidence"] == 0.5).all()
 
 
+def _bony_phantom(direction: tuple[float, ...]) -> tuple[sitk.Image, dict[str, np.ndarray]]:
+    """A water body (2 mm voxels) with two air lungs above, a sternum in front of them, hip
+    bones with an iliac wing and a femoral head (a 22-mm ball) on each side, and a pubic block in
+    front; returns the image and where each landmark is by construction (world mm, LPS)."""
+    spacing = 2.0
+    size = np.array([110, 90, 160])  # x, y, z
+    origin = np.array([-110.0, -90.0, -320.0]) if direction[0] > 0 else np.array([108.0, 88.0, -320.0])
+    flip = np.sign(np.array(direction).reshape(3, 3).diagonal())
+    x, y, z = (origin[a] + flip[a] * spacing * np.arange(size[a]) for a in range(3))
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    hu = np.full(X.shape, -1000.0)
+    hu[(X / 100.0) ** 2 + (Y / 80.0) ** 2 <= 1.0] = 40.0
+    for side in (-1, 1):  # lungs: z -80 .. -10 (base at -80)
+        hu[((X - side * 45.0) / 30.0) ** 2 + (Y / 40.0) ** 2 + ((Z + 45.0) / 35.0) ** 2 <= 1.0] = -860.0
+    sternum = (np.abs(X) <= 12.0) & (Y >= -72.0) & (Y <= -60.0) & (Z >= -70.0) & (Z <= -20.0)
+    hu[sternum] = 700.0
+    for side in (-1, 1):
+        wing = (side * X >= 55.0) & (side * X <= 85.0) & (np.abs(Y - 20.0) <= 15.0) & (Z >= -200.0) & (Z <= -150.0)
+        hu[wing] = 700.0
+        head = (X - side * 75.0) ** 2 + (Y - 10.0) ** 2 + (Z + 250.0) ** 2 <= 22.0 ** 2
+        hu[head] = 700.0
+    pubis = (np.abs(X) <= 10.0) & (Y >= -60.0) & (Y <= -44.0) & (Z >= -270.0) & (Z <= -250.0)
+    hu[pubis] = 700.0
+    image = sitk.GetImageFromArray(np.transpose(hu, (2, 1, 0)).astype(np.int16))
+    image.SetSpacing((spacing,) * 3)
+    image.SetOrigin(tuple(origin))
+    image.SetDirection(direction)
+
+    def centroid(mask: np.ndarray) -> np.ndarray:
+        return np.array([X[mask].mean(), Y[mask].mean(), Z[mask].mean()])
+
+    top_z, bottom_z = Z[sternum].max(), Z[sternum].min()
+    truth = {"sternum_top": centroid(sternum & (Z == top_z)), "xiphoid_tip": centroid(sternum & (Z == bottom_z)),
+             "pubic_symphysis": centroid(pubis)}
+    for side, name in ((1, "left"), (-1, "right")):
+        wing = (side * X >= 55.0) & (side * X <= 85.0) & (np.abs(Y - 20.0) <= 15.0) & (Z >= -200.0) & (Z <= -150.0)
+        truth[f"iliac_crest_{name}"] = centroid(wing & (Z == Z[wing].max()))
+        truth[f"femoral_head_{name}"] = np.array([side * 75.0, 10.0, -250.0])
+    return image, truth
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1)])
+def test_heuristic_bone_landmarks_are_found_where_they_were_built(direction):
+    """Sternum top and xiphoid tip, iliac crests, femoral heads and the pubic symphysis, by
+    intensity alone, within one voxel (2 mm) of where the phantom put them, whichever way the
+    grid's x and y axes run (the real example CT's direction is (-1, -1, 1))."""
+    from lesiontrack.landmarks import heuristic_landmarks
+
+    image, truth = _bony_phantom(direction)
+    found = heuristic_landmarks(image).set_index("name")
+    assert set(truth) <= set(found.index), sorted(found.index)
+    for name, point in truth.items():
+        assert np.linalg.norm(found.loc[name, ["x", "y", "z"]].to_numpy(float) - point) <= 2.0, name
+    assert found.loc["iliac_crest_left", "x"] > 0 > found.loc["iliac_crest_right", "x"]  # LPS: +x is left
+
+
 def test_landmark_tables_of_the_smoke_run(smoke_run: Path):
     """Every volume of the smoke run has a totalseg landmark table of at least 20 vocabulary rows;
     the heuristic backend finds the carina and the lung poles there within 15 mm of the oracle."""
