@@ -11,6 +11,9 @@ from lesiontrack.config import validate
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 validate(config, source="config (config.yaml + --configfile overlays)")
 
 

@@ -48,8 +48,35 @@ def cmd_resample(args: argparse.Namespace) -> None:
 
 def cmd_figures(args: argparse.Namespace) -> None:
     from lesiontrack import figures
+    from lesiontrack.evaluate import method_slug
+    from lesiontrack.io import InputError, read_image, read_table
 
-    print(figures.synthetic_preview(args.dataset_dir, args.out, tuple(args.window_hu)))
+    needed = {"training": ["log", "out"], "landmarks": ["image", "landmarks", "out"]}.get(args.what, [])
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        raise InputError(f"figures {args.what}: {', '.join(missing)} required")
+    if args.out is None:
+        args.out = ("results/figures/synthetic_preview.png" if args.what == "preview"
+                    else f"results/figures/{Path(args.dataset_dir).name}")
+    if args.what == "preview":
+        written = [figures.synthetic_preview(args.dataset_dir, args.out, tuple(args.window_hu))]
+    elif args.what == "training":
+        written = figures.training_curves(read_table(args.log), args.out)
+    elif args.what == "landmarks":
+        from lesiontrack.landmarks import read_landmarks
+
+        written = figures.landmark_overlay(read_image(args.image), read_landmarks(args.landmarks), args.out)
+    else:  # a tracked dataset, files found by the Contracts' layout
+        folder = Path(args.dataset_dir)
+        methods = args.methods or sorted(p.name[: -len("-pairs.csv")] for p in (folder / "metrics").glob("*-pairs.csv"))
+        errors = {name: folder / "metrics" / f"{method_slug(name)}-pairs.csv" for name in methods}
+        embeddings = folder / "embeddings" / args.model
+        written = figures.dataset_figures(
+            folder / "pairs.csv", errors, folder / "predictions" / f"{method_slug(args.reference)}.csv",
+            sorted((folder / "shards").glob("resampled-*.csv")), embeddings if embeddings.is_dir() else None,
+            args.out, args.split, args.reference, tuple(args.window_hu))
+    for path in written:
+        print(path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -316,9 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--table", help="output CSV listing the resampled volumes")
     p.set_defaults(func=cmd_resample)
 
-    p = sub.add_parser("figures", help="draw figures", description="Draw the synthetic dataset preview.")
-    p.add_argument("--dataset-dir", default="results/synthetic")
-    p.add_argument("--out", default="results/figures/synthetic_preview.png")
+    p = sub.add_parser("figures", help="draw figures (PNG and PDF)",
+                       description="dataset: the figures of a tracked dataset from its results folder (qualitative "
+                                   "best/median/worst cases, a lesion over three scans, similarity maps per scale, "
+                                   "error CDF, CPM against radius, error per axis); training: the training curves "
+                                   "of a training_log.tsv; landmarks: a landmark table drawn on its CT; preview: the "
+                                   "synthetic dataset preview. Every figure is checked: no overlapping text, "
+                                   "colours from the palette only.")
+    p.add_argument("what", nargs="?", choices=("dataset", "training", "landmarks", "preview"), default="dataset")
+    p.add_argument("--dataset-dir", default="results/synthetic", help="dataset and preview (default: %(default)s)")
+    p.add_argument("--out", help="output: a folder for dataset, a file name without suffix for training and "
+                                 "landmarks (PNG and PDF), a PNG for preview")
+    p.add_argument("--methods", nargs="+", help="dataset: method names (default: every metrics/<m>-pairs.csv)")
+    p.add_argument("--reference", default="multiscale", help="dataset: the method shown (default: %(default)s)")
+    p.add_argument("--model", default="default", help="dataset: embeddings/<model> for the similarity maps")
+    p.add_argument("--split", default="test", help="dataset: the evaluated split (default: %(default)s)")
+    p.add_argument("--log", help="training: training_log.tsv")
+    p.add_argument("--image", help="landmarks: the CT (NIfTI or DICOM folder)")
+    p.add_argument("--landmarks", help="landmarks: table name, x, y, z[, confidence]")
     p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
                    help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
@@ -350,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volumes", nargs="+", required=True, help="training volumes (NIfTI)")
     p.add_argument("--validation", nargs="+", required=True, help="held-out volumes for early stopping")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--landmarks", help="folder of <image_id>.csv landmark tables (name, x, y, z in world mm) for "
-                                       "landmark positives (train.landmark_fraction)")
+    p.add_argument("--landmarks", nargs="+", help="folders of <image_id>.csv landmark tables (name, x, y, z in "
+                                                  "world mm) for landmark positives (train.landmark_fraction)")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.set_defaults(func=cmd_pretrain)
 

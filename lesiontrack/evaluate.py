@@ -341,6 +341,11 @@ def write_tables(table: pd.DataFrame, out_prefix: str | Path, caption: str) -> l
     return paths
 
 
+TABLE_TITLES = {"dls": "Table 1 (DLS)", "nlst": "Table 2 (NLSTx; not the paper's private NLST set)",
+                "synthetic": "Synthetic longitudinal CT", "custom": "Own data"}
+"""The title of each dataset's table: the paper's numbering where the paper has the table."""
+
+
 def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]], reference: str,
                 out_dir: str | Path) -> pd.DataFrame:
     """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``.
@@ -355,7 +360,7 @@ def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]],
     table = method_table(results, present)
     against = (f"p: paired t-test on distances against {reference}" if present
                else f"no p-values: {reference} has not been run on {dataset}")
-    caption = (f"{dataset}: tracking accuracy (DLT evaluator convention: CPM@Radius d < r, CPM@10mm "
-               f"d <= min(r, 10 mm); MED in mm, mean ± std; {against})")
+    caption = (f"{TABLE_TITLES.get(dataset, dataset)}: tracking accuracy (DLT evaluator convention: "
+               f"CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm); MED in mm, mean ± std; {against})")
     write_tables(table, Path(out_dir) / dataset, caption)
     return table

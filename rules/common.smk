@@ -5,6 +5,7 @@ from lesiontrack.data import custom as custom_data
 from lesiontrack.data import nlst as nlst_data
 from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
+from lesiontrack.figures import DATASET_FIGURES
 from lesiontrack.provenance import fingerprint
 
 SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
@@ -49,8 +50,13 @@ def resampled_dir(wildcards):
 
 
 def gpu_count(wildcards):
-    """GPUs a training job holds: 1 with train.device = cuda (keeps GPU jobs from overlapping)."""
+    """GPUs an embedding job holds: 1 with train.device = cuda (keeps GPU jobs from overlapping)."""
     return 1 if config["train"]["device"] == "cuda" else 0
+
+
+def pretrain_gpus(wildcards):
+    """GPUs the pretrain job holds: one per data-parallel process with train.device = cuda."""
+    return config["train"]["processes"] if config["train"]["device"] == "cuda" else 0
 
 
 def uses_landmarks():
@@ -96,6 +102,10 @@ def image_shard_names(dataset):
 
 def dataset_resampled_tables(wildcards):
     return shard_tables(wildcards.dataset, "resampled")
+
+
+def dataset_image_tables(wildcards):
+    return shard_tables(wildcards.dataset, "images")
 
 
 def training_images(wildcards):
@@ -227,6 +237,50 @@ def published_field(wildcards):
     return PUBLISHED_FIELDS[wildcards.published]
 
 
+def reference_predictions(wildcards):
+    """Predictions of the table's reference method (evaluate.reference_method)."""
+    slug = method_slug(config["evaluate"]["reference_method"])
+    return f"results/{wildcards.dataset}/predictions/{slug}.csv"
+
+
+def landmark_figure_datasets():
+    """Enabled datasets with landmark tables (the landmarks rule's, or the synthetic oracle's)."""
+    return [
+        name
+        for name in config["train"]["datasets"]
+        if name in enabled_datasets()
+        and (config["train"]["landmark_backend"] != "synthetic" or name == "synthetic")
+    ]
+
+
+def landmark_figure_tables(wildcards):
+    if config["train"]["landmark_backend"] == "synthetic":
+        return []
+    return shard_tables(wildcards.dataset, "landmarks")
+
+
+def landmark_truth_dir(wildcards):
+    if config["train"]["landmark_backend"] == "synthetic":
+        return f"results/{wildcards.dataset}/truth"
+    return None
+
+
+def figure_outputs():
+    """The figures of the run: per tracked dataset, per pretrained model, landmarks."""
+    outputs = [
+        f"results/figures/{dataset}/{name}.png"
+        for dataset in tracked_datasets()
+        for name in DATASET_FIGURES
+    ]
+    training = set(config["train"]["datasets"]) & set(enabled_datasets())
+    if not config["model"]["checkpoint"] and (tracked_datasets() or training):
+        outputs.append(f"results/figures/training_{config['model']['name']}.png")
+    outputs += [
+        f"results/figures/{d}/landmarks.png" for d in landmark_figure_datasets()
+    ]
+    return outputs
+
+
 def all_outputs():
     outputs = []
     if "synthetic" in enabled_datasets():
@@ -254,6 +308,7 @@ def all_outputs():
             "results/nlst/images.csv",
             "results/tables/nlst.csv",
         ]
+    outputs += figure_outputs()
     if "custom" in enabled_datasets():
         outputs.append("results/custom/images.csv")
         if config["datasets"]["custom"]["pairs"]:

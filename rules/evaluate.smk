@@ -46,7 +46,12 @@ rule table:
         metrics=method_files("results/{dataset}/metrics/{method}.json"),
         per_pair=method_files("results/{dataset}/metrics/{method}-pairs.csv"),
     output:
-        csv="results/tables/{dataset}.csv",
+        csv=report(
+            "results/tables/{dataset}.csv",
+            caption="../report/table.rst",
+            category="Evaluation",
+            subcategory="{dataset}",
+        ),
         md="results/tables/{dataset}.md",
         tex="results/tables/{dataset}.tex",
     log:

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "schemas", "configs",
-                  "envs", "profiles", "pyproject.toml")
+                  "report", "envs", "profiles", "pyproject.toml")
 
 
 class LocalHTTPServer:

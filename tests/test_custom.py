@@ -90,7 +90,7 @@ def test_custom_config_plans_and_runs_embed(own_data, tmp_path):
                        f"    images: ['{own_data}/*']\n    pairs: {pairs_csv}\nmodel:\n  checkpoint: {checkpoint}\n")
     assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "track_baseline": 1, "resample": 1,
                                          "track_registration": 2, "embed": 1, "evaluate": 6, "track_embedding": 3,
-                                         "table": 1, "all": 1}
+                                         "table": 1, "figures": 1, "all": 1}
     embedded = "results/custom/shards/embeddings-default-000.csv"
     updated = run_workflow(workdir, [overlay], targets=[embedded])
     assert {"results/custom/images.csv", "results/custom/pairs.csv", embedded} <= set(updated)

@@ -232,6 +232,7 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     # method, their evaluation and the table beside DLT's published rows
     assert rules["pretrain"] == 1 and rules["track_embedding"] == 3 and rules["track_registration"] == 2
     assert rules["evaluate"] == 6 and rules["evaluate_published"] == 2 and rules["table"] == 1
+    assert rules["figures"] == 1 and rules["training_figure"] == 1 and rules["landmark_figure"] == 1
     assert urls == sorted(dls.archive_urls())
     assert annotation_urls == [f"https://raw.githubusercontent.com/JimmyCai91/DLT/master/data/{s}.json"
                                for s in ("test", "valid")]

@@ -16,7 +16,7 @@ def test_env_files_agree_with_pins():
 
 def test_required_pins():
     pins = envs.pins(REPO / "pyproject.toml")
-    assert pins["snakemake"] == "snakemake==9.27.1"
+    assert pins["snakemake"] == "snakemake[reports]==9.27.1"  # the HTML report (pygments)
     assert pins["snakemake-executor-plugin-slurm"] == "snakemake-executor-plugin-slurm==2.8.0"
     assert pins["torch"] == "torch==2.13.0"
     assert "torchvision" not in pins

@@ -110,6 +110,20 @@ def _similarity(target: VolumeMaps, query: torch.Tensor, scale: int, box=None) -
     return (embedding.reshape(-1, embedding.shape[3]) @ query).view(embedding.shape[:3])
 
 
+def _full_map(target: VolumeMaps, query: torch.Tensor, scale: int) -> torch.Tensor:
+    """Cosine similarity of ``query`` with the target's map of one scale, on the target's input grid."""
+    return _to_input_grid(_similarity(target, query, scale), CUMULATIVE_STRIDES[scale - 1],
+                          tuple(target.geometry.size[::-1]))
+
+
+def similarity_maps(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
+                    scales: tuple[int, ...] = (1, 2, 3, 4, 5)) -> dict[int, torch.Tensor]:
+    """The per-scale cosine-similarity maps of one source point (world mm) over the whole target,
+    each on the target's input grid (z, y, x): the terms that :func:`match_point` sums."""
+    point_mm = np.asarray(point_mm, float).reshape(1, 3)
+    return {k: _full_map(target, source.vector(point_mm, k), k) for k in scales}
+
+
 def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
                 settings: MatchSettings = MatchSettings()) -> Match:
     """The target point of one source point (world mm)."""
@@ -120,7 +134,7 @@ def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
     if not settings.coarse_to_fine or not coarse or len(coarse) == len(settings.scales):
         total = torch.zeros(shape)
         for k in settings.scales:
-            total += _to_input_grid(_similarity(target, queries[k], k), CUMULATIVE_STRIDES[k - 1], shape)
+            total += _full_map(target, queries[k], k)
         return _result(total, target.geometry, settings, (0, 0, 0))
     # coarse scales on the grid of the finest coarse scale, where peaks are cheap to find
     base = min(coarse)

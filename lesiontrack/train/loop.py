@@ -485,24 +485,47 @@ def _save(state: dict[str, Any], path: Path) -> None:
 
 
 def plot_progress(log: pd.DataFrame, out_png: str | Path) -> None:
-    """Training and validation loss per epoch, total and per scale."""
-    import matplotlib
+    """``progress.png``: the training curves of :func:`lesiontrack.figures.training_curves`."""
+    from lesiontrack.figures import training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    training_curves(log, Path(out_png).with_suffix(""), formats=("png",))
 
-    from lesiontrack.figures import PALETTE
 
-    fig, (ax_total, ax_scales) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    if not log.empty:
-        ax_total.plot(log["epoch"], log["train_loss"], "-o", color=PALETTE["truth"], label="training")
-        ax_total.plot(log["epoch"], log["validation_loss"], "-s", color=PALETTE["prediction"], label="validation")
-        for k, colour in enumerate(PALETTE.values()):
-            ax_scales.plot(log["epoch"], log[f"validation_loss_s{k + 1}"], "-", color=colour, label=f"scale {k + 1}")
-    ax_total.set(xlabel="epoch", ylabel="InfoNCE loss (mean over scales)", title="loss")
-    ax_scales.set(xlabel="epoch", ylabel="validation loss", title="validation loss per scale (1 = finest)")
-    ax_total.legend(frameon=False)
-    ax_scales.legend(frameon=False, fontsize=8)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+def pretrain_distributed(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
+                         config: dict[str, Any], processes: int, threads: int,
+                         landmark_dir: str | Path | list | None = None) -> pd.DataFrame:
+    """:func:`pretrain` in ``processes`` data-parallel processes on this node (``torchrun
+    --standalone --nproc_per_node``; one per GPU with ``train.device: cuda``, gloo processes on the
+    CPU), each with ``threads / processes`` threads; with 1 process, in this one.
+
+    ``config`` holds the ``train``, ``model`` and ``preprocess`` sections; the processes read
+    them from ``<out_dir>/distributed_config.yaml`` through ``lesiontrack pretrain --config``.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    if processes == 1:
+        return pretrain(train_paths, validation_paths, out_dir, TrainConfig.from_dict(config["train"]),
+                        ModelConfig.from_dict(config["model"]), tuple(config["preprocess"]["window_hu"]),
+                        landmark_dir=landmark_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlay = out_dir / "distributed_config.yaml"
+    with atomic_path(overlay) as tmp:
+        tmp.write_text(yaml.safe_dump({key: config[key] for key in ("train", "model", "preprocess")}))
+    dirs = [str(d) for d in ([landmark_dir] if isinstance(landmark_dir, (str, Path)) else landmark_dir or [])]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "lesiontrack.cli", "pretrain", "--volumes", *map(str, train_paths),
+               "--validation", *map(str, validation_paths), "--out-dir", str(out_dir), "--config", str(overlay)]
+    if dirs:
+        command += ["--landmarks", *dirs]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // processes))}
+    package_root = str(Path(__file__).resolve().parents[2])  # the package the caller imported, first
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed pretraining ({processes} processes) failed with exit code "
+                           f"{result.returncode}: {' '.join(command)}")
+    return read_table(out_dir / "training_log.tsv")
