@@ -16,7 +16,7 @@ rule pretrain:
         "../envs/pretrain.yaml"
     threads: lookup(dpath="train/threads", within=config)
     resources:
-        gpu=gpu_count,
+        gpu=pretrain_gpus,
     params:
         train=train_params,
         model=model_params,

@@ -181,22 +181,22 @@ def test_ddp_gradient_equals_single_process_on_combined_batch(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_torchrun_two_processes_on_gloo(tmp_path):
-    """`torchrun --nproc_per_node 2 -m lesiontrack.cli pretrain` trains data-parallel on the CPU."""
-    import subprocess
-    import sys
+def test_pretrain_rule_launches_two_gloo_processes(tmp_path):
+    """With ``train.processes: 2`` the pretrain rule's call (:func:`pretrain_distributed`) runs
+    ``torchrun --standalone --nproc_per_node 2 -m lesiontrack.cli pretrain``: data-parallel on the
+    CPU (gloo), as it would across the GPUs of a SLURM allocation."""
+    from lesiontrack.config import load
+    from lesiontrack.train.loop import pretrain_distributed
 
     volumes = _tiny_volumes(tmp_path)
     overlay = tmp_path / "tiny.yaml"
     overlay.write_text("model: {width: 4, embedding_dim: 8}\n"
                        "train: {batch_size: 2, max_epochs: 1, steps_per_epoch: 2, patch_size: [16, 32, 32], "
-                       "n_pos: 20, n_hard_neg: 10, n_diverse_neg: 10, n_candidates: 100, validation_pairs: 2}\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "lesiontrack.cli", "pretrain", "--volumes", str(volumes[0]), str(volumes[1]),
-               "--validation", str(volumes[2]), "--out-dir", str(tmp_path / "ddp"), "--config", str(overlay)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = pd.read_csv(tmp_path / "ddp" / "training_log.tsv", sep="\t")
+                       "n_pos: 20, n_hard_neg: 10, n_diverse_neg: 10, n_candidates: 100, validation_pairs: 2, "
+                       "processes: 2}\n")
+    config = load([overlay])
+    log = pretrain_distributed(volumes[:2], volumes[2:3], tmp_path / "ddp", config, config["train"]["processes"],
+                               threads=2)
     assert list(log["epoch"]) == [0]
     state = torch.load(tmp_path / "ddp" / "checkpoint_latest.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["loss_rng"]) == 2  # one random stream per rank
@@ -281,3 +281,31 @@ def test_far_negatives_come_from_the_same_volume_elsewhere(tmp_path, landmarks):
     model = MultiScaleEmbedding(width=4, embedding_dim=8)
     loss, per_scale = loop._pair_loss(model, pairs, cfg, 4.0, np.random.default_rng(1), torch.device("cpu"))
     assert torch.isfinite(loss) and len(per_scale) == 5
+
+
+def test_training_volumes_are_memory_mapped_and_refreshed(tmp_path):
+    """Pretraining reads volumes through a memory-mapped cache (no volume in memory): the same
+    voxels and geometry as the NIfTI, and a changed source is cached again."""
+    import os
+
+    from lesiontrack.io import write_image
+    from lesiontrack.train.loop import body_voxels, load_volume, volume_cache
+
+    path = _tiny_volumes(tmp_path, n=1)[0]
+    array, geometry, body = volume_cache(path, tmp_path / "cache")
+    assert isinstance(array, np.memmap) and not array.flags.writeable
+    expected, expected_geometry = load_volume(path)
+    np.testing.assert_array_equal(np.asarray(array), expected)
+    np.testing.assert_array_equal(body, body_voxels(expected))
+    assert geometry == expected_geometry
+    first = (tmp_path / "cache" / "v0.npy").stat().st_mtime_ns
+    volume_cache(path, tmp_path / "cache")  # unchanged source: the entry is reused
+    assert (tmp_path / "cache" / "v0.npy").stat().st_mtime_ns == first
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.full((40, 70, 70), 100, np.int16))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    write_image(image, path)
+    os.utime(path, ns=(first + 10**9, first + 10**9))
+    array, _, _ = volume_cache(path, tmp_path / "cache")
+    assert (np.asarray(array) == 100).all()

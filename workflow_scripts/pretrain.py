@@ -7,15 +7,17 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the pa
 
 import torch
 
-from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain, select_volumes
+from lesiontrack.train.loop import pretrain_distributed, select_volumes
 from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule) as log:
     torch.set_num_threads(sm.threads)
-    train_config = TrainConfig.from_dict(sm.params.train)
     training, validation = select_volumes(list(sm.input.images), sm.input.resampled, "train",
                                           sm.params.train["validation_subjects"])
     log.info("%d training and %d validation volumes", len(training), len(validation))
-    pretrain(training, validation, Path(sm.output.latest).parent, train_config, ModelConfig.from_dict(sm.params.model),
-             tuple(sm.params.window_hu), landmark_dir=sm.params.landmark_dir)
+    processes = sm.params.train["processes"]
+    log.info("%d process(es), %d threads", processes, sm.threads)
+    config = {"train": sm.params.train, "model": sm.params.model, "preprocess": {"window_hu": sm.params.window_hu}}
+    pretrain_distributed(training, validation, Path(sm.output.latest).parent, config, processes, sm.threads,
+                         landmark_dir=sm.params.landmark_dir)

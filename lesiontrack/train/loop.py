@@ -84,14 +84,55 @@ def image_id_of(path: str | Path) -> str:
     return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
+def body_voxels(array: np.ndarray) -> np.ndarray:
+    """Voxels (z, y, x) inside the body (above -500 HU) on a (2, 4, 4) lattice: where crops are centred."""
+    return np.stack(np.nonzero(array[::2, ::4, ::4] > -500), axis=1) * np.array([2, 4, 4])
+
+
+def volume_cache(path: str | Path, cache_dir: str | Path) -> tuple[np.ndarray, Geometry, np.ndarray]:
+    """A training volume memory-mapped: ``<cache_dir>/<image_id>.npy`` (int16 HU, z, y, x), written
+    once from ``path`` and rewritten when the source's size or modification time changes, with its
+    body voxels (``.body.npy``) and geometry (``.json``, written last: it marks a complete entry).
+
+    Patches read only the pages of their crop, so pretraining holds no volume in memory and scales
+    to as many volumes as the disk holds; forked sampler processes share the mapping.
+    """
+    import json
+
+    path, cache_dir = Path(path), Path(cache_dir)
+    image_id = image_id_of(path)
+    npy, body_npy, meta = (cache_dir / f"{image_id}{suffix}" for suffix in (".npy", ".body.npy", ".json"))
+    stat = path.stat()
+    source = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    info = json.loads(meta.read_text()) if meta.exists() else None
+    if info is None or info["source"] != source or not npy.exists() or not body_npy.exists():
+        array, geometry = load_volume(path)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for target, value in ((npy, array), (body_npy, body_voxels(array).astype(np.int32))):
+            with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, value)
+        info = {"source": source, "origin": list(geometry.origin), "spacing": list(geometry.spacing),
+                "size": list(geometry.size), "direction": list(geometry.direction)}
+        with atomic_path(meta) as tmp:
+            tmp.write_text(json.dumps(info))
+    geometry = Geometry(tuple(info["origin"]), tuple(info["spacing"]), tuple(info["size"]), tuple(info["direction"]))
+    return np.load(npy, mmap_mode="r"), geometry, np.load(body_npy, mmap_mode="r")
+
+
 class _Volumes:
-    def __init__(self, paths: list[str | Path], landmark_dir: str | Path | None = None) -> None:
+    """Training volumes: memory-mapped from ``cache_dir`` (:func:`volume_cache`), else in memory."""
+
+    def __init__(self, paths: list[str | Path], landmark_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.arrays, self.body, self.landmarks, spacings = [], [], [], set()
         for path in self.paths:
-            array, geometry = load_volume(path)
+            if cache_dir is None:
+                array, geometry = load_volume(path)
+                body = body_voxels(array)
+            else:
+                array, geometry, body = volume_cache(path, cache_dir)
             spacings.add(round(geometry.spacing[0], 4))
-            body = np.stack(np.nonzero(array[::2, ::4, ::4] > -500), axis=1) * np.array([2, 4, 4])
             self.arrays.append(array)
             self.body.append(body)
             self.landmarks.append(_landmarks(landmark_dir, path, geometry))
@@ -364,8 +405,9 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     # loss: one stream saved with the checkpoint
     loss_rng = np.random.default_rng([train.seed, rank, 1])
     patches = PatchConfig(patch_size=tuple(train.patch_size), window_hu=tuple(window_hu))
-    volumes = _Volumes(train_paths, landmark_dir)
-    held_out = _Volumes(validation_paths)
+    cache_dir = out_dir / "volume_cache"  # memory-mapped volumes (written once, shared by the ranks)
+    volumes = _Volumes(train_paths, landmark_dir, cache_dir)
+    held_out = _Volumes(validation_paths, cache_dir=cache_dir)
     validation_set = _validation_set(held_out, train, patches)
     model = build_model(model_cfg.width, model_cfg.embedding_dim, model_cfg.n_scales, model_cfg.init_resnet18,
                         model_cfg.norm)
