@@ -132,9 +132,17 @@ def dicom_series(folder: str | os.PathLike, tolerance: float = 0.01) -> DicomSer
                        tuple(numbers[i] for i in order), spacing_z)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: the process's umask, for the mode of files written atomically
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffixes); rename it to ``path`` on success."""
+    """Yield a temporary path beside ``path`` (same suffixes); rename it to ``path`` on success.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    owner-only mode of temporary files, so results are readable on a shared file system.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -143,6 +151,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

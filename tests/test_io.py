@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -29,6 +30,19 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_image("not an image", target)  # type: ignore[arg-type]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_written_files_have_the_usual_mode(tmp_path):
+    """Atomic writes go through a temporary file (owner-only), but the result has the mode a plain
+    write gives, 0666 less the umask: readable by others where the umask allows (shared clusters)."""
+    import os
+
+    from lesiontrack.io import write_table
+
+    old = os.umask(0o022)
+    os.umask(old)
+    path = write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.csv")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~old
 
 
 def test_clear_errors(tmp_path):
