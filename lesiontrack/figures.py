@@ -471,16 +471,13 @@ def similarity_scales(pair: pd.Series, maps: dict[int, np.ndarray], geometry: Ge
     peak_zyx = np.unravel_index(int(np.argmax(total)), total.shape)
     peak = geometry.index_to_world(np.asarray(peak_zyx[::-1], float))[0]
     target = _point(pair, "target")
-    z_index = int(np.clip(np.rint(geometry.world_to_index(target)[0][2]), 0, total.shape[0] - 1))
-    origin, spacing, size = map(np.asarray, (geometry.origin, geometry.spacing, geometry.size))
-    extent = (origin[0] - spacing[0] / 2, origin[0] + (size[0] - 0.5) * spacing[0],
-              origin[1] + (size[1] - 0.5) * spacing[1], origin[1] - spacing[1] / 2)
+    total_plane, extent, _ = _plane(total, geometry, target, 2)  # axial slice through the ground truth
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.6), constrained_layout=True)
-        panels = [(f"scale {k}", maps[k], (-1.0, 1.0)) for k in sorted(maps)] + [
-            ("sum of the scales", total, (float(total[z_index].min()), float(total.max())))]
-        for ax, (title, volume, (low, high)) in zip(axes.ravel(), panels, strict=True):
-            image = ax.imshow(volume[z_index], cmap=SIMILARITY_CMAP, vmin=low, vmax=high, extent=extent,
+        panels = [(f"scale {k}", _plane(maps[k], geometry, target, 2)[0], (-1.0, 1.0)) for k in sorted(maps)] + [
+            ("sum of the scales", total_plane, (float(total_plane.min()), float(total.max())))]
+        for ax, (title, plane, (low, high)) in zip(axes.ravel(), panels, strict=True):
+            image = ax.imshow(plane, cmap=SIMILARITY_CMAP, vmin=low, vmax=high, extent=extent,
                               origin="upper", interpolation="nearest")
             _mark_truth(ax, target, float(pair["target_radius_mm"]))
             _mark_prediction(ax, peak)
