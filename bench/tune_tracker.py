@@ -10,6 +10,8 @@ training subjects are split as the workflow splits them (the last ``validation_s
 the held-out subjects' lesion pairs are tracked (coarse-to-fine, or ``--full``) and CPM@Radius,
 MED, the median error, the share over 20 mm and MEDz are printed per seed and as mean +- spread
 over seeds (one run is noisy: settings that differ by a few points are not told apart by one seed).
+``--checkpoint`` scores a trained model instead; ``--variant`` compares matching settings
+(``track.context_mm``, ``refine_mm``, ...) on the same embeddings.
 
 The validation subject has only 16 pairs. ``--tuning-results DIR`` also scores every pair of a
 second synthetic run made with another seed, which shares no phantom with the test split:
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +38,9 @@ import yaml
 
 from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_image, read_table
-from lesiontrack.track.embed import embed_volume, load_model
-from lesiontrack.track.match import MatchSettings, VolumeMaps
-from lesiontrack.track.predict import embedding_predictions
+from lesiontrack.track.embed import Embeddings, embed_volume, load_model
+from lesiontrack.track.match import VolumeMaps
+from lesiontrack.track.predict import embedding_predictions, match_settings, windowed_voxels
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -48,23 +52,34 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
-def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: bool) -> dict[str, float]:
+def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: bool,
+          variants: dict[str, dict] | None = None) -> dict[str, float]:
     """Track the subjects' pairs (all pairs when ``subjects`` is None) with the checkpoint (each
-    volume embedded once) and summarise them with the evaluation's own metrics."""
+    volume embedded once) and summarise them with the evaluation's own metrics; one summary per
+    matching variant (``track`` settings: context_mm, refine_mm, ...), keys prefixed by its name."""
     model, config = load_model(checkpoint)
     pairs = read_table(results / "synthetic" / "pairs.csv")
     if subjects is not None:
         pairs = pairs[pairs["subject_id"].isin(subjects)]
     resampled = results / "synthetic" / "resampled"
+    cache = Path(tempfile.mkdtemp(prefix="tune-embeddings-"))  # each volume embedded once, read per variant
 
     def load(image_id: str) -> VolumeMaps:
-        return VolumeMaps(embed_volume(model, read_image(resampled / f"{image_id}.nii.gz"),
-                                       tuple(config["window_hu"])))
+        image = read_image(resampled / f"{image_id}.nii.gz")
+        if not (cache / image_id / "geometry.json").exists():
+            embed_volume(model, image, tuple(config["window_hu"])).save(cache / image_id)
+        return VolumeMaps(Embeddings.load(cache / image_id), image=windowed_voxels(image, config["window_hu"]))
 
-    predictions = embedding_predictions(pairs, load, "multiscale", MatchSettings(coarse_to_fine=not full),
-                                        progress=False)
-    summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
-    return {"pairs": summary["n"], **{k: summary[k] for k in ("cpm_radius", "med", "median", "over_20mm", "med_z")}}
+    out = {}
+    for name, track in (variants or {"": {}}).items():
+        settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
+        predictions = embedding_predictions(pairs, load, "multiscale", settings, progress=False)
+        summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
+        prefix = f"{name}_" if name else ""
+        out[f"{prefix}pairs"] = summary["n"]
+        out.update({f"{prefix}{k}": summary[k] for k in ("cpm_radius", "med", "median", "over_20mm", "med_z")})
+    shutil.rmtree(cache)
+    return out
 
 
 def main() -> None:
@@ -79,6 +94,11 @@ def main() -> None:
     parser.add_argument("--tuning-results", type=Path, default=None,
                         help="also score on every pair of a second synthetic run made with another "
                              "synthetic.seed (a tuning set that shares no phantom with the test split)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="score this checkpoint instead of training (one row; --set/--seed unused)")
+    parser.add_argument("--variant", nargs="*", default=[],
+                        help="matching variants NAME:KEY=VALUE,KEY=VALUE (track settings, e.g. "
+                             "ctx:context_mm=16 ctxref:context_mm=16,refine_mm=20); default: the config's track")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = yaml.safe_load(args.config.read_text())
@@ -90,28 +110,36 @@ def main() -> None:
                                           train_section.get("validation_subjects", 1))
     images = read_table(synthetic / "images.csv")
     held_out = sorted(images[images["image_id"].isin([image_id_of(p) for p in validation])]["subject_id"].unique())
+    track = {k: v for k, v in (config.get("track") or {}).items() if k not in ("methods", "registration")}
+    variants = {"": track}
+    if args.variant:
+        variants = {}
+        for item in args.variant:
+            name, _, settings = item.partition(":")
+            variants[name] = {**track, **_overrides([x for x in settings.split(",") if x])}
     rows = []
-    for seed in args.seed:
-        out = args.out_dir / f"seed{seed}"
+    for seed in [None] if args.checkpoint else args.seed:
         began = time.perf_counter()
-        pretrain(training, validation, out, TrainConfig.from_dict({**train_section, "seed": seed}),
-                 ModelConfig.from_dict(model_section), tuple(config["preprocess"]["window_hu"]), progress=False,
-                 landmark_dir=synthetic / "truth")
+        if args.checkpoint is None:
+            out = args.out_dir / f"seed{seed}"
+            pretrain(training, validation, out, TrainConfig.from_dict({**train_section, "seed": seed}),
+                     ModelConfig.from_dict(model_section), tuple(config["preprocess"]["window_hu"]), progress=False,
+                     landmark_dir=synthetic / "truth")
+        checkpoint = args.checkpoint or out / "checkpoint_best.pt"
         row = {"seed": seed, "train_s": time.perf_counter() - began,
-               **score(out / "checkpoint_best.pt", args.results, held_out, args.full)}
+               **score(checkpoint, args.results, held_out, args.full, variants)}
         if args.tuning_results is not None:
-            tuned = score(out / "checkpoint_best.pt", args.tuning_results, None, args.full)
+            tuned = score(checkpoint, args.tuning_results, None, args.full, variants)
             row.update({f"tuning_{k}": v for k, v in tuned.items()})
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    keys = ["cpm_radius", "med", "median", "over_20mm", "med_z"]
-    if args.tuning_results is not None:
-        keys += [f"tuning_{k}" for k in keys]
+    keys = [k for k in rows[0] if k not in ("seed", "train_s") and not k.endswith("pairs")]
     summary = {k: f"{np.mean([r[k] for r in rows]):.1f} +- {np.std([r[k] for r in rows]):.1f}" for k in keys}
     print("validation subjects", held_out, "overrides", args.set, args.model, "->", summary)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary,
-                                                           "overrides": args.set + args.model}, indent=1))
+                                                           "overrides": args.set + args.model,
+                                                           "variants": variants}, indent=1))
 
 
 if __name__ == "__main__":

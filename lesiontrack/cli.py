@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     workflow.add_argument("--split", help="only the pairs of this split")
     workflow.add_argument("--embeddings", help="folder of <image_id>/ embedding caches (lesiontrack embed)")
     workflow.add_argument("--volumes", action="append", default=[], metavar="CSV",
-                          help="table(s) image_id, path of resampled volumes (registration methods)")
+                          help="table(s) image_id, path of resampled volumes (registration methods; embedding "
+                               "methods with track.refine_mm > 0)")
     own = p.add_argument_group("own data")
     own.add_argument("--source", help="scan the points are on (NIfTI file or DICOM series folder)")
     own.add_argument("--target", help="scan to find them on")

@@ -27,6 +27,7 @@ rule track_embedding:
     input:
         pairs="results/{dataset}/pairs.csv",
         embeddings=embedding_tables,
+        volumes=dataset_resampled_tables,  # track.refine_mm: the voxels around each match
     output:
         predictions="results/{dataset}/predictions/{method}.csv",
     log:
@@ -34,7 +35,7 @@ rule track_embedding:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="multiscale|single-scale-fine|two-scale",
+        method="multiscale|single-scale-fine|two-scale|multiscale-paper",
     conda:
         "../envs/pretrain.yaml"
     threads: 1
@@ -51,6 +52,7 @@ rule track_variant:
     input:
         pairs="results/{dataset}/pairs.csv",
         embeddings=variant_embedding_tables,
+        volumes=dataset_resampled_tables,
     output:
         predictions="results/{dataset}/predictions/{method}@{model}.csv",
     log:
@@ -58,7 +60,7 @@ rule track_variant:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}@{model}.tsv"
     wildcard_constraints:
-        method="multiscale|single-scale-fine|two-scale",
+        method="multiscale|single-scale-fine|two-scale|multiscale-paper",
     conda:
         "../envs/pretrain.yaml"
     threads: 1

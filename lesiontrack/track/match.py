@@ -7,12 +7,29 @@ the maps are brought to the target's input grid (trilinear, the embedding conven
 parabola through its neighbours along each axis, is the prediction; the summed similarity
 divided by the number of scales (a mean cosine, at most 1) is its confidence.
 
+``context_mm`` > 0 adds *context points*: the source embeddings at the six points ``context_mm``
+away from the lesion along each axis are matched too, each map shifted back by its offset, and the
+maps averaged with the lesion's own, so the peak must fit a small constellation of anatomy rather
+than one voxel (against jumps between repeated structures: vertebrae, ribs). The averaged map is
+computed on the grid of the finest scale used (4 mm on a 2 mm volume), its peak refined by the
+same parabola, and its value over the number of scales is the confidence (points off the source
+volume are left out). Coarse-to-fine uses the context on its coarse stage only.
+
+``refine_mm`` > 0 refines the match by intensity: a cube of half-width ``refine_mm`` around the
+source point (windowed HU, sampled on the target's axes) is correlated (normalised
+cross-correlation) with the target within ``refine_search_mm`` of the match; the best offset,
+refined to sub-voxel precision, moves the prediction. It needs the volumes' voxels
+(:class:`VolumeMaps` ``image``) and is skipped where the cube leaves either volume. The
+confidence stays the embedding similarity at the embedding match.
+
 ``coarse_to_fine`` evaluates the coarse scales (those at or above ``coarse_levels``) on the whole
 volume, keeps the ``n_peaks`` best local maxima of their sum, and evaluates the finer scales only in
 a box of ``window_mm`` around each, so a weak coarse scale costs candidates rather than the answer.
 
 Methods (Contracts): ``multiscale`` = all 5 scales; ``single-scale-fine`` = scale 1 only;
-``two-scale`` = scales 1 and 5 (SAM's global + local embedding).
+``two-scale`` = scales 1 and 5 (SAM's global + local embedding); each with the configured context
+points and refinement. ``multiscale-paper`` = all 5 scales, the lesion point alone and no
+refinement: the paper's matching exactly, as a row beside them.
 """
 
 from __future__ import annotations
@@ -27,7 +44,9 @@ from lesiontrack.io import Geometry
 from lesiontrack.model import CUMULATIVE_STRIDES
 from lesiontrack.track.embed import Embeddings
 
-METHOD_SCALES = {"multiscale": (1, 2, 3, 4, 5), "single-scale-fine": (1,), "two-scale": (1, 5)}
+METHOD_SCALES = {"multiscale": (1, 2, 3, 4, 5), "single-scale-fine": (1,), "two-scale": (1, 5),
+                 "multiscale-paper": (1, 2, 3, 4, 5)}
+PAPER_MATCHING = {"context_mm": 0.0, "refine_mm": 0.0}  # the settings that make multiscale-paper the paper's
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,10 @@ class MatchSettings:
     coarse_levels: int = 3  # coarse-to-fine: scales >= this are evaluated everywhere
     n_peaks: int = 16
     window_mm: float = 32.0  # half-width of the box searched at the fine scales around each peak
+    context_mm: float = 0.0  # context points this far from the lesion along each axis (0: the paper)
+    context_rings: int = 1  # and at 2, 3, ... times that distance
+    refine_mm: float = 0.0  # half-width of the intensity cube of the refinement (0: none)
+    refine_search_mm: float = 8.0  # how far from the embedding match the refinement looks
 
 
 @dataclass(frozen=True)
@@ -48,11 +71,16 @@ class Match:
 
 
 class VolumeMaps:
-    """The embedding maps of one volume as float32 tensors, loaded once and reused."""
+    """The embedding maps of one volume as float32 tensors, loaded once and reused; ``image``
+    (optional): the volume's voxels (z, y, x) on the same grid, windowed, for ``refine_mm``."""
 
-    def __init__(self, embeddings: Embeddings, scales=(1, 2, 3, 4, 5)) -> None:
+    def __init__(self, embeddings: Embeddings, scales=(1, 2, 3, 4, 5), image: np.ndarray | None = None) -> None:
         self.embeddings = embeddings
         self.geometry = embeddings.geometry
+        if image is not None and tuple(image.shape) != tuple(self.geometry.size[::-1]):
+            raise ValueError(f"image of shape {image.shape} does not match the embeddings' grid "
+                             f"{tuple(self.geometry.size[::-1])} (z, y, x)")
+        self.image = None if image is None else torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         # channels last (d, h, w, C): a block's similarities are one contiguous matrix product
         self.maps = {k: torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(embeddings.maps[k - 1],
                                                                                      dtype=np.float32), 0, -1)))
@@ -97,7 +125,7 @@ def _subvoxel(volume: torch.Tensor, peak: tuple[int, int, int]) -> np.ndarray:
             hi[axis] += 1
             a, b, c = float(volume[tuple(lo)]), float(volume[tuple(peak)]), float(volume[tuple(hi)])
             curvature = a - 2 * b + c
-            if curvature < 0:
+            if np.isfinite(curvature) and curvature < 0:  # not beside masked (-inf) voxels
                 refined[axis] += float(np.clip(0.5 * (a - c) / curvature, -0.5, 0.5))
     return refined
 
@@ -128,10 +156,28 @@ def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
                 settings: MatchSettings = MatchSettings()) -> Match:
     """The target point of one source point (world mm)."""
     point_mm = np.asarray(point_mm, float).reshape(1, 3)
+    match = _embedding_match(source, target, point_mm, settings)
+    if settings.refine_mm > 0:
+        match = refine_by_intensity(source, target, point_mm, match, settings)
+    return match
+
+
+def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, settings: MatchSettings
+                     ) -> Match:
     shape = tuple(target.geometry.size[::-1])  # (z, y, x) of the input grid
     queries = {k: source.vector(point_mm, k) for k in settings.scales}
     coarse = [k for k in settings.scales if k >= settings.coarse_levels]
     if not settings.coarse_to_fine or not coarse or len(coarse) == len(settings.scales):
+        if settings.context_mm > 0:
+            grid = min(settings.scales)
+            total = context_sum(source, target, point_mm, settings.scales, grid, settings.context_mm,
+                                settings.context_rings)
+            peak = tuple(int(v) for v in np.unravel_index(int(torch.argmax(total)), total.shape))
+            index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
+            index_zyx = (index_zyx + 0.5) * np.asarray(CUMULATIVE_STRIDES[grid - 1]) - 0.5  # input voxels
+            index_xyz = np.clip(index_zyx, 0, np.asarray(shape) - 1)[::-1]
+            return Match(target.geometry.index_to_world(index_xyz)[0], float(total[peak]) / len(settings.scales),
+                         index_xyz)
         total = torch.zeros(shape)
         for k in settings.scales:
             total += _full_map(target, queries[k], k)
@@ -139,35 +185,134 @@ def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
     # coarse scales on the grid of the finest coarse scale, where peaks are cheap to find
     base = min(coarse)
     base_shape = tuple(target.maps[base].shape[:3])
-    coarse_sum = torch.zeros(base_shape)
-    for k in coarse:
-        coarse_sum += _resample_map(_similarity(target, queries[k], k), base_shape)
     base_stride = np.asarray(CUMULATIVE_STRIDES[base - 1])
-    valid = np.ceil(np.asarray(shape) / base_stride).astype(int)  # base voxels over real input voxels
-    coarse_sum[valid[0]:, :, :] = float("-inf")
-    coarse_sum[:, valid[1]:, :] = float("-inf")
-    coarse_sum[:, :, valid[2]:] = float("-inf")
+    if settings.context_mm > 0:
+        coarse_sum = context_sum(source, target, point_mm, tuple(coarse), base, settings.context_mm,
+                                 settings.context_rings)
+    else:
+        coarse_sum = torch.zeros(base_shape)
+        for k in coarse:
+            coarse_sum += _resample_map(_similarity(target, queries[k], k), base_shape)
+        _mask_padding(coarse_sum, shape, base_stride)
     spacing_zyx = np.asarray(target.geometry.spacing[::-1])
     half = np.ceil(settings.window_mm / spacing_zyx).astype(int)  # input voxels
     separation = np.maximum(np.round(half / base_stride).astype(int), 1)  # base voxels
     best: Match | None = None
     for peak in _peaks(coarse_sum, settings.n_peaks, separation):
         centre = np.clip(np.rint((np.asarray(peak) + 0.5) * base_stride - 0.5).astype(int), 0, np.asarray(shape) - 1)
-        lo = np.maximum(centre - half, 0)
-        hi = np.minimum(centre + half + 1, shape)
-        window = torch.zeros(tuple(hi - lo))
-        for k in settings.scales:
-            stride = np.asarray(CUMULATIVE_STRIDES[k - 1])
-            map_shape = np.asarray(target.maps[k].shape[:3])
-            # scale voxels whose interpolation reaches the window (one voxel of margin)
-            s_lo = np.maximum(np.floor((lo + 0.5) / stride - 0.5).astype(int) - 1, 0)
-            s_hi = np.minimum(np.ceil((hi - 0.5) / stride - 0.5).astype(int) + 2, map_shape)
-            part = _similarity(target, queries[k], k, tuple(zip(s_lo, s_hi, strict=True)))
-            window += _window_to_input(part, stride, s_lo, lo, hi)
-        candidate = _result(window, target.geometry, settings, tuple(lo))
+        candidate = _window_match(target, queries, settings, centre, half)
         if best is None or candidate.confidence > best.confidence:
             best = candidate
     return best
+
+
+def _mask_padding(grid_map: torch.Tensor, input_shape: tuple[int, int, int], stride: np.ndarray) -> None:
+    """-inf on the voxels of a scale grid that cover only the padding of the input (in place)."""
+    valid = np.ceil(np.asarray(input_shape) / stride).astype(int)
+    grid_map[valid[0]:, :, :] = float("-inf")
+    grid_map[:, valid[1]:, :] = float("-inf")
+    grid_map[:, :, valid[2]:] = float("-inf")
+
+
+def context_points(point_mm: np.ndarray, context_mm: float, rings: int = 1) -> np.ndarray:
+    """The lesion point (1, 3) and, per ring k = 1..rings, the six points k x ``context_mm`` away
+    along each world axis (1 + 6 rings, 3)."""
+    offsets = [np.zeros((1, 3))]
+    for k in range(1, rings + 1):
+        offsets += [k * context_mm * np.eye(3), -k * context_mm * np.eye(3)]
+    return np.asarray(point_mm, float).reshape(1, 3) + np.vstack(offsets)
+
+
+def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, scales: tuple[int, ...],
+                grid: int, context_mm: float, rings: int = 1) -> torch.Tensor:
+    """Summed similarity (over ``scales``) of the lesion point and its context points, each map
+    shifted back by its point's offset (rounded to the grid) and averaged where it is defined, on
+    the grid of scale ``grid``; padding voxels -inf."""
+    grid_shape = tuple(target.maps[grid].shape[:3])
+    total, count = torch.zeros(grid_shape), torch.zeros(grid_shape)
+    grid_geometry = target.grids[grid]
+    points = context_points(point_mm, context_mm, rings)
+    inside = source.geometry.contains(points)
+    inside[0] = True  # the lesion itself (checked by the caller)
+    for point in points[inside]:
+        summed = torch.zeros(grid_shape)
+        for k in scales:
+            summed += _resample_map(_similarity(target, source.vector(point[None], k), k), grid_shape)
+        # the context point's match lies `offset` from the lesion's: read its map there
+        offset_xyz = grid_geometry.world_to_index(point[None] - point_mm.reshape(1, 3) + np.asarray(
+            grid_geometry.origin))[0]
+        offset = np.rint(offset_xyz[::-1]).astype(int)
+        here, there = [], []
+        for axis, o in enumerate(offset):
+            n = grid_shape[axis]
+            if abs(o) >= n:
+                break
+            here.append(slice(max(-o, 0), n - max(o, 0)))
+            there.append(slice(max(o, 0), n - max(-o, 0)))
+        else:
+            total[tuple(here)] += summed[tuple(there)]
+            count[tuple(here)] += 1
+    total = total / count.clamp_min(1)
+    _mask_padding(total, tuple(target.geometry.size[::-1]), np.asarray(CUMULATIVE_STRIDES[grid - 1]))
+    return total
+
+
+def _window_match(target: VolumeMaps, queries: dict[int, torch.Tensor], settings: MatchSettings,
+                  centre: np.ndarray, half: np.ndarray) -> Match:
+    """The best point of the summed full-resolution maps in the box ``centre +- half`` (input voxels, z, y, x)."""
+    shape = tuple(target.geometry.size[::-1])
+    lo = np.maximum(centre - half, 0)
+    hi = np.minimum(centre + half + 1, shape)
+    window = torch.zeros(tuple(hi - lo))
+    for k in settings.scales:
+        stride = np.asarray(CUMULATIVE_STRIDES[k - 1])
+        map_shape = np.asarray(target.maps[k].shape[:3])
+        # scale voxels whose interpolation reaches the window (one voxel of margin)
+        s_lo = np.maximum(np.floor((lo + 0.5) / stride - 0.5).astype(int) - 1, 0)
+        s_hi = np.minimum(np.ceil((hi - 0.5) / stride - 0.5).astype(int) + 2, map_shape)
+        part = _similarity(target, queries[k], k, tuple(zip(s_lo, s_hi, strict=True)))
+        window += _window_to_input(part, stride, s_lo, lo, hi)
+    return _result(window, target.geometry, settings, tuple(lo))
+
+
+def refine_by_intensity(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, match: Match,
+                        settings: MatchSettings) -> Match:
+    """``match`` moved to where the source's intensity cube around ``point_mm`` correlates best
+    with the target within ``refine_search_mm`` (unchanged where the cube leaves a volume or is
+    flat)."""
+    from scipy.ndimage import map_coordinates
+
+    if source.image is None or target.image is None:
+        raise ValueError("refine_mm > 0 needs the volumes' voxels (VolumeMaps image=...)")
+    geometry = target.geometry
+    spacing = np.asarray(geometry.spacing)
+    half = np.ceil(settings.refine_mm / spacing).astype(int)[::-1]  # z, y, x voxels
+    search = np.ceil(settings.refine_search_mm / spacing).astype(int)[::-1]
+    centre = np.rint(match.index_xyz[::-1]).astype(int)
+    lo, hi = centre - half - search, centre + half + search + 1
+    if np.any(lo < 0) or np.any(hi > np.asarray(target.image.shape)):
+        return match
+    # the template on the target's axes, sampled from the source around the point (trilinear)
+    steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    index_offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
+    world = point_mm.reshape(1, 3) + (index_offsets * spacing) @ np.asarray(geometry.direction).reshape(3, 3).T
+    if not source.geometry.contains(world).all():
+        return match
+    source_zyx = source.geometry.world_to_index(world)[:, ::-1]
+    template = map_coordinates(source.image.numpy(), source_zyx.T, order=1, mode="nearest")
+    template = torch.from_numpy(template.astype(np.float32).reshape(tuple(2 * half + 1)))
+    zero_mean = template - template.mean()
+    if float(zero_mean.norm()) < 1e-3 * np.sqrt(zero_mean.numel()):
+        return match
+    region = target.image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    box = tuple(int(n) for n in template.shape)
+    products = F.conv3d(region[None, None], zero_mean[None, None])[0, 0]
+    mean = F.avg_pool3d(region[None, None], box, stride=1)[0, 0]
+    variance = (F.avg_pool3d((region * region)[None, None], box, stride=1)[0, 0] - mean**2).clamp_min(1e-8)
+    ncc = products / (torch.sqrt(variance * template.numel()) * zero_mean.norm())
+    peak = tuple(int(v) for v in np.unravel_index(int(torch.argmax(ncc)), ncc.shape))
+    index_zyx = centre - search + _subvoxel(ncc, peak)
+    return Match(geometry.index_to_world(index_zyx[::-1])[0], match.confidence, index_zyx[::-1])
 
 
 def _resample_map(similarity: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:

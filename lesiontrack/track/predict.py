@@ -1,7 +1,8 @@
 """Tracking the lesions of a pairs table, or of a points file on two scans, with any method.
 
 Workflow form: :func:`predict_pairs` reads cached embeddings (``lesiontrack embed``) for the
-embedding methods (``multiscale``, ``single-scale-fine``, ``two-scale``), or resampled volumes for
+embedding methods (``multiscale``, ``single-scale-fine``, ``two-scale``, ``multiscale-paper``; with
+``track.refine_mm`` also the resampled volumes), or resampled volumes for
 the registration baselines (``affine``, ``deformable``); each row of ``pairs.csv`` is tracked in
 its own direction. Own-data form: :func:`track_points` takes two NIfTI files or DICOM folders, a
 ``points.csv`` in world mm and a checkpoint, resamples and embeds both scans, and writes
@@ -22,7 +23,7 @@ import pandas as pd
 
 from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_table
 from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
-from lesiontrack.track.match import METHOD_SCALES, MatchSettings, VolumeMaps, match_point
+from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, VolumeMaps, match_point
 
 EMBEDDING_METHODS = tuple(METHOD_SCALES)
 REGISTRATION_METHODS = ("affine", "deformable")
@@ -36,7 +37,10 @@ def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSet
     if method not in METHOD_SCALES:
         raise ValueError(f"method {method!r}: not an embedding method {list(METHOD_SCALES)}")
     known = {f.name for f in fields(MatchSettings)} - {"scales"}
-    return MatchSettings(scales=METHOD_SCALES[method], **{k: v for k, v in (track or {}).items() if k in known})
+    values = {k: v for k, v in (track or {}).items() if k in known}
+    if method == "multiscale-paper":
+        values.update(PAPER_MATCHING)
+    return MatchSettings(scales=METHOD_SCALES[method], **values)
 
 
 class _MapCache:
@@ -120,9 +124,21 @@ def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: st
     elif method in EMBEDDING_METHODS:
         if embeddings_dir is None:
             raise ValueError(f"method {method}: needs embeddings_dir")
+        settings = match_settings(method, track)
+        paths = volume_paths(volume_tables) if settings.refine_mm > 0 else {}
         root = Path(embeddings_dir)
-        predictions = embedding_predictions(pairs, lambda image_id: VolumeMaps(Embeddings.load(root / image_id)),
-                                            method, match_settings(method, track), progress, str(pairs_csv))
+
+        def load(image_id: str) -> VolumeMaps:
+            embeddings = Embeddings.load(root / image_id)
+            if settings.refine_mm <= 0:
+                return VolumeMaps(embeddings)
+            if image_id not in paths:
+                raise InputError(f"{pairs_csv}: image {image_id} is in no volume table {list(volume_tables)} "
+                                 f"(track.refine_mm > 0 needs the resampled volumes)")
+            return VolumeMaps(embeddings, image=windowed_voxels(read_image(paths[image_id]),
+                                                                embeddings.info["window_hu"]))
+
+        predictions = embedding_predictions(pairs, load, method, settings, progress, str(pairs_csv))
     else:
         from lesiontrack.track import registration
 
@@ -144,6 +160,15 @@ def _registration_settings(method: str, track: dict[str, Any] | None):
     base = registration.DEFAULT_AFFINE if method == "affine" else registration.DEFAULT_DEFORMABLE
     overrides = ((track or {}).get("registration") or {}).get(method)
     return registration.RegistrationSettings.from_dict(overrides, base)
+
+
+def windowed_voxels(image, window_hu) -> np.ndarray:
+    """A volume's voxels (z, y, x) windowed as the network sees them (for ``track.refine_mm``)."""
+    import SimpleITK as sitk
+
+    from lesiontrack.preprocess import window
+
+    return window(sitk.GetArrayViewFromImage(image), tuple(window_hu), (-1.0, 1.0))
 
 
 POINT_COLUMNS = ["lesion_id", "x", "y", "z"]
@@ -181,9 +206,13 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
             raise InputError(f"method {method}: needs --checkpoint")
         model, config = load_model(checkpoint, device)
         spacing = float(config["spacing_mm"])
-        maps = [VolumeMaps(embed_volume(model, resample_isotropic(image, spacing), tuple(config["window_hu"]),
-                                        device=device)) for image in (source_image, target_image)]
         settings = match_settings(method, track)
+        maps = []
+        for image in (source_image, target_image):
+            resampled = resample_isotropic(image, spacing)
+            maps.append(VolumeMaps(embed_volume(model, resampled, tuple(config["window_hu"]), device=device),
+                                   image=windowed_voxels(resampled, config["window_hu"])
+                                   if settings.refine_mm > 0 else None))
         matches = [match_point(maps[0], maps[1], point, settings) for point in xyz]
         predicted = np.array([m.point_mm for m in matches])
         confidence = np.array([m.confidence for m in matches])
