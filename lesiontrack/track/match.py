@@ -234,10 +234,16 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     points = context_points(point_mm, context_mm, rings)
     inside = source.geometry.contains(points)
     inside[0] = True  # the lesion itself (checked by the caller)
-    for point in points[inside]:
-        summed = torch.zeros(grid_shape)
-        for k in scales:
-            summed += _resample_map(_similarity(target, source.vector(point[None], k), k), grid_shape)
+    points = points[inside]
+    summed = torch.zeros((len(points), *grid_shape))  # one summed map per point, all points at once
+    for k in scales:
+        queries = torch.stack([source.vector(point[None], k) for point in points], dim=1)  # (C, points)
+        embedding = target.maps[k]
+        maps = (embedding.reshape(-1, embedding.shape[3]) @ queries).T.reshape(len(points), *embedding.shape[:3])
+        if tuple(maps.shape[1:]) != grid_shape:
+            maps = F.interpolate(maps[None], size=grid_shape, mode="trilinear", align_corners=False)[0]
+        summed += maps
+    for point, point_map in zip(points, summed, strict=True):
         # the context point's match lies `offset` from the lesion's: read its map there
         offset_xyz = grid_geometry.world_to_index(point[None] - point_mm.reshape(1, 3) + np.asarray(
             grid_geometry.origin))[0]
@@ -250,7 +256,7 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
             here.append(slice(max(-o, 0), n - max(o, 0)))
             there.append(slice(max(o, 0), n - max(-o, 0)))
         else:
-            total[tuple(here)] += summed[tuple(there)]
+            total[tuple(here)] += point_map[tuple(there)]
             count[tuple(here)] += 1
     total = total / count.clamp_min(1)
     _mask_padding(total, tuple(target.geometry.size[::-1]), np.asarray(CUMULATIVE_STRIDES[grid - 1]))
