@@ -131,11 +131,13 @@ def _subvoxel(volume: torch.Tensor, peak: tuple[int, int, int]) -> np.ndarray:
 
 
 def _similarity(target: VolumeMaps, query: torch.Tensor, scale: int, box=None) -> torch.Tensor:
+    """Cosine similarity of ``query`` (C,) with the map of one scale (d, h, w); of P queries at
+    once (C, P): (d, h, w, P)."""
     embedding = target.maps[scale]  # (d, h, w, C)
     if box is not None:
         (z0, z1), (y0, y1), (x0, x1) = box
         embedding = embedding[z0:z1, y0:y1, x0:x1]
-    return (embedding.reshape(-1, embedding.shape[3]) @ query).view(embedding.shape[:3])
+    return (embedding.reshape(-1, embedding.shape[3]) @ query).view(*embedding.shape[:3], *query.shape[1:])
 
 
 def _full_map(target: VolumeMaps, query: torch.Tensor, scale: int) -> torch.Tensor:
@@ -238,8 +240,7 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     summed = torch.zeros((len(points), *grid_shape))  # one summed map per point, all points at once
     for k in scales:
         queries = torch.stack([source.vector(point[None], k) for point in points], dim=1)  # (C, points)
-        embedding = target.maps[k]
-        maps = (embedding.reshape(-1, embedding.shape[3]) @ queries).T.reshape(len(points), *embedding.shape[:3])
+        maps = _similarity(target, queries, k).permute(3, 0, 1, 2)
         if tuple(maps.shape[1:]) != grid_shape:
             maps = F.interpolate(maps[None], size=grid_shape, mode="trilinear", align_corners=False)[0]
         summed += maps
