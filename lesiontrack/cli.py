@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -110,13 +112,30 @@ def cmd_track(args: argparse.Namespace) -> None:
         if not (args.source and args.target and args.points):
             raise SystemExit("lesiontrack track: own data needs --source, --target and --points")
         table = predict.track_points(args.source, args.target, args.points, args.checkpoint, args.out, args.method,
-                                     args.qa_dir, track, args.device, cfg["preprocess"]["spacing_mm"])
+                                     args.qa_dir, track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
         print(f"{args.method}: {len(table)} point(s) -> {args.out}")
         return
     if not args.pairs:
         raise SystemExit("lesiontrack track: give --pairs (workflow form) or --source/--target/--points")
-    table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track)
+    table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track,
+                                  presence_calibration=args.presence)
     print(f"{args.method}: {len(table)} predictions -> {args.out}")
+
+
+def cmd_presence_calibrate(args: argparse.Namespace) -> None:
+    from lesiontrack.track import presence
+
+    calibration = presence.calibrate_presence(args.lesions, args.volumes, args.out, args.split)
+    print(json.dumps(dataclasses.asdict(calibration), default=float))
+
+
+def cmd_presence(args: argparse.Namespace) -> None:
+    from lesiontrack.track import presence
+
+    report = presence.evaluate_presence(args.pairs, args.lesions, args.predictions, args.method, args.calibration,
+                                        args.out, args.report, args.split, args.embeddings, args.volumes,
+                                        _config(args.config)["track"])
+    print(json.dumps(report, default=float))
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -453,7 +472,37 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--checkpoint", help="pretraining checkpoint (embedding methods)")
     own.add_argument("--qa-dir", help="write one PNG per lesion here (source and target, three views)")
     own.add_argument("--device", default="cpu")
+    p.add_argument("--presence", metavar="JSON",
+                   help="presence calibration (lesiontrack presence-calibrate): found = its appearance test at each "
+                        "match (needs source_radius_mm in pairs.csv, radius_mm in points.csv); default: found always")
     p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("presence-calibrate", help="calibrate the appearance test that decides found/disappeared",
+                       description="Fit the appearance test (lesiontrack.track.presence) on the ground-truth points "
+                                   "of the training subjects of a lesions.csv with disappeared lesions.")
+    p.add_argument("--lesions", required=True, help="lesions.csv (status present/new/disappeared, timepoint)")
+    p.add_argument("--volumes", action="append", default=[], required=True, metavar="CSV",
+                   help="table(s) image_id, path of the resampled volumes")
+    p.add_argument("--split", default="train", help="(default: %(default)s)")
+    p.add_argument("--out", required=True, help="calibration JSON")
+    p.set_defaults(func=cmd_presence_calibrate)
+
+    p = sub.add_parser("presence", help="precision and recall of disappeared for one method",
+                       description="Track the lesions that disappeared with the method, decide found for them with "
+                                   "the calibrated test and report precision/recall of disappeared over all "
+                                   "presence queries (the pairs' decisions are read from the predictions).")
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--lesions", required=True)
+    p.add_argument("--predictions", required=True, help="the method's predictions CSV (found decided)")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--calibration", required=True, help="lesiontrack presence-calibrate JSON")
+    p.add_argument("--split")
+    p.add_argument("--embeddings", help="folder of <image_id>/ embedding caches (embedding methods)")
+    p.add_argument("--volumes", action="append", default=[], metavar="CSV")
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--out", required=True, help="one row per presence query (CSV)")
+    p.add_argument("--report", required=True, help="metrics JSON")
+    p.set_defaults(func=cmd_presence)
 
     p = sub.add_parser("table", help="Table-1-style comparison of methods",
                        description="Rows = methods; CPM@10mm, CPM@Radius, MEDx/y/z, MED and the paired t-test "

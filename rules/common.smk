@@ -281,8 +281,34 @@ def figure_outputs():
     return outputs
 
 
+def presence_datasets():
+    """Datasets whose found/disappeared decision is calibrated (track.presence_datasets) and run."""
+    return [d for d in config["track"]["presence_datasets"] if d in tracked_datasets()]
+
+
+def presence_methods():
+    """Methods with a presence decision (identity: none, its point is the source's)."""
+    return [m for m in config["track"]["methods"] if m != "identity"]
+
+
+def presence_calibration(wildcards):
+    if wildcards.dataset in presence_datasets():
+        return f"results/{wildcards.dataset}/presence/calibration.json"
+    return []
+
+
+def presence_embedding_tables(wildcards):
+    return embedding_tables(wildcards) if wildcards.method in ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper") else []
+
+
+def presence_embedding_dir(wildcards):
+    return model_embedding_dir(wildcards) if wildcards.method in ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper") else None
+
+
 def all_outputs():
     outputs = []
+    for dataset in presence_datasets():
+        outputs += expand("results/{dataset}/presence/{method}.json", dataset=dataset, method=presence_methods())
     if "synthetic" in enabled_datasets():
         outputs += [
             "results/synthetic/pairs.csv",

@@ -28,6 +28,7 @@ rule track_embedding:
         pairs="results/{dataset}/pairs.csv",
         embeddings=embedding_tables,
         volumes=dataset_resampled_tables,  # track.refine_mm: the voxels around each match
+        presence=presence_calibration,  # decides found (datasets of track.presence_datasets)
     output:
         predictions="results/{dataset}/predictions/{method}.csv",
     log:
@@ -77,6 +78,7 @@ rule track_registration:
     input:
         pairs="results/{dataset}/pairs.csv",
         volumes=dataset_resampled_tables,
+        presence=presence_calibration,
     output:
         predictions="results/{dataset}/predictions/{method}.csv",
     log:
@@ -95,3 +97,51 @@ rule track_registration:
         code=code("lesiontrack.track.predict"),
     script:
         "../workflow_scripts/track.py"
+
+
+rule presence_calibration:
+    input:
+        lesions="results/{dataset}/lesions.csv",
+        volumes=dataset_resampled_tables,
+    output:
+        calibration="results/{dataset}/presence/calibration.json",
+    log:
+        "results/logs/presence/{dataset}-calibration.log",
+    benchmark:
+        "results/benchmarks/presence/{dataset}-calibration.tsv"
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        code=code("lesiontrack.track.presence"),
+    script:
+        "../workflow_scripts/presence_calibration.py"
+
+
+rule presence:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        lesions="results/{dataset}/lesions.csv",
+        predictions="results/{dataset}/predictions/{method}.csv",
+        calibration="results/{dataset}/presence/calibration.json",
+        embeddings=presence_embedding_tables,
+        volumes=dataset_resampled_tables,
+    output:
+        table="results/{dataset}/presence/{method}.csv",
+        report="results/{dataset}/presence/{method}.json",
+    log:
+        "results/logs/presence/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/presence/{dataset}-{method}.tsv"
+    wildcard_constraints:
+        method="multiscale|single-scale-fine|two-scale|multiscale-paper|affine|deformable",
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        track=lookup(dpath="track", within=config),
+        embeddings=presence_embedding_dir,
+        code=code("lesiontrack.track.presence", "lesiontrack.track.predict"),
+    script:
+        "../workflow_scripts/presence.py"

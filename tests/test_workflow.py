@@ -127,6 +127,26 @@ def test_default_run_ends_with_the_table_of_every_method(smoke_run):
                                          "pred_x", "pred_y", "pred_z", "confidence", "found", "seconds"]
 
 
+def test_default_run_decides_presence_for_every_method_but_identity(smoke_run):
+    results = smoke_run / "results" / "synthetic"
+    calibration = json.loads((results / "presence" / "calibration.json").read_text())
+    lesions = read_table(results / "lesions.csv")
+    train_gone = (lesions["split"] == "train") & (lesions["status"] == "disappeared")
+    assert calibration["calibrated"] == bool(train_gone.any())
+    pairs = read_table(results / "pairs.csv")
+    n_test = int((pairs["split"] == "test").sum())
+    for method in ("affine", "deformable", "single-scale-fine", "two-scale", "multiscale"):
+        report = json.loads((results / "presence" / f"{method}.json").read_text())
+        table = read_table(results / "presence" / f"{method}.csv")
+        # every test pair is a present query; the gone queries come on top
+        assert report["appearance"]["n_present"] == n_test == int((table["expected"] == "present").sum())
+        assert report["appearance"]["n_gone"] == int((table["expected"] == "gone").sum())
+        predictions = read_table(results / "predictions" / f"{method}.csv")
+        decided = table[table["expected"] == "present"].merge(predictions, on=["pair_id", "direction"])
+        assert (decided["found_x"].astype(bool) == decided["found_y"].astype(bool)).all()
+    assert not (results / "presence" / "identity.json").exists()
+
+
 def test_dls_table_reproduces_published_rows(test_data, tmp_path):
     """With DLS enabled, the workflow downloads DLTMix.json (here from a local server) and its table
     repeats the paper's Table 1 rows "Affine" and "DLT" to the printed digit."""

@@ -107,21 +107,53 @@ def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], Volume
 
 def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: str | None = None,
                   embeddings_dir: str | Path | None = None, volume_tables: list[str | Path] = (),
-                  track: dict[str, Any] | None = None, progress: bool = True) -> pd.DataFrame:
+                  track: dict[str, Any] | None = None, progress: bool = True,
+                  presence_calibration: str | Path | None = None) -> pd.DataFrame:
     """Predictions CSV of ``method`` for the pairs (of ``split``) in ``pairs_csv``.
 
     ``embeddings_dir``: ``<dir>/<image_id>/`` caches for the embedding methods;
-    ``volume_tables``: CSVs (``image_id, path``) of the resampled volumes for registration.
+    ``volume_tables``: CSVs (``image_id, path``) of the resampled volumes (registration, the
+    intensity refinement, the presence test); ``presence_calibration``: a
+    ``lesiontrack presence-calibrate`` JSON: ``found`` is then its appearance test at each
+    predicted point (the pairs need ``source_radius_mm``), else always true.
     """
     from lesiontrack.evaluate import select_split
+
+    pairs = select_split(read_table(pairs_csv, required=PAIR_COLUMNS), split, str(pairs_csv))
+    predictions = track_table(pairs, method, embeddings_dir, volume_tables, track, progress, str(pairs_csv))
+    if presence_calibration is not None:
+        predictions["found"] = decide_found(pairs, predictions, presence_calibration, volume_tables, str(pairs_csv))
+    write_table(predictions, out)
+    return predictions
+
+
+def decide_found(queries: pd.DataFrame, predictions: pd.DataFrame, calibration_json: str | Path,
+                 volume_tables: list[str | Path], source: str) -> np.ndarray:
+    """``found`` of each prediction (rows aligned with ``queries``) by the calibrated appearance test."""
+    from lesiontrack.track import presence
+
+    calibration = presence.Calibration.from_json(calibration_json)
+    if not calibration.calibrated:
+        return np.ones(len(predictions), bool)
+    if "source_radius_mm" not in queries:
+        raise InputError(f"{source}: the presence test needs a source_radius_mm column")
+    paths = volume_paths(volume_tables)
+    points = predictions[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+    scores = presence.score_at(queries, points, calibration, paths.__getitem__)
+    return presence.decide(scores, calibration.threshold)
+
+
+def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | None = None,
+                volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None, progress: bool = True,
+                source: str = "pairs.csv") -> pd.DataFrame:
+    """Predictions of ``method`` for the rows of a pairs table (``PAIR_COLUMNS``), ``found`` true."""
     from lesiontrack.track.embed import Embeddings
 
     if method not in METHODS:
         raise ValueError(f"method {method!r}: not one of {list(METHODS)}")
-    pairs = select_split(read_table(pairs_csv, required=PAIR_COLUMNS), split, str(pairs_csv))
     if method == "identity":
-        predictions = identity_predictions(pairs)
-    elif method in EMBEDDING_METHODS:
+        return identity_predictions(pairs)
+    if method in EMBEDDING_METHODS:
         if embeddings_dir is None:
             raise ValueError(f"method {method}: needs embeddings_dir")
         settings = match_settings(method, track)
@@ -133,24 +165,20 @@ def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: st
             if settings.refine_mm <= 0:
                 return VolumeMaps(embeddings)
             if image_id not in paths:
-                raise InputError(f"{pairs_csv}: image {image_id} is in no volume table {list(volume_tables)} "
+                raise InputError(f"{source}: image {image_id} is in no volume table {list(volume_tables)} "
                                  f"(track.refine_mm > 0 needs the resampled volumes)")
             return VolumeMaps(embeddings, image=windowed_voxels(read_image(paths[image_id]),
                                                                 embeddings.info["window_hu"]))
 
-        predictions = embedding_predictions(pairs, load, method, settings, progress, str(pairs_csv))
-    else:
-        from lesiontrack.track import registration
+        return embedding_predictions(pairs, load, method, settings, progress, source)
+    from lesiontrack.track import registration
 
-        paths = volume_paths(volume_tables)
-        missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
-        if missing:
-            raise InputError(f"{pairs_csv}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
-        settings = _registration_settings(method, track)
-        predictions = registration.registration_predictions(pairs, lambda image_id: paths[image_id], method,
-                                                            settings, progress)
-    write_table(predictions, out)
-    return predictions
+    paths = volume_paths(volume_tables)
+    missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
+    if missing:
+        raise InputError(f"{source}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
+    settings = _registration_settings(method, track)
+    return registration.registration_predictions(pairs, lambda image_id: paths[image_id], method, settings, progress)
 
 
 def _registration_settings(method: str, track: dict[str, Any] | None):
@@ -176,13 +204,14 @@ POINT_COLUMNS = ["lesion_id", "x", "y", "z"]
 
 def track_points(source: str | Path, target: str | Path, points_csv: str | Path, checkpoint: str | Path | None,
                  out: str | Path, method: str = "multiscale", qa_dir: str | Path | None = None,
-                 track: dict[str, Any] | None = None, device: str = "cpu", registration_spacing_mm: float = 2.0
-                 ) -> pd.DataFrame:
+                 track: dict[str, Any] | None = None, device: str = "cpu", registration_spacing_mm: float = 2.0,
+                 presence_calibration: str | Path | None = None) -> pd.DataFrame:
     """Track the points of ``points_csv`` (``lesion_id, x, y, z`` in world mm, optional
     ``radius_mm``) from scan ``source`` to scan ``target`` (NIfTI files or DICOM folders).
 
     Embedding methods resample both scans to the checkpoint's spacing and embed them; the
-    registration baselines register both scans resampled to ``registration_spacing_mm``."""
+    registration baselines register both scans resampled to ``registration_spacing_mm``. With
+    ``presence_calibration`` (and ``radius_mm``) ``found`` is the appearance test at each match."""
     from lesiontrack.preprocess import resample_isotropic
     from lesiontrack.track.embed import embed_volume, load_model
 
@@ -227,6 +256,17 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     result["x"], result["y"], result["z"] = predicted.T
     result["confidence"] = confidence
     result["found"] = True
+    if presence_calibration is not None:
+        from lesiontrack.track import presence
+
+        if "radius_mm" not in points:
+            raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
+        queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
+                                "source_y": xyz[:, 1], "source_z": xyz[:, 2],
+                                "source_radius_mm": points["radius_mm"].to_numpy(float)})
+        calibration = presence.Calibration.from_json(presence_calibration)
+        scores = presence.score_at(queries, predicted, calibration, {"source": source, "target": target}.__getitem__)
+        result["found"] = presence.decide(scores, calibration.threshold)
     write_table(result, out)
     if qa_dir is not None:
         from lesiontrack.figures import display_volume, tracking_qa
