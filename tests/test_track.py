@@ -235,6 +235,39 @@ def test_context_points_choose_the_copy_whose_surroundings_match():
     assert np.linalg.norm(context.point_mm - expected) < 2.0, context.point_mm
 
 
+def test_reranking_peaks_by_intensity_finds_the_lesion_behind_a_better_embedding_decoy():
+    """The lesion's whole embedding neighbourhood copied exactly elsewhere (a decoy the context
+    points cannot reject) and only a noisy copy at the true place; the intensities moved with the
+    anatomy. The top peak alone is the decoy; refining the best 4 peaks and keeping the best
+    embedding + intensity score finds the true place."""
+    from lesiontrack.track.match import MatchSettings, match_point
+
+    rng = np.random.default_rng(2)
+    geometry = Geometry((0.0, 0.0, 0.0), (2.0, 2.0, 2.0), (64, 64, 64), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    field = ndimage.gaussian_filter(rng.standard_normal((32, 32, 32, 32)), (0, 1, 1, 1), mode="wrap")
+    field = (field / np.linalg.norm(field, axis=0, keepdims=True)).astype(np.float32)
+    image = ndimage.gaussian_filter(rng.standard_normal((64, 64, 64)), 2.0, mode="wrap").astype(np.float32)
+    shift = np.array([3, -2, 4])  # map voxels (z, y, x); twice that in input voxels
+    moved = np.roll(field, tuple(shift), axis=(1, 2, 3))
+    moved_image = np.roll(image, tuple(2 * shift), axis=(0, 1, 2))
+    lesion, decoy = np.array([15, 16, 14]), np.array([8, 24, 22])
+    true_place = lesion + shift
+    near = (slice(None), *(slice(c - 3, c + 4) for c in lesion))
+    moved[(slice(None), *(slice(c - 3, c + 4) for c in decoy))] = field[near]  # exact, context included
+    noisy = moved[(slice(None), *(slice(c - 3, c + 4) for c in true_place))]
+    noisy = noisy + 0.3 * rng.standard_normal(noisy.shape).astype(np.float32)
+    moved[(slice(None), *(slice(c - 3, c + 4) for c in true_place))] = noisy / np.linalg.norm(noisy, axis=0)
+    source, target = _fake_maps(geometry, field, image), _fake_maps(geometry, moved, moved_image)
+    point = source.grids[1].index_to_world(lesion[::-1].astype(float))[0]
+    expected = point + 2 * shift[::-1] * 2.0  # mm: 2 input voxels of 2 mm per map voxel
+    wrong = target.grids[1].index_to_world(decoy[::-1].astype(float))[0]
+    base = {"scales": (1,), "context_mm": 8.0, "refine_mm": 10.0, "refine_search_mm": 6.0}
+    top = match_point(source, target, point, MatchSettings(**base))
+    reranked = match_point(source, target, point, MatchSettings(**base, rerank_peaks=4))
+    assert np.linalg.norm(top.point_mm - wrong) < 8.0, top.point_mm
+    assert np.linalg.norm(reranked.point_mm - expected) < 1.0, (reranked.point_mm, expected)
+
+
 def test_intensity_refinement_recovers_a_subvoxel_shift(test_data):
     """A real CT and a copy moved by (3.3, -2.6, 1.7) mm (linear resampling): refinement from a
     start 6 mm off lands within half a voxel (1 mm) of the truth at points inside the body (0.2-0.7 mm

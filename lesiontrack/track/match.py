@@ -22,6 +22,11 @@ refined to sub-voxel precision, moves the prediction. It needs the volumes' voxe
 (:class:`VolumeMaps` ``image``) and is skipped where the cube leaves either volume. The
 confidence stays the embedding similarity at the embedding match.
 
+``rerank_peaks`` > 1 (with context points and ``refine_mm``) refines that many distinct peaks of
+the averaged map (farther apart than ``refine_search_mm``) and keeps the one whose embedding
+confidence + ``rerank_weight`` x intensity correlation is highest: the embedding proposes
+candidates, the intensities near the lesion pick among them.
+
 ``coarse_to_fine`` evaluates the coarse scales (those at or above ``coarse_levels``) on the whole
 volume, keeps the ``n_peaks`` best local maxima of their sum, and evaluates the finer scales only in
 a box of ``window_mm`` around each, so a weak coarse scale costs candidates rather than the answer.
@@ -61,6 +66,8 @@ class MatchSettings:
     context_rings: int = 1  # and at 2, 3, ... times that distance
     refine_mm: float = 0.0  # half-width of the intensity cube of the refinement (0: none)
     refine_search_mm: float = 8.0  # how far from the embedding match the refinement looks
+    rerank_peaks: int = 1  # with refine_mm: refine this many distinct embedding peaks, keep the best
+    rerank_weight: float = 1.0  # ... by embedding confidence + rerank_weight x intensity correlation
 
 
 @dataclass(frozen=True)
@@ -158,14 +165,22 @@ def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
                 settings: MatchSettings = MatchSettings()) -> Match:
     """The target point of one source point (world mm)."""
     point_mm = np.asarray(point_mm, float).reshape(1, 3)
-    match = _embedding_match(source, target, point_mm, settings)
-    if settings.refine_mm > 0:
-        match = refine_by_intensity(source, target, point_mm, match, settings)
-    return match
+    candidates = _embedding_match(source, target, point_mm, settings)
+    if settings.refine_mm <= 0:
+        return candidates[0]
+    best, best_score = None, -np.inf
+    for candidate in candidates:
+        refined, correlation = _intensity_match(source, target, point_mm, candidate, settings)
+        score = candidate.confidence + settings.rerank_weight * (correlation if np.isfinite(correlation) else 0.0)
+        if best is None or score > best_score:
+            best, best_score = refined, score
+    return best
 
 
 def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, settings: MatchSettings
-                     ) -> Match:
+                     ) -> list[Match]:
+    """The embedding match, best first; with ``rerank_peaks`` > 1 (and context points) also the
+    next distinct peaks of the averaged map (farther apart than ``refine_search_mm``)."""
     shape = tuple(target.geometry.size[::-1])  # (z, y, x) of the input grid
     queries = {k: source.vector(point_mm, k) for k in settings.scales}
     coarse = [k for k in settings.scales if k >= settings.coarse_levels]
@@ -174,16 +189,25 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
             grid = min(settings.scales)
             total = context_sum(source, target, point_mm, settings.scales, grid, settings.context_mm,
                                 settings.context_rings)
-            peak = tuple(int(v) for v in np.unravel_index(int(torch.argmax(total)), total.shape))
-            index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
-            index_zyx = (index_zyx + 0.5) * np.asarray(CUMULATIVE_STRIDES[grid - 1]) - 0.5  # input voxels
-            index_xyz = np.clip(index_zyx, 0, np.asarray(shape) - 1)[::-1]
-            return Match(target.geometry.index_to_world(index_xyz)[0], float(total[peak]) / len(settings.scales),
-                         index_xyz)
+            stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
+            if settings.rerank_peaks > 1 and settings.refine_mm > 0:
+                grid_mm = np.asarray(target.geometry.spacing[::-1]) * stride
+                separation = np.maximum(np.ceil(settings.refine_search_mm / grid_mm).astype(int), 1)
+                peaks = _peaks(total, settings.rerank_peaks, separation)
+            else:
+                peaks = [tuple(int(v) for v in np.unravel_index(int(torch.argmax(total)), total.shape))]
+            matches = []
+            for peak in peaks:
+                index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
+                index_zyx = (index_zyx + 0.5) * stride - 0.5  # input voxels
+                index_xyz = np.clip(index_zyx, 0, np.asarray(shape) - 1)[::-1]
+                matches.append(Match(target.geometry.index_to_world(index_xyz)[0],
+                                     float(total[peak]) / len(settings.scales), index_xyz))
+            return matches
         total = torch.zeros(shape)
         for k in settings.scales:
             total += _full_map(target, queries[k], k)
-        return _result(total, target.geometry, settings, (0, 0, 0))
+        return [_result(total, target.geometry, settings, (0, 0, 0))]
     # coarse scales on the grid of the finest coarse scale, where peaks are cheap to find
     base = min(coarse)
     base_shape = tuple(target.maps[base].shape[:3])
@@ -205,7 +229,7 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
         candidate = _window_match(target, queries, settings, centre, half)
         if best is None or candidate.confidence > best.confidence:
             best = candidate
-    return best
+    return [best]
 
 
 def _mask_padding(grid_map: torch.Tensor, input_shape: tuple[int, int, int], stride: np.ndarray) -> None:
@@ -287,6 +311,12 @@ def refine_by_intensity(source: VolumeMaps, target: VolumeMaps, point_mm: np.nda
     """``match`` moved to where the source's intensity cube around ``point_mm`` correlates best
     with the target within ``refine_search_mm`` (unchanged where the cube leaves a volume or is
     flat)."""
+    return _intensity_match(source, target, point_mm, match, settings)[0]
+
+
+def _intensity_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, match: Match,
+                     settings: MatchSettings) -> tuple[Match, float]:
+    """:func:`refine_by_intensity` and the correlation it reached (NaN where it did not run)."""
     from scipy.ndimage import map_coordinates
 
     if source.image is None or target.image is None:
@@ -298,19 +328,19 @@ def refine_by_intensity(source: VolumeMaps, target: VolumeMaps, point_mm: np.nda
     centre = np.rint(match.index_xyz[::-1]).astype(int)
     lo, hi = centre - half - search, centre + half + search + 1
     if np.any(lo < 0) or np.any(hi > np.asarray(target.image.shape)):
-        return match
+        return match, float("nan")
     # the template on the target's axes, sampled from the source around the point (trilinear)
     steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
     index_offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
     world = point_mm.reshape(1, 3) + (index_offsets * spacing) @ np.asarray(geometry.direction).reshape(3, 3).T
     if not source.geometry.contains(world).all():
-        return match
+        return match, float("nan")
     source_zyx = source.geometry.world_to_index(world)[:, ::-1]
     template = map_coordinates(source.image.numpy(), source_zyx.T, order=1, mode="nearest")
     template = torch.from_numpy(template.astype(np.float32).reshape(tuple(2 * half + 1)))
     zero_mean = template - template.mean()
     if float(zero_mean.norm()) < 1e-3 * np.sqrt(zero_mean.numel()):
-        return match
+        return match, float("nan")
     region = target.image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     box = tuple(int(n) for n in template.shape)
     products = F.conv3d(region[None, None], zero_mean[None, None])[0, 0]
@@ -319,7 +349,7 @@ def refine_by_intensity(source: VolumeMaps, target: VolumeMaps, point_mm: np.nda
     ncc = products / (torch.sqrt(variance * template.numel()) * zero_mean.norm())
     peak = tuple(int(v) for v in np.unravel_index(int(torch.argmax(ncc)), ncc.shape))
     index_zyx = centre - search + _subvoxel(ncc, peak)
-    return Match(geometry.index_to_world(index_zyx[::-1])[0], match.confidence, index_zyx[::-1])
+    return Match(geometry.index_to_world(index_zyx[::-1])[0], match.confidence, index_zyx[::-1]), float(ncc[peak])
 
 
 def _resample_map(similarity: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
