@@ -139,3 +139,21 @@ def test_predict_pairs_decides_found_with_a_calibration(scans, tmp_path):
     out = predict_pairs(tmp_path / "pairs.csv", "identity", tmp_path / "p2.csv", volume_tables=[volumes],
                         presence_calibration=json_path)
     assert out["found"].all()
+
+
+def test_new_lesions_are_the_targets_no_tracked_source_reaches_mutually():
+    targets = pd.DataFrame({"lesion_id": ["A", "B", "C"], "x": [0.0, 30.0, 60.0], "y": 0.0, "z": 0.0,
+                            "radius_mm": [5.0, 5.0, 5.0]})
+    # A tracked onto A, B's prediction 8 mm off (within 5 + 5 mm), nothing reaches C; a second
+    # source lands nearer B than B's own prediction: B goes to the nearer one, mutually
+    tracked = pd.DataFrame({"lesion_id": ["A", "B", "D"], "pred_x": [1.0, 38.0, 33.0], "pred_y": 0.0,
+                            "pred_z": 0.0})
+    flagged = presence.flag_new(targets, tracked).set_index("lesion_id")
+    assert flagged["new"].to_dict() == {"A": False, "B": False, "C": True}
+    assert flagged.loc["B", "matched_source"] == "D"
+    lesions = pd.DataFrame({"lesion_id": ["A", "B", "A", "B", "C"], "image_id": ["s0", "s0", "s1", "s1", "s1"],
+                            "status": ["present", "present", "present", "present", "new"], "x": [0.0, 30, 0, 30, 60],
+                            "y": 0.0, "z": 0.0, "radius_mm": 5.0})
+    table = tracked.iloc[:2].assign(source_image="s0", target_image="s1")
+    metrics = presence.new_lesion_metrics(lesions, table)
+    assert (metrics["tp"], metrics["fp"], metrics["fn"]) == (1, 0, 0)
