@@ -297,12 +297,15 @@ def presence_calibration(wildcards):
     return []
 
 
+EMBEDDING_METHODS = ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper")
+
+
 def presence_embedding_tables(wildcards):
-    return embedding_tables(wildcards) if wildcards.method in ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper") else []
+    return embedding_tables(wildcards) if wildcards.method in EMBEDDING_METHODS else []
 
 
 def presence_embedding_dir(wildcards):
-    return model_embedding_dir(wildcards) if wildcards.method in ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper") else None
+    return model_embedding_dir(wildcards) if wildcards.method in EMBEDDING_METHODS else None
 
 
 def all_outputs():

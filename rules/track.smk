@@ -9,6 +9,8 @@ rule embed:
         "results/logs/embed/{dataset}-{model}-{shard}.log",
     benchmark:
         "results/benchmarks/embed/{dataset}-{model}-{shard}.tsv"
+    # before the registration baselines, which would leave one of two cores idle while it waits
+    priority: 10
     conda:
         "../envs/pretrain.yaml"
     threads: lookup(dpath="train/threads", within=config)
@@ -37,6 +39,7 @@ rule track_embedding:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
         method="multiscale|single-scale-fine|two-scale|multiscale-paper",
+    priority: 5
     conda:
         "../envs/pretrain.yaml"
     threads: 1
@@ -87,6 +90,7 @@ rule track_registration:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
         method="affine|deformable",
+    priority: 5
     conda:
         "../envs/pretrain.yaml"
     threads: 1
