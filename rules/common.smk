@@ -305,13 +305,21 @@ def presence_embedding_tables(wildcards):
 
 
 def presence_embedding_dir(wildcards):
-    return model_embedding_dir(wildcards) if wildcards.method in EMBEDDING_METHODS else None
+    return (
+        model_embedding_dir(wildcards)
+        if wildcards.method in EMBEDDING_METHODS
+        else None
+    )
 
 
 def all_outputs():
     outputs = []
     for dataset in presence_datasets():
-        outputs += expand("results/{dataset}/presence/{method}.json", dataset=dataset, method=presence_methods())
+        outputs += expand(
+            "results/{dataset}/presence/{method}.json",
+            dataset=dataset,
+            method=presence_methods(),
+        )
     if "synthetic" in enabled_datasets():
         outputs += [
             "results/synthetic/pairs.csv",

@@ -12,6 +12,9 @@ rule pretrain:
         "results/logs/pretrain/{model}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}.tsv"
+    # first whenever it can start: it holds every core for minutes, and a long single-threaded job
+    # started beside the last landmark job would leave a core idle until it ends
+    priority: 20
     conda:
         "../envs/pretrain.yaml"
     threads: lookup(dpath="train/threads", within=config)

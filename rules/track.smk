@@ -90,7 +90,7 @@ rule track_registration:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
         method="affine|deformable",
-    priority: 5
+    priority: 6
     conda:
         "../envs/pretrain.yaml"
     threads: 1
@@ -115,7 +115,9 @@ rule presence_calibration:
         "results/benchmarks/presence/{dataset}-calibration.tsv"
     conda:
         "../envs/pretrain.yaml"
-    threads: 1
+    # both cores: a barrier that keeps the long registration baselines (which need it) from
+    # starting beside a landmark job and delaying pretraining while one core idles
+    threads: 2
     params:
         code=code("lesiontrack.track.presence"),
     script:
