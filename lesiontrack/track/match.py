@@ -265,7 +265,12 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     for k in scales:
         queries = torch.stack([source.vector(point[None], k) for point in points], dim=1)  # (C, points)
         maps = _similarity(target, queries, k).permute(3, 0, 1, 2)
-        if tuple(maps.shape[1:]) != grid_shape:
+        if maps.shape[1] == grid_shape[0] and tuple(maps.shape[2:]) != grid_shape[1:]:
+            # same z grid (scales 2-4 on scale 1's): trilinear is bilinear in-plane, at half the cost
+            n, d, h, w = maps.shape
+            maps = F.interpolate(maps.reshape(1, n * d, h, w), size=grid_shape[1:], mode="bilinear",
+                                 align_corners=False).reshape(n, *grid_shape)
+        elif tuple(maps.shape[1:]) != grid_shape:
             maps = F.interpolate(maps[None], size=grid_shape, mode="trilinear", align_corners=False)[0]
         summed += maps
     for point, point_map in zip(points, summed, strict=True):
