@@ -43,13 +43,13 @@ def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSet
     return MatchSettings(scales=METHOD_SCALES[method], **values)
 
 
-class _MapCache:
-    """Embedding maps of the last few volumes (float32 maps of a 2 mm CT take about 1 GB)."""
+class LoadCache:
+    """The last few loaded volumes (embedding maps: float32 maps of a 2 mm CT take about 1 GB)."""
 
-    def __init__(self, load: Callable[[str], VolumeMaps], size: int = 3) -> None:
+    def __init__(self, load: Callable[[str], Any], size: int = 3) -> None:
         self.load, self.size, self.items = load, size, OrderedDict()
 
-    def __call__(self, image_id: str) -> VolumeMaps:
+    def __call__(self, image_id: str) -> Any:
         if image_id in self.items:
             self.items.move_to_end(image_id)
         else:
@@ -80,7 +80,7 @@ def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], Volume
     from tqdm import tqdm
 
     settings = settings or match_settings(method)
-    cache = _MapCache(load_maps)
+    cache = LoadCache(load_maps)
     file_rows = pairs.index.to_numpy()  # the rows of the file (read_table's index), for messages
     out = pairs[PREDICTION_COLUMNS[:5]].copy().reset_index(drop=True)
     pairs = pairs.reset_index(drop=True)

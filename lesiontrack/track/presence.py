@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,25 +200,14 @@ def fit_slope(measured: pd.DataFrame, max_contrast_hu: float = 200.0) -> float:
     return float((d_shell[ok] * d_contrast[ok]).sum() / (d_shell[ok] ** 2).sum())
 
 
-class _VolumeCache:
-    def __init__(self, path_of: Callable[[str], str | os.PathLike], size: int = 16) -> None:
-        self.path_of, self.size, self.items = path_of, size, OrderedDict()
-
-    def __call__(self, image_id: str) -> Volume:
-        if image_id not in self.items:
-            self.items[image_id] = Volume(self.path_of(image_id))
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        self.items.move_to_end(image_id)
-        return self.items[image_id]
-
-
 def measure_queries(queries: pd.DataFrame, points: np.ndarray, path_of: Callable[[str], str | os.PathLike],
                     settings: PresenceSettings) -> pd.DataFrame:
     """:func:`measure` for each query (``source_image, target_image, source_x/y/z,
     source_radius_mm``) at its target point ``points`` (N, 3) world mm."""
     queries = queries.reset_index(drop=True)
-    cache = _VolumeCache(path_of)
+    from lesiontrack.track.predict import LoadCache
+
+    cache = LoadCache(lambda image_id: Volume(path_of(image_id)), size=16)
     rows: list[dict[str, float]] = [{}] * len(queries)
     for k in queries.sort_values(["target_image", "source_image"]).index:
         row = queries.loc[k]
