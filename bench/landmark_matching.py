@@ -17,30 +17,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lesiontrack.io import read_image, read_table
-from lesiontrack.model import build_model
-from lesiontrack.track.embed import embed_volume, load_model
-from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
+from lesiontrack.track.embed import embed_volume, initial_model, load_model
+from lesiontrack.track.match import MatchSettings, VolumeMaps, landmark_errors_mm
 
 
 def errors_mm(network, config, results: Path, subject: str, settings: MatchSettings | None = None
-              ) -> list[float]:
+              ) -> np.ndarray:
+    """Errors (mm) of the baseline scan's landmarks matched in each follow-up of ``subject``."""
     images = read_table(results / "synthetic" / "images.csv")
     scans = images[images["subject_id"] == subject].sort_values("timepoint")["image_id"].tolist()
     resampled = results / "synthetic" / "resampled"
     truth = {i: read_table(results / "synthetic" / "truth" / f"{i}.csv").set_index("name") for i in scans}
     maps = {i: VolumeMaps(embed_volume(network, read_image(resampled / f"{i}.nii.gz"), tuple(config["window_hu"])))
             for i in scans}
-    out = []
-    for followup in scans[1:]:
-        names = truth[scans[0]].index.intersection(truth[followup].index)
-        for name in names:
-            point = truth[scans[0]].loc[name, ["x", "y", "z"]].to_numpy(float)
-            found = match_point(maps[scans[0]], maps[followup], point, settings or MatchSettings()).point_mm
-            out.append(float(np.linalg.norm(found - truth[followup].loc[name, ["x", "y", "z"]].to_numpy(float))))
-    return out
+    return np.concatenate([landmark_errors_mm(maps[scans[0]], maps[f], truth[scans[0]], truth[f],
+                                              settings or MatchSettings()) for f in scans[1:]])
 
 
 def main() -> None:
@@ -53,9 +46,7 @@ def main() -> None:
     settings = MatchSettings(context_mm=args.context_mm)
     results = Path(args.results)
     model, config = load_model(results / "models" / args.model / "checkpoint_best.pt")
-    torch.manual_seed(config["train"]["seed"])
-    untrained = build_model(config["model"]["width"], config["model"]["embedding_dim"],
-                            norm=config["model"].get("norm", "group")).eval()
+    untrained = initial_model(config)
     spacing = float(config["spacing_mm"])
     report = {}
     for label, network in (("trained", model), ("untrained", untrained)):

@@ -309,3 +309,52 @@ def test_training_volumes_are_memory_mapped_and_refreshed(tmp_path):
     os.utime(path, ns=(first + 10**9, first + 10**9))
     array, _, _ = volume_cache(path, tmp_path / "cache")
     assert (np.asarray(array) == 100).all()
+
+
+def test_initial_model_is_the_network_pretraining_starts_from(tmp_path):
+    """``initial_model`` (the untrained reference) rebuilds the very weights pretraining starts
+    from: a run whose optimiser cannot move them (lr 0) saves exactly those weights."""
+    from lesiontrack.track.embed import initial_model
+
+    volumes = _tiny_volumes(tmp_path)
+    pretrain(volumes[:2], volumes[2:], tmp_path / "a", TrainConfig(**{**TINY, "max_epochs": 1, "lr": 0.0}),
+             ModelConfig(width=4, embedding_dim=8), progress=False)
+    state = torch.load(tmp_path / "a" / "checkpoint_latest.pt", weights_only=False)
+    rebuilt = initial_model(state["config"]).state_dict()
+    assert rebuilt.keys() == state["model"].keys()
+    for name, tensor in state["model"].items():
+        torch.testing.assert_close(rebuilt[name], tensor, rtol=0, atol=0, msg=name)
+    other = initial_model({**state["config"], "train": {**state["config"]["train"], "seed": 4}}).state_dict()
+    assert any(not torch.equal(other[n], t) for n, t in state["model"].items())
+
+
+def test_smoke_training_finds_held_out_landmarks_by_nearest_embedding(smoke_run):
+    """After the smoke training (configs/smoke.yaml), the ground-truth landmarks of the held-out
+    (test) subject's baseline scan, matched in its follow-ups by the summed multi-scale similarity
+    alone (the paper's nearest-embedding matching: no context points, no intensity refinement),
+    have a median error of at most 2 voxels and at most half that of the untrained network."""
+    from lesiontrack.io import read_image, read_table
+    from lesiontrack.track.embed import embed_volume, initial_model, load_model
+    from lesiontrack.track.match import VolumeMaps, landmark_errors_mm
+
+    torch.set_num_threads(2)
+    results = smoke_run / "results"
+    trained, config = load_model(results / "models" / "default" / "checkpoint_best.pt")
+    images = read_table(results / "synthetic" / "images.csv")
+    test = images[images["split"] == "test"].sort_values(["subject_id", "timepoint"])
+    assert len(test) >= 2
+    truth = {i: read_table(results / "synthetic" / "truth" / f"{i}.csv").set_index("name") for i in test["image_id"]}
+    volumes = {i: read_image(results / "synthetic" / "resampled" / f"{i}.nii.gz") for i in test["image_id"]}
+    voxel_mm = float(config["spacing_mm"])
+    median = {}
+    for label, network in (("trained", trained), ("untrained", initial_model(config))):
+        maps = {i: VolumeMaps(embed_volume(network, v, tuple(config["window_hu"]))) for i, v in volumes.items()}
+        errors = []
+        for _, scans in test.groupby("subject_id"):
+            baseline, *followups = scans["image_id"]
+            errors += [landmark_errors_mm(maps[baseline], maps[f], truth[baseline], truth[f]) for f in followups]
+        errors = np.concatenate(errors)
+        assert len(errors) >= 30
+        median[label] = float(np.median(errors)) / voxel_mm
+    assert median["trained"] <= 2.0, median
+    assert median["trained"] <= 0.5 * median["untrained"], median

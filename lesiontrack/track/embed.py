@@ -107,6 +107,16 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model, state["config"]
 
 
+def initial_model(config: dict) -> MultiScaleEmbedding:
+    """The network of a checkpoint's ``config`` as pretraining started it (the same seed and
+    architecture, untrained), in eval mode: the reference a trained model is compared with."""
+    model_cfg = config["model"]
+    torch.manual_seed(config["train"]["seed"])
+    model = build_model(model_cfg["width"], model_cfg["embedding_dim"], model_cfg.get("n_scales", 5),
+                        model_cfg.get("init_resnet18"), norm=model_cfg.get("norm", "group"))
+    return model.eval()
+
+
 def _padded(array: np.ndarray, multiple: tuple[int, int, int]) -> torch.Tensor:
     pad = [(-n) % m for n, m in zip(array.shape, multiple, strict=True)]
     x = torch.from_numpy(array)[None, None]

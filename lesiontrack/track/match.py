@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
@@ -175,6 +176,18 @@ def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
         if best is None or score > best_score:
             best, best_score = refined, score
     return best
+
+
+def landmark_errors_mm(source: VolumeMaps, target: VolumeMaps, source_landmarks: pd.DataFrame,
+                       target_landmarks: pd.DataFrame, settings: MatchSettings = MatchSettings()) -> np.ndarray:
+    """The distance (mm) between each landmark of the source table matched in the target and the
+    same-named landmark of the target table, for the names in both (tables indexed by name, with
+    columns x, y, z in world mm)."""
+    names = source_landmarks.index.intersection(target_landmarks.index)
+    xyz = ["x", "y", "z"]
+    return np.array([np.linalg.norm(match_point(source, target, source_landmarks.loc[name, xyz].to_numpy(float),
+                                                settings).point_mm - target_landmarks.loc[name, xyz].to_numpy(float))
+                     for name in names])
 
 
 def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, settings: MatchSettings
