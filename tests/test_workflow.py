@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, planned_jobs, run_workflow
 
 from lesiontrack.io import read_table
@@ -199,7 +200,12 @@ def test_ablation_config_plans_a_second_model_without_landmarks(tmp_path):
 def test_smoke_pretraining_outputs(smoke_run):
     model_dir = smoke_run / "results" / "models" / "default"
     log = pd.read_csv(model_dir / "training_log.tsv", sep="\t")
-    assert list(log["epoch"]) == [0, 1, 2, 3]
+    train = {**yaml.safe_load((smoke_run / "config.yaml").read_text())["train"],
+             **yaml.safe_load((smoke_run / "configs" / "smoke.yaml").read_text())["train"]}
+    assert list(log["epoch"]) == list(range(len(log))) and 0 < len(log) <= train["max_epochs"]
+    if len(log) < train["max_epochs"]:  # stopped early: no better validation loss in the last `patience` epochs
+        best = int(log["validation_loss"].idxmin())
+        assert best == len(log) - 1 - train["patience"]
     assert {f"validation_loss_s{k}" for k in range(1, 6)} <= set(log.columns)
     for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "progress.png"):
         assert (model_dir / name).stat().st_size > 0
