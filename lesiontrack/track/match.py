@@ -202,21 +202,7 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
             grid = min(settings.scales)
             total = context_sum(source, target, point_mm, settings.scales, grid, settings.context_mm,
                                 settings.context_rings)
-            stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
-            if settings.rerank_peaks > 1 and settings.refine_mm > 0:
-                grid_mm = np.asarray(target.geometry.spacing[::-1]) * stride
-                separation = np.maximum(np.ceil(settings.refine_search_mm / grid_mm).astype(int), 1)
-                peaks = _peaks(total, settings.rerank_peaks, separation)
-            else:
-                peaks = [tuple(int(v) for v in np.unravel_index(int(torch.argmax(total)), total.shape))]
-            matches = []
-            for peak in peaks:
-                index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
-                index_zyx = (index_zyx + 0.5) * stride - 0.5  # input voxels
-                index_xyz = np.clip(index_zyx, 0, np.asarray(shape) - 1)[::-1]
-                matches.append(Match(target.geometry.index_to_world(index_xyz)[0],
-                                     float(total[peak]) / len(settings.scales), index_xyz))
-            return matches
+            return _grid_candidates(total, target, grid, settings)
         total = torch.zeros(shape)
         for k in settings.scales:
             total += _full_map(target, queries[k], k)
@@ -225,17 +211,32 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
     base = min(coarse)
     base_shape = tuple(target.maps[base].shape[:3])
     base_stride = np.asarray(CUMULATIVE_STRIDES[base - 1])
+    spacing_zyx = np.asarray(target.geometry.spacing[::-1])
+    half = np.ceil(settings.window_mm / spacing_zyx).astype(int)  # input voxels
+    separation = np.maximum(np.round(half / base_stride).astype(int), 1)  # base voxels
     if settings.context_mm > 0:
+        # the coarse stage's peaks, then the very map of the full search (context points at every
+        # scale) in a box around each: equal to it there, -inf elsewhere
         coarse_sum = context_sum(source, target, point_mm, tuple(coarse), base, settings.context_mm,
                                  settings.context_rings)
+        grid = min(settings.scales)
+        grid_stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
+        grid_shape = np.asarray(target.maps[grid].shape[:3])
+        grid_half = np.ceil(settings.window_mm / (spacing_zyx * grid_stride)).astype(int)
+        total = torch.full(tuple(grid_shape), float("-inf"))
+        for peak in _peaks(coarse_sum, settings.n_peaks, separation):
+            centre = np.rint((np.asarray(peak) + 0.5) * base_stride / grid_stride - 0.5).astype(int)
+            lo = np.clip(centre - grid_half, 0, grid_shape)
+            hi = np.clip(centre + grid_half + 1, 0, grid_shape)
+            total[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = context_sum(
+                source, target, point_mm, settings.scales, grid, settings.context_mm, settings.context_rings,
+                box=(lo, hi))
+        return _grid_candidates(total, target, grid, settings)
     else:
         coarse_sum = torch.zeros(base_shape)
         for k in coarse:
             coarse_sum += _resample_map(_similarity(target, queries[k], k), base_shape)
         _mask_padding(coarse_sum, shape, base_stride)
-    spacing_zyx = np.asarray(target.geometry.spacing[::-1])
-    half = np.ceil(settings.window_mm / spacing_zyx).astype(int)  # input voxels
-    separation = np.maximum(np.round(half / base_stride).astype(int), 1)  # base voxels
     best: Match | None = None
     for peak in _peaks(coarse_sum, settings.n_peaks, separation):
         centre = np.clip(np.rint((np.asarray(peak) + 0.5) * base_stride - 0.5).astype(int), 0, np.asarray(shape) - 1)
@@ -243,6 +244,27 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
         if best is None or candidate.confidence > best.confidence:
             best = candidate
     return [best]
+
+
+def _grid_candidates(total: torch.Tensor, target: VolumeMaps, grid: int, settings: MatchSettings) -> list[Match]:
+    """The match (and with ``rerank_peaks`` > 1 and ``refine_mm``, the next distinct peaks, farther
+    apart than ``refine_search_mm``) of a summed map on the grid of scale ``grid``, best first."""
+    shape = np.asarray(target.geometry.size[::-1])
+    stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
+    if settings.rerank_peaks > 1 and settings.refine_mm > 0:
+        grid_mm = np.asarray(target.geometry.spacing[::-1]) * stride
+        separation = np.maximum(np.ceil(settings.refine_search_mm / grid_mm).astype(int), 1)
+        peaks = _peaks(total, settings.rerank_peaks, separation)
+    else:
+        peaks = [tuple(int(v) for v in np.unravel_index(int(torch.argmax(total)), total.shape))]
+    matches = []
+    for peak in peaks:
+        index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
+        index_zyx = (index_zyx + 0.5) * stride - 0.5  # input voxels
+        index_xyz = np.clip(index_zyx, 0, shape - 1)[::-1]
+        matches.append(Match(target.geometry.index_to_world(index_xyz)[0],
+                             float(total[peak]) / len(settings.scales), index_xyz))
+    return matches
 
 
 def _mask_padding(grid_map: torch.Tensor, input_shape: tuple[int, int, int], stride: np.ndarray) -> None:
@@ -263,20 +285,39 @@ def context_points(point_mm: np.ndarray, context_mm: float, rings: int = 1) -> n
 
 
 def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, scales: tuple[int, ...],
-                grid: int, context_mm: float, rings: int = 1) -> torch.Tensor:
+                grid: int, context_mm: float, rings: int = 1, box: tuple | None = None) -> torch.Tensor:
     """Summed similarity (over ``scales``) of the lesion point and its context points, each map
     shifted back by its point's offset (rounded to the grid) and averaged where it is defined, on
-    the grid of scale ``grid``; padding voxels -inf."""
+    the grid of scale ``grid``; padding voxels -inf. ``box`` = (lo, hi), grid voxels (z, y, x):
+    only the voxels [lo, hi) of that map (the same values, computed from the scale voxels they need)."""
     grid_shape = tuple(target.maps[grid].shape[:3])
-    total, count = torch.zeros(grid_shape), torch.zeros(grid_shape)
     grid_geometry = target.grids[grid]
     points = context_points(point_mm, context_mm, rings)
     inside = source.geometry.contains(points)
     inside[0] = True  # the lesion itself (checked by the caller)
     points = points[inside]
-    summed = torch.zeros((len(points), *grid_shape))  # one summed map per point, all points at once
+    # the context point's match lies `offset` from the lesion's: read its map there
+    offsets = np.rint(grid_geometry.world_to_index(points - point_mm.reshape(1, 3) + np.asarray(
+        grid_geometry.origin))[:, ::-1]).astype(int)  # (points, z y x)
+    keep = np.all(np.abs(offsets) < np.asarray(grid_shape), axis=1)
+    points, offsets = points[keep], offsets[keep]
+    lo, hi = (np.zeros(3, int), np.asarray(grid_shape)) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
+    # the grid voxels whose values the points' maps need: [lo + min offset, hi + max offset) in the map
+    need_lo = np.maximum(lo + offsets.min(axis=0), 0)
+    need_hi = np.minimum(hi + offsets.max(axis=0), grid_shape)
+    need_shape = tuple(int(n) for n in need_hi - need_lo)
+    summed = torch.zeros((len(points), *need_shape))  # one summed map per point, all points at once
+    grid_stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
     for k in scales:
         queries = torch.stack([source.vector(point[None], k) for point in points], dim=1)  # (C, points)
+        if box is not None:
+            ratio = np.asarray(CUMULATIVE_STRIDES[k - 1]) // grid_stride
+            map_shape = np.asarray(target.maps[k].shape[:3])
+            s_lo = np.maximum(np.floor((need_lo + 0.5) / ratio - 0.5).astype(int), 0)
+            s_hi = np.minimum(np.floor((need_hi - 0.5) / ratio - 0.5).astype(int) + 2, map_shape)
+            part = _similarity(target, queries, k, tuple(zip(s_lo, s_hi, strict=True))).permute(3, 0, 1, 2)
+            summed += _window_to_input(part, ratio, s_lo, need_lo, need_hi)
+            continue
         maps = _similarity(target, queries, k).permute(3, 0, 1, 2)
         if maps.shape[1] == grid_shape[0] and tuple(maps.shape[2:]) != grid_shape[1:]:
             # same z grid (scales 2-4 on scale 1's): trilinear is bilinear in-plane, at half the cost
@@ -286,23 +327,26 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
         elif tuple(maps.shape[1:]) != grid_shape:
             maps = F.interpolate(maps[None], size=grid_shape, mode="trilinear", align_corners=False)[0]
         summed += maps
-    for point, point_map in zip(points, summed, strict=True):
-        # the context point's match lies `offset` from the lesion's: read its map there
-        offset_xyz = grid_geometry.world_to_index(point[None] - point_mm.reshape(1, 3) + np.asarray(
-            grid_geometry.origin))[0]
-        offset = np.rint(offset_xyz[::-1]).astype(int)
-        here, there = [], []
-        for axis, o in enumerate(offset):
-            n = grid_shape[axis]
-            if abs(o) >= n:
-                break
-            here.append(slice(max(-o, 0), n - max(o, 0)))
-            there.append(slice(max(o, 0), n - max(-o, 0)))
-        else:
-            total[tuple(here)] += point_map[tuple(there)]
-            count[tuple(here)] += 1
+    window = tuple(int(n) for n in hi - lo)
+    total, count = torch.zeros(window), torch.zeros(window)
+    for offset, point_map in zip(offsets, summed, strict=True):
+        # window voxels g with g + offset on the map: [max(lo, -offset), min(hi, n - offset))
+        g_lo = np.maximum(lo, -offset)
+        g_hi = np.minimum(hi, np.asarray(grid_shape) - offset)
+        if np.any(g_hi <= g_lo):
+            continue
+        here = tuple(slice(a, b) for a, b in zip(g_lo - lo, g_hi - lo, strict=True))
+        there = tuple(slice(a, b) for a, b in zip(g_lo + offset - need_lo, g_hi + offset - need_lo, strict=True))
+        total[here] += point_map[there]
+        count[here] += 1
     total = total / count.clamp_min(1)
-    _mask_padding(total, tuple(target.geometry.size[::-1]), np.asarray(CUMULATIVE_STRIDES[grid - 1]))
+    # padding voxels of the grid (those covering only the input's padding): -inf
+    valid = np.ceil(np.asarray(target.geometry.size[::-1]) / grid_stride).astype(int)
+    for axis in range(3):
+        cut = int(np.clip(valid[axis] - lo[axis], 0, window[axis]))
+        index = [slice(None)] * 3
+        index[axis] = slice(cut, None)
+        total[tuple(index)] = float("-inf")
     return total
 
 
@@ -379,17 +423,20 @@ def _resample_map(similarity: torch.Tensor, shape: tuple[int, int, int]) -> torc
 
 def _window_to_input(part: torch.Tensor, stride: np.ndarray, s_lo: np.ndarray, lo: np.ndarray, hi: np.ndarray
                      ) -> torch.Tensor:
-    """Trilinear values on input voxels [lo, hi) of a map block that starts at scale voxel s_lo,
+    """Trilinear values on input voxels [lo, hi) of a map block (d, h, w), or of several (P, d, h,
+    w), that starts at scale voxel s_lo,
     with the same (align_corners=False) convention as :func:`_to_input_grid` (clamped at the map's
     border, which the block reaches only where the map does)."""
-    axes = []
+    axes, size = [], part.shape[-3:]
     for axis in range(3):
         coordinate = (np.arange(lo[axis], hi[axis]) + 0.5) / stride[axis] - 0.5 - s_lo[axis]
-        coordinate = np.clip(coordinate, 0, part.shape[axis] - 1)
-        axes.append(torch.tensor(2.0 * coordinate / max(part.shape[axis] - 1, 1) - 1.0, dtype=torch.float32))
+        coordinate = np.clip(coordinate, 0, size[axis] - 1)
+        axes.append(torch.tensor(2.0 * coordinate / max(size[axis] - 1, 1) - 1.0, dtype=torch.float32))
     zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
     grid = torch.stack([xx, yy, zz], dim=-1)[None]
-    return F.grid_sample(part[None, None], grid, mode="bilinear", align_corners=True)[0, 0]
+    channels = part[None] if part.dim() == 4 else part[None, None]
+    values = F.grid_sample(channels, grid, mode="bilinear", align_corners=True)[0]
+    return values if part.dim() == 4 else values[0]
 
 
 def _peaks(volume: torch.Tensor, count: int, separation: np.ndarray, pool: int = 64) -> list[tuple[int, int, int]]:
