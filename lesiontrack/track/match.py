@@ -97,20 +97,24 @@ class VolumeMaps:
 
     def vector(self, point_mm: np.ndarray, scale: int) -> torch.Tensor:
         """The (re-normalised, trilinear) embedding at a world point at one scale."""
-        index = self.grids[scale].world_to_index(point_mm)[0]  # (x, y, z) in the scale's grid
+        return self.vectors(np.asarray(point_mm, float).reshape(1, 3), scale)[:, 0]
+
+    def vectors(self, points_mm: np.ndarray, scale: int) -> torch.Tensor:
+        """:meth:`vector` of several world points (N, 3) at once: (C, N)."""
+        index = self.grids[scale].world_to_index(np.asarray(points_mm, float).reshape(-1, 3))  # (N, x y z)
         embedding = self.maps[scale]  # (d, h, w, C)
         size = np.asarray(embedding.shape[:3][::-1], float)  # x, y, z
         index = np.clip(index, 0.0, size - 1.0)
         lo = np.floor(index).astype(int)
         hi = np.minimum(lo + 1, size.astype(int) - 1)
         frac = index - lo
-        vector = torch.zeros(embedding.shape[3])
+        vectors = torch.zeros((len(index), embedding.shape[3]))
         for corner in range(8):  # trilinear: the 8 neighbouring voxels
-            pick = [(corner >> axis) & 1 for axis in range(3)]
-            weight = float(np.prod([f if p else 1.0 - f for f, p in zip(frac, pick, strict=True)]))
-            x, y, z = (h if p else l for l, h, p in zip(lo, hi, pick, strict=True))
-            vector += weight * embedding[z, y, x]
-        return F.normalize(vector, dim=0)
+            pick = np.array([(corner >> axis) & 1 for axis in range(3)], bool)
+            weight = np.prod(np.where(pick, frac, 1.0 - frac), axis=1)
+            x, y, z = np.where(pick, hi, lo).T
+            vectors += torch.from_numpy(weight.astype(np.float32))[:, None] * embedding[z, y, x]
+        return F.normalize(vectors, dim=1).T
 
 
 def _to_input_grid(similarity: torch.Tensor, stride: tuple[int, int, int], shape: tuple[int, int, int],
@@ -217,8 +221,9 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
     if settings.context_mm > 0:
         # the coarse stage's peaks, then the very map of the full search (context points at every
         # scale) in a box around each: equal to it there, -inf elsewhere
+        cache: dict[int, torch.Tensor] = {}
         coarse_sum = context_sum(source, target, point_mm, tuple(coarse), base, settings.context_mm,
-                                 settings.context_rings)
+                                 settings.context_rings, queries=cache)
         grid = min(settings.scales)
         grid_stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
         grid_shape = np.asarray(target.maps[grid].shape[:3])
@@ -230,7 +235,7 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
             hi = np.clip(centre + grid_half + 1, 0, grid_shape)
             total[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = context_sum(
                 source, target, point_mm, settings.scales, grid, settings.context_mm, settings.context_rings,
-                box=(lo, hi))
+                box=(lo, hi), queries=cache)
         return _grid_candidates(total, target, grid, settings)
     else:
         coarse_sum = torch.zeros(base_shape)
@@ -285,11 +290,13 @@ def context_points(point_mm: np.ndarray, context_mm: float, rings: int = 1) -> n
 
 
 def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, scales: tuple[int, ...],
-                grid: int, context_mm: float, rings: int = 1, box: tuple | None = None) -> torch.Tensor:
+                grid: int, context_mm: float, rings: int = 1, box: tuple | None = None,
+                queries: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Summed similarity (over ``scales``) of the lesion point and its context points, each map
     shifted back by its point's offset (rounded to the grid) and averaged where it is defined, on
     the grid of scale ``grid``; padding voxels -inf. ``box`` = (lo, hi), grid voxels (z, y, x):
-    only the voxels [lo, hi) of that map (the same values, computed from the scale voxels they need)."""
+    only the voxels [lo, hi) of that map (the same values, computed from the scale voxels they need).
+    ``queries``: a dict that keeps the points' embeddings per scale between calls for one point."""
     grid_shape = tuple(target.maps[grid].shape[:3])
     grid_geometry = target.grids[grid]
     points = context_points(point_mm, context_mm, rings)
@@ -301,6 +308,7 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
         grid_geometry.origin))[:, ::-1]).astype(int)  # (points, z y x)
     keep = np.all(np.abs(offsets) < np.asarray(grid_shape), axis=1)
     points, offsets = points[keep], offsets[keep]
+    queries = {} if queries is None else queries
     lo, hi = (np.zeros(3, int), np.asarray(grid_shape)) if box is None else (np.asarray(box[0]), np.asarray(box[1]))
     # the grid voxels whose values the points' maps need: [lo + min offset, hi + max offset) in the map
     need_lo = np.maximum(lo + offsets.min(axis=0), 0)
@@ -309,16 +317,18 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     summed = torch.zeros((len(points), *need_shape))  # one summed map per point, all points at once
     grid_stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
     for k in scales:
-        queries = torch.stack([source.vector(point[None], k) for point in points], dim=1)  # (C, points)
+        if k not in queries:
+            queries[k] = source.vectors(context_points(point_mm, context_mm, rings), k)  # (C, all points)
+        query = queries[k][:, np.flatnonzero(inside)[keep]]  # (C, points)
         if box is not None:
             ratio = np.asarray(CUMULATIVE_STRIDES[k - 1]) // grid_stride
             map_shape = np.asarray(target.maps[k].shape[:3])
             s_lo = np.maximum(np.floor((need_lo + 0.5) / ratio - 0.5).astype(int), 0)
             s_hi = np.minimum(np.floor((need_hi - 0.5) / ratio - 0.5).astype(int) + 2, map_shape)
-            part = _similarity(target, queries, k, tuple(zip(s_lo, s_hi, strict=True))).permute(3, 0, 1, 2)
+            part = _similarity(target, query, k, tuple(zip(s_lo, s_hi, strict=True))).permute(3, 0, 1, 2)
             summed += _window_to_input(part, ratio, s_lo, need_lo, need_hi)
             continue
-        maps = _similarity(target, queries, k).permute(3, 0, 1, 2)
+        maps = _similarity(target, query, k).permute(3, 0, 1, 2)
         if maps.shape[1] == grid_shape[0] and tuple(maps.shape[2:]) != grid_shape[1:]:
             # same z grid (scales 2-4 on scale 1's): trilinear is bilinear in-plane, at half the cost
             n, d, h, w = maps.shape
