@@ -13,7 +13,7 @@ maps averaged with the lesion's own, so the peak must fit a small constellation 
 than one voxel (against jumps between repeated structures: vertebrae, ribs). The averaged map is
 computed on the grid of the finest scale used (4 mm on a 2 mm volume), its peak refined by the
 same parabola, and its value over the number of scales is the confidence (points off the source
-volume are left out). Coarse-to-fine uses the context on its coarse stage only.
+volume are left out).
 
 ``refine_mm`` > 0 refines the match by intensity: a cube of half-width ``refine_mm`` around the
 source point (windowed HU, sampled on the target's axes) is correlated (normalised
@@ -30,6 +30,9 @@ candidates, the intensities near the lesion pick among them.
 ``coarse_to_fine`` evaluates the coarse scales (those at or above ``coarse_levels``) on the whole
 volume, keeps the ``n_peaks`` best local maxima of their sum, and evaluates the finer scales only in
 a box of ``window_mm`` around each, so a weak coarse scale costs candidates rather than the answer.
+With context points, the coarse stage averages the context points' coarse maps too, and each box
+holds the full search's own context-averaged map of every scale (:func:`context_sum` with
+``box``), so coarse-to-fine equals the full search wherever the full peak falls in a box.
 
 Methods (Contracts): ``multiscale`` = all 5 scales; ``single-scale-fine`` = scale 1 only;
 ``two-scale`` = scales 1 and 5 (SAM's global + local embedding); each with the configured context
@@ -237,11 +240,10 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
                 source, target, point_mm, settings.scales, grid, settings.context_mm, settings.context_rings,
                 box=(lo, hi), queries=cache)
         return _grid_candidates(total, target, grid, settings)
-    else:
-        coarse_sum = torch.zeros(base_shape)
-        for k in coarse:
-            coarse_sum += _resample_map(_similarity(target, queries[k], k), base_shape)
-        _mask_padding(coarse_sum, shape, base_stride)
+    coarse_sum = torch.zeros(base_shape)
+    for k in coarse:
+        coarse_sum += _resample_map(_similarity(target, queries[k], k), base_shape)
+    _mask_padding(coarse_sum, shape, base_stride)
     best: Match | None = None
     for peak in _peaks(coarse_sum, settings.n_peaks, separation):
         centre = np.clip(np.rint((np.asarray(peak) + 0.5) * base_stride - 0.5).astype(int), 0, np.asarray(shape) - 1)
@@ -272,12 +274,15 @@ def _grid_candidates(total: torch.Tensor, target: VolumeMaps, grid: int, setting
     return matches
 
 
-def _mask_padding(grid_map: torch.Tensor, input_shape: tuple[int, int, int], stride: np.ndarray) -> None:
-    """-inf on the voxels of a scale grid that cover only the padding of the input (in place)."""
-    valid = np.ceil(np.asarray(input_shape) / stride).astype(int)
-    grid_map[valid[0]:, :, :] = float("-inf")
-    grid_map[:, valid[1]:, :] = float("-inf")
-    grid_map[:, :, valid[2]:] = float("-inf")
+def _mask_padding(grid_map: torch.Tensor, input_shape: tuple[int, int, int], stride: np.ndarray,
+                  start: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """-inf on the voxels of a scale grid that cover only the padding of the input (in place);
+    ``grid_map`` holds the grid's voxels from ``start`` (z, y, x) on."""
+    valid = np.ceil(np.asarray(input_shape) / stride).astype(int) - np.asarray(start)
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = slice(int(np.clip(valid[axis], 0, grid_map.shape[axis])), None)
+        grid_map[tuple(index)] = float("-inf")
 
 
 def context_points(point_mm: np.ndarray, context_mm: float, rings: int = 1) -> np.ndarray:
@@ -350,13 +355,7 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
         total[here] += point_map[there]
         count[here] += 1
     total = total / count.clamp_min(1)
-    # padding voxels of the grid (those covering only the input's padding): -inf
-    valid = np.ceil(np.asarray(target.geometry.size[::-1]) / grid_stride).astype(int)
-    for axis in range(3):
-        cut = int(np.clip(valid[axis] - lo[axis], 0, window[axis]))
-        index = [slice(None)] * 3
-        index[axis] = slice(cut, None)
-        total[tuple(index)] = float("-inf")
+    _mask_padding(total, tuple(target.geometry.size[::-1]), grid_stride, lo)
     return total
 
 
