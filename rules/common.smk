@@ -7,6 +7,7 @@ from lesiontrack.data import synthetic as synthetic_data
 from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
 from lesiontrack.figures import DATASET_FIGURES
 from lesiontrack.provenance import fingerprint
+from lesiontrack.track.predict import EMBEDDING_METHODS, REGISTRATION_METHODS
 
 SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
 SYNTHETIC_SHARDS = synthetic_data.shards(SYNTHETIC, config["shard_size"])
@@ -295,9 +296,6 @@ def presence_calibration(wildcards):
     if wildcards.dataset in presence_datasets():
         return f"results/{wildcards.dataset}/presence/calibration.json"
     return []
-
-
-EMBEDDING_METHODS = ("multiscale", "single-scale-fine", "two-scale", "multiscale-paper")
 
 
 def presence_embedding_tables(wildcards):

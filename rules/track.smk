@@ -38,7 +38,7 @@ rule track_embedding:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="multiscale|single-scale-fine|two-scale|multiscale-paper",
+        method="|".join(EMBEDDING_METHODS),
     priority: 5
     conda:
         "../envs/pretrain.yaml"
@@ -64,7 +64,7 @@ rule track_variant:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}@{model}.tsv"
     wildcard_constraints:
-        method="multiscale|single-scale-fine|two-scale|multiscale-paper",
+        method="|".join(EMBEDDING_METHODS),
     conda:
         "../envs/pretrain.yaml"
     threads: 1
@@ -89,7 +89,7 @@ rule track_registration:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="affine|deformable",
+        method="|".join(REGISTRATION_METHODS),
     priority: 6
     conda:
         "../envs/pretrain.yaml"
@@ -140,7 +140,7 @@ rule presence:
     benchmark:
         "results/benchmarks/presence/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="multiscale|single-scale-fine|two-scale|multiscale-paper|affine|deformable",
+        method="|".join(EMBEDDING_METHODS + REGISTRATION_METHODS),
     conda:
         "../envs/pretrain.yaml"
     threads: 1

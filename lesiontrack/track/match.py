@@ -304,10 +304,10 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     ``queries``: a dict that keeps the points' embeddings per scale between calls for one point."""
     grid_shape = tuple(target.maps[grid].shape[:3])
     grid_geometry = target.grids[grid]
-    points = context_points(point_mm, context_mm, rings)
-    inside = source.geometry.contains(points)
+    all_points = context_points(point_mm, context_mm, rings)
+    inside = source.geometry.contains(all_points)
     inside[0] = True  # the lesion itself (checked by the caller)
-    points = points[inside]
+    points = all_points[inside]
     # the context point's match lies `offset` from the lesion's: read its map there
     offsets = np.rint(grid_geometry.world_to_index(points - point_mm.reshape(1, 3) + np.asarray(
         grid_geometry.origin))[:, ::-1]).astype(int)  # (points, z y x)
@@ -323,7 +323,7 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
     grid_stride = np.asarray(CUMULATIVE_STRIDES[grid - 1])
     for k in scales:
         if k not in queries:
-            queries[k] = source.vectors(context_points(point_mm, context_mm, rings), k)  # (C, all points)
+            queries[k] = source.vectors(all_points, k)  # (C, all points)
         query = queries[k][:, np.flatnonzero(inside)[keep]]  # (C, points)
         if box is not None:
             ratio = np.asarray(CUMULATIVE_STRIDES[k - 1]) // grid_stride
