@@ -40,7 +40,8 @@ from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_image, read_table
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model
 from lesiontrack.track.match import VolumeMaps
-from lesiontrack.track.predict import embedding_predictions, match_settings, windowed_voxels
+from lesiontrack.track.predict import embedding_candidates, from_candidates, match_settings, windowed_voxels
+from lesiontrack.track.presence import Calibration, choose_present
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -53,10 +54,12 @@ def _overrides(items: list[str]) -> dict:
 
 
 def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: bool,
-          variants: dict[str, dict] | None = None) -> dict[str, float]:
+          variants: dict[str, dict] | None = None, presence_calibration: Path | None = None) -> dict[str, float]:
     """Track the subjects' pairs (all pairs when ``subjects`` is None) with the checkpoint (each
     volume embedded once) and summarise them with the evaluation's own metrics; one summary per
-    matching variant (``track`` settings: context_mm, refine_mm, ...), keys prefixed by its name."""
+    matching variant (``track`` settings: context_mm, refine_mm, ...), keys prefixed by its name.
+    A variant with ``presence_rerank`` chooses among the candidates with the appearance test of
+    ``presence_calibration`` (as the track rule does)."""
     model, config = load_model(checkpoint)
     pairs = read_table(results / "synthetic" / "pairs.csv")
     if subjects is not None:
@@ -73,7 +76,13 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
     out = {}
     for name, track in (variants or {"": {}}).items():
         settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
-        predictions = embedding_predictions(pairs, load, "multiscale", settings, progress=False)
+        candidates = embedding_candidates(pairs, load, "multiscale", settings, progress=False)
+        if track.get("presence_rerank") and presence_calibration is not None:
+            chosen, found = choose_present(pairs, candidates, Calibration.from_json(presence_calibration),
+                                           lambda image_id: resampled / f"{image_id}.nii.gz")
+            predictions = from_candidates(pairs, candidates, chosen, found)
+        else:
+            predictions = from_candidates(pairs, candidates)
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         prefix = f"{name}_" if name else ""
         out[f"{prefix}pairs"] = summary["n"]
@@ -99,6 +108,9 @@ def main() -> None:
     parser.add_argument("--variant", nargs="*", default=[],
                         help="matching variants NAME:KEY=VALUE,KEY=VALUE (track settings, e.g. "
                              "ctx:context_mm=16 ctxref:context_mm=16,refine_mm=20); default: the config's track")
+    parser.add_argument("--presence-calibration", type=Path, default=None,
+                        help="a presence calibration (results/synthetic/presence/calibration.json) for the "
+                             "variants with presence_rerank=true")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = yaml.safe_load(args.config.read_text())
@@ -127,9 +139,9 @@ def main() -> None:
                      landmark_dir=synthetic / "truth")
         checkpoint = args.checkpoint or out / "checkpoint_best.pt"
         row = {"seed": seed, "train_s": time.perf_counter() - began,
-               **score(checkpoint, args.results, held_out, args.full, variants)}
+               **score(checkpoint, args.results, held_out, args.full, variants, args.presence_calibration)}
         if args.tuning_results is not None:
-            tuned = score(checkpoint, args.tuning_results, None, args.full, variants)
+            tuned = score(checkpoint, args.tuning_results, None, args.full, variants, args.presence_calibration)
             row.update({f"tuning_{k}": v for k, v in tuned.items()})
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

@@ -141,6 +141,28 @@ def test_predict_pairs_decides_found_with_a_calibration(scans, tmp_path):
     assert out["found"].all()
 
 
+def test_the_candidate_where_the_lesion_is_seen_wins_over_a_better_ranked_empty_one(scans):
+    """presence_rerank: the best-ranked candidate that passes the appearance test, else the best."""
+    queries = pd.DataFrame([{"source_image": "source", "target_image": name, "source_x": SOURCE_POINT[0],
+                             "source_y": SOURCE_POINT[1], "source_z": SOURCE_POINT[2], "source_radius_mm": 7.0}
+                            for name in ("present", "gone", "present")])
+    off = SOURCE_POINT + np.array([0.0, 0.0, 24.0])  # plain tissue, beyond the 8 mm search
+    points = {0: [off, SOURCE_POINT], 1: [off, SOURCE_POINT], 2: [SOURCE_POINT, SOURCE_POINT + [2.0, 0.0, 0.0]]}
+    candidates = pd.DataFrame([{"row": row, "rank": rank, "pred_x": p[0], "pred_y": p[1], "pred_z": p[2]}
+                               for row, ps in points.items() for rank, p in enumerate(ps)])
+    calibration = presence.Calibration(True, 0.0, 0.0, "train", {"present": 1, "gone": 1}, {},
+                                       dataclasses.asdict(presence.PresenceSettings()))
+    chosen, found = presence.choose_present(queries, candidates, calibration, scans.__getitem__)
+    # present: the second candidate (the lesion) over the empty first; gone: the best candidate,
+    # not found; both candidates showing the lesion: the better ranked
+    assert candidates.iloc[chosen]["rank"].tolist() == [1, 0, 0]
+    assert found.tolist() == [True, False, True]
+    # one candidate per query: the plain decision at it
+    first = candidates[candidates["rank"] == 0].reset_index(drop=True)
+    chosen, found = presence.choose_present(queries, first, calibration, scans.__getitem__)
+    assert chosen.tolist() == [0, 1, 2] and found.tolist() == [False, False, True]
+
+
 def test_new_lesions_are_the_targets_no_tracked_source_reaches_mutually():
     targets = pd.DataFrame({"lesion_id": ["A", "B", "C"], "x": [0.0, 30.0, 60.0], "y": 0.0, "z": 0.0,
                             "radius_mm": [5.0, 5.0, 5.0]})

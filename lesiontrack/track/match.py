@@ -172,17 +172,25 @@ def similarity_maps(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray
 def match_point(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
                 settings: MatchSettings = MatchSettings()) -> Match:
     """The target point of one source point (world mm)."""
+    return match_candidates(source, target, point_mm, settings)[0]
+
+
+def match_candidates(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
+                     settings: MatchSettings = MatchSettings()) -> list[Match]:
+    """The target candidates of one source point (world mm), best first: the match alone, or with
+    ``refine_mm`` and ``rerank_peaks`` > 1 every refined peak, ranked by embedding confidence +
+    ``rerank_weight`` x intensity correlation (the first of equals first)."""
     point_mm = np.asarray(point_mm, float).reshape(1, 3)
     candidates = _embedding_match(source, target, point_mm, settings)
     if settings.refine_mm <= 0:
-        return candidates[0]
-    best, best_score = None, -np.inf
+        return candidates[:1]
+    refined, scores = [], []
     for candidate in candidates:
-        refined, correlation = _intensity_match(source, target, point_mm, candidate, settings)
-        score = candidate.confidence + settings.rerank_weight * (correlation if np.isfinite(correlation) else 0.0)
-        if best is None or score > best_score:
-            best, best_score = refined, score
-    return best
+        match, correlation = _intensity_match(source, target, point_mm, candidate, settings)
+        refined.append(match)
+        correlation = correlation if np.isfinite(correlation) else 0.0
+        scores.append(candidate.confidence + settings.rerank_weight * correlation)
+    return [refined[k] for k in np.argsort(-np.asarray(scores), kind="stable")]
 
 
 def landmark_errors_mm(source: VolumeMaps, target: VolumeMaps, source_landmarks: pd.DataFrame,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_table
 from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
-from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, VolumeMaps, match_point
+from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, VolumeMaps, match_candidates
 
 EMBEDDING_METHODS = tuple(METHOD_SCALES)
 REGISTRATION_METHODS = ("affine", "deformable")
@@ -73,20 +73,19 @@ def _check_inside(points: np.ndarray, geometry: Geometry, rows: pd.DataFrame, so
                          f"{geometry.size} voxels)")
 
 
-def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], VolumeMaps], method: str,
-                          settings: MatchSettings | None = None, progress: bool = True,
-                          source: str = "pairs.csv") -> pd.DataFrame:
-    """Predictions of an embedding method for every row of ``pairs`` (in its direction)."""
+def embedding_candidates(pairs: pd.DataFrame, load_maps: Callable[[str], VolumeMaps], method: str,
+                         settings: MatchSettings | None = None, progress: bool = True,
+                         source: str = "pairs.csv") -> pd.DataFrame:
+    """Every candidate (:func:`~lesiontrack.track.match.match_candidates`) of every row of
+    ``pairs`` (in its direction): ``row`` (the row's position), ``rank`` (0: the match),
+    ``pred_x, pred_y, pred_z, confidence`` and ``seconds`` (matching the row, on each of its rows)."""
     from tqdm import tqdm
 
     settings = settings or match_settings(method)
     cache = LoadCache(load_maps)
     file_rows = pairs.index.to_numpy()  # the rows of the file (read_table's index), for messages
-    out = pairs[PREDICTION_COLUMNS[:5]].copy().reset_index(drop=True)
     pairs = pairs.reset_index(drop=True)
-    predicted = np.zeros((len(pairs), 3))
-    confidence = np.zeros(len(pairs))
-    seconds = np.zeros(len(pairs))
+    records: list[tuple[int, int, float, float, float, float, float]] = []
     groups = pairs.groupby(["source_image", "target_image"], sort=True).indices
     for (source_image, target_image), rows in tqdm(groups.items(), desc=method, disable=not progress):
         src, dst = cache(source_image), cache(target_image)
@@ -95,14 +94,37 @@ def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], Volume
                       f"source {source_image}")
         for row, point in zip(rows, points, strict=True):
             began = time.perf_counter()
-            match = match_point(src, dst, point, settings)
-            predicted[row], confidence[row] = match.point_mm, match.confidence
-            seconds[row] = time.perf_counter() - began
-    out["pred_x"], out["pred_y"], out["pred_z"] = predicted.T
-    out["confidence"] = confidence
-    out["found"] = True
-    out["seconds"] = seconds
+            matches = match_candidates(src, dst, point, settings)
+            seconds = time.perf_counter() - began
+            records += [(int(row), rank, *m.point_mm, m.confidence, seconds) for rank, m in enumerate(matches)]
+    columns = ["row", "rank", "pred_x", "pred_y", "pred_z", "confidence", "seconds"]
+    return pd.DataFrame(records, columns=columns).sort_values(["row", "rank"], ignore_index=True)
+
+
+def from_candidates(pairs: pd.DataFrame, candidates: pd.DataFrame, chosen: np.ndarray | None = None,
+                     found: np.ndarray | None = None) -> pd.DataFrame:
+    """Predictions (``PREDICTION_COLUMNS``) of ``pairs`` from their candidates: for each row the
+    candidate at position ``chosen`` of ``candidates`` (default: its rank 0), ``found`` true unless
+    given."""
+    if chosen is None:
+        chosen = np.flatnonzero(candidates["rank"].to_numpy() == 0)
+    picked = candidates.iloc[chosen]
+    if not np.array_equal(picked["row"].to_numpy(), np.arange(len(pairs))):
+        raise ValueError("one chosen candidate per row of pairs, in order")
+    out = pairs[PREDICTION_COLUMNS[:5]].copy().reset_index(drop=True)
+    for column in ("pred_x", "pred_y", "pred_z", "confidence"):
+        out[column] = picked[column].to_numpy(float)
+    out["found"] = True if found is None else np.asarray(found, bool)
+    out["seconds"] = picked["seconds"].to_numpy(float)
     return out[PREDICTION_COLUMNS]
+
+
+def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], VolumeMaps], method: str,
+                          settings: MatchSettings | None = None, progress: bool = True,
+                          source: str = "pairs.csv") -> pd.DataFrame:
+    """Predictions of an embedding method for every row of ``pairs`` (in its direction): the best
+    candidate of each, ``found`` true."""
+    return from_candidates(pairs, embedding_candidates(pairs, load_maps, method, settings, progress, source))
 
 
 def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: str | None = None,
@@ -120,57 +142,89 @@ def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: st
     from lesiontrack.evaluate import select_split
 
     pairs = select_split(read_table(pairs_csv, required=PAIR_COLUMNS), split, str(pairs_csv))
-    predictions = track_table(pairs, method, embeddings_dir, volume_tables, track, progress, str(pairs_csv))
-    if presence_calibration is not None:
-        predictions["found"] = decide_found(pairs, predictions, presence_calibration, volume_tables, str(pairs_csv))
+    predictions = track_table(pairs, method, embeddings_dir, volume_tables, track, progress, str(pairs_csv),
+                              presence_calibration)
     write_table(predictions, out)
     return predictions
 
 
-def decide_found(queries: pd.DataFrame, predictions: pd.DataFrame, calibration_json: str | Path,
-                 volume_tables: list[str | Path], source: str) -> np.ndarray:
-    """``found`` of each prediction (rows aligned with ``queries``) by the calibrated appearance test."""
+def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame, source: str):
+    """The presence calibration (None: none given, or not calibrated); the queries need
+    ``source_radius_mm`` for it."""
+    if presence_calibration is None:
+        return None
     from lesiontrack.track import presence
 
-    calibration = presence.Calibration.from_json(calibration_json)
+    calibration = presence.Calibration.from_json(presence_calibration)
     if not calibration.calibrated:
-        return np.ones(len(predictions), bool)
+        return None
     if "source_radius_mm" not in queries:
         raise InputError(f"{source}: the presence test needs a source_radius_mm column")
-    paths = volume_paths(volume_tables)
-    points = predictions[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
-    scores = presence.score_at(queries, points, calibration, paths.__getitem__)
-    return presence.decide(scores, calibration.threshold)
+    return calibration
 
 
 def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | None = None,
                 volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None, progress: bool = True,
-                source: str = "pairs.csv") -> pd.DataFrame:
-    """Predictions of ``method`` for the rows of a pairs table (``PAIR_COLUMNS``), ``found`` true."""
-    from lesiontrack.track.embed import Embeddings
+                source: str = "pairs.csv", presence_calibration: str | Path | None = None) -> pd.DataFrame:
+    """Predictions of ``method`` for the rows of a pairs table (``PAIR_COLUMNS``).
 
+    ``found``: with a calibrated ``presence_calibration`` (``lesiontrack presence-calibrate``; the
+    pairs then need ``source_radius_mm``) the appearance test at each prediction, else true. With
+    ``track.presence_rerank`` the embedding methods' prediction is the best-ranked candidate at
+    which the test finds the lesion, the best candidate where it finds it at none
+    (:func:`lesiontrack.track.presence.choose_present`)."""
+    from lesiontrack.track import presence
+
+    calibration = _calibration(presence_calibration, pairs, source)
     if method not in METHODS:
         raise ValueError(f"method {method!r}: not one of {list(METHODS)}")
-    if method == "identity":
-        return identity_predictions(pairs)
     if method in EMBEDDING_METHODS:
-        if embeddings_dir is None:
-            raise ValueError(f"method {method}: needs embeddings_dir")
-        settings = match_settings(method, track)
-        paths = volume_paths(volume_tables) if settings.refine_mm > 0 else {}
-        root = Path(embeddings_dir)
+        candidates = _embedding_candidates(pairs, method, embeddings_dir, volume_tables, track, progress, source)
+        if calibration is None:
+            return from_candidates(pairs, candidates)
+        paths = volume_paths(volume_tables)
+        if not (track or {}).get("presence_rerank", False):
+            candidates = candidates[candidates["rank"] == 0]
+        chosen, found = presence.choose_present(pairs, candidates, calibration, paths.__getitem__)
+        return from_candidates(pairs, candidates, chosen, found)
+    predictions = identity_predictions(pairs) if method == "identity" else _registration_predictions(
+        pairs, method, volume_tables, track, progress, source)
+    if calibration is not None:
+        points = predictions[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+        scores = presence.score_at(pairs, points, calibration, volume_paths(volume_tables).__getitem__)
+        predictions["found"] = presence.decide(scores, calibration.threshold)
+    return predictions
 
-        def load(image_id: str) -> VolumeMaps:
-            embeddings = Embeddings.load(root / image_id)
-            if settings.refine_mm <= 0:
-                return VolumeMaps(embeddings)
-            if image_id not in paths:
-                raise InputError(f"{source}: image {image_id} is in no volume table {list(volume_tables)} "
-                                 f"(track.refine_mm > 0 needs the resampled volumes)")
-            return VolumeMaps(embeddings, image=windowed_voxels(read_image(paths[image_id]),
-                                                                embeddings.info["window_hu"]))
 
-        return embedding_predictions(pairs, load, method, settings, progress, source)
+def _embedding_candidates(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | None,
+                          volume_tables: list[str | Path], track: dict[str, Any] | None, progress: bool,
+                          source: str) -> pd.DataFrame:
+    """:func:`embedding_candidates` from the cached embeddings of ``embeddings_dir`` (and, with
+    ``track.refine_mm``, the resampled volumes)."""
+    from lesiontrack.track.embed import Embeddings
+
+    if embeddings_dir is None:
+        raise ValueError(f"method {method}: needs embeddings_dir")
+    settings = match_settings(method, track)
+    paths = volume_paths(volume_tables) if settings.refine_mm > 0 else {}
+    root = Path(embeddings_dir)
+
+    def load(image_id: str) -> VolumeMaps:
+        embeddings = Embeddings.load(root / image_id)
+        if settings.refine_mm <= 0:
+            return VolumeMaps(embeddings)
+        if image_id not in paths:
+            raise InputError(f"{source}: image {image_id} is in no volume table {list(volume_tables)} "
+                             f"(track.refine_mm > 0 needs the resampled volumes)")
+        return VolumeMaps(embeddings, image=windowed_voxels(read_image(paths[image_id]),
+                                                            embeddings.info["window_hu"]))
+
+    return embedding_candidates(pairs, load, method, settings, progress, source)
+
+
+def _registration_predictions(pairs: pd.DataFrame, method: str, volume_tables: list[str | Path],
+                              track: dict[str, Any] | None, progress: bool, source: str) -> pd.DataFrame:
+    """A registration baseline's predictions (one registration per source/target image pair)."""
     from lesiontrack.track import registration
 
     paths = volume_paths(volume_tables)
@@ -211,7 +265,8 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
 
     Embedding methods resample both scans to the checkpoint's spacing and embed them; the
     registration baselines register both scans resampled to ``registration_spacing_mm``. With
-    ``presence_calibration`` (and ``radius_mm``) ``found`` is the appearance test at each match."""
+    ``presence_calibration`` (and ``radius_mm``) ``found`` is the appearance test at each match,
+    and with ``track.presence_rerank`` the match is chosen as in :func:`track_table`."""
     from lesiontrack.preprocess import resample_isotropic
     from lesiontrack.track.embed import embed_volume, load_model
 
@@ -229,7 +284,7 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     _check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
     result = points[["lesion_id"]].copy()
     if method == "identity":
-        predicted, confidence = xyz.copy(), np.full(len(xyz), np.nan)
+        predicted = xyz.copy()
     elif method in EMBEDDING_METHODS:
         if checkpoint is None:
             raise InputError(f"method {method}: needs --checkpoint")
@@ -242,9 +297,10 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
             maps.append(VolumeMaps(embed_volume(model, resampled, tuple(config["window_hu"]), device=device),
                                    image=windowed_voxels(resampled, config["window_hu"])
                                    if settings.refine_mm > 0 else None))
-        matches = [match_point(maps[0], maps[1], point, settings) for point in xyz]
-        predicted = np.array([m.point_mm for m in matches])
-        confidence = np.array([m.confidence for m in matches])
+        candidates = pd.DataFrame([(row, rank, *m.point_mm, m.confidence)
+                                   for row, point in enumerate(xyz)
+                                   for rank, m in enumerate(match_candidates(maps[0], maps[1], point, settings))],
+                                  columns=["row", "rank", "pred_x", "pred_y", "pred_z", "confidence"])
     else:
         from lesiontrack.track import registration
 
@@ -252,21 +308,30 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
                                           resample_isotropic(target_image, registration_spacing_mm), method,
                                           _registration_settings(method, track))
         predicted = registration.map_points(transform, xyz)
-        confidence = np.full(len(xyz), np.nan)
-    result["x"], result["y"], result["z"] = predicted.T
-    result["confidence"] = confidence
-    result["found"] = True
-    if presence_calibration is not None:
+    if method not in EMBEDDING_METHODS:
+        candidates = pd.DataFrame({"row": np.arange(len(xyz)), "rank": 0, "pred_x": predicted[:, 0],
+                                   "pred_y": predicted[:, 1], "pred_z": predicted[:, 2], "confidence": np.nan})
+    chosen, found = np.flatnonzero(candidates["rank"].to_numpy() == 0), np.ones(len(xyz), bool)
+    if presence_calibration is not None and "radius_mm" not in points:
+        raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
+    queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
+                            "source_y": xyz[:, 1], "source_z": xyz[:, 2],
+                            "source_radius_mm": points["radius_mm"].to_numpy(float) if "radius_mm" in points
+                            else np.full(len(xyz), np.nan)})
+    calibration = _calibration(presence_calibration, queries, str(points_csv))
+    if calibration is not None:
         from lesiontrack.track import presence
 
-        if "radius_mm" not in points:
-            raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
-        queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
-                                "source_y": xyz[:, 1], "source_z": xyz[:, 2],
-                                "source_radius_mm": points["radius_mm"].to_numpy(float)})
-        calibration = presence.Calibration.from_json(presence_calibration)
-        scores = presence.score_at(queries, predicted, calibration, {"source": source, "target": target}.__getitem__)
-        result["found"] = presence.decide(scores, calibration.threshold)
+        if not (track or {}).get("presence_rerank", False):
+            candidates = candidates.iloc[chosen].reset_index(drop=True)
+        chosen, found = presence.choose_present(queries, candidates, calibration,
+                                                {"source": source, "target": target}.__getitem__)
+    picked = candidates.iloc[chosen]
+    predicted = picked[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+    confidence = picked["confidence"].to_numpy(float)
+    result["x"], result["y"], result["z"] = predicted.T
+    result["confidence"] = confidence
+    result["found"] = found
     write_table(result, out)
     if qa_dir is not None:
         from lesiontrack.figures import display_volume, tracking_qa

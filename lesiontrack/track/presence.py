@@ -352,6 +352,36 @@ def score_at(queries: pd.DataFrame, points: np.ndarray, calibration: Calibration
     return calibration.score(measure_queries(queries, points, path_of, settings))
 
 
+def choose_present(queries: pd.DataFrame, candidates: pd.DataFrame, calibration: Calibration,
+                   path_of: Callable[[str], str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the best-ranked of its candidate target points at which the appearance test
+    finds the lesion, or its best-ranked candidate where the test finds it at none (a gone lesion:
+    the embedding's best guess of the place); and ``found``.
+
+    ``candidates``: ``row`` (the query's position), ``rank`` (0 best), ``pred_x, pred_y, pred_z``.
+    Returns the chosen candidates' positions in ``candidates`` and ``found`` (an undecidable score,
+    a neighbourhood off the volume, counts as found, as in :func:`decide`; a candidate only wins
+    over a better-ranked one by a score above the threshold).
+    """
+    queries = queries.reset_index(drop=True)
+    rows = candidates["row"].to_numpy(int)
+    ranks = candidates["rank"].to_numpy(int)
+    if not np.array_equal(np.unique(rows), np.arange(len(queries))):
+        raise ValueError("candidates: every query needs at least one candidate")
+    scores = score_at(queries.iloc[rows], candidates[["pred_x", "pred_y", "pred_z"]].to_numpy(float), calibration,
+                      path_of)
+    passing = np.isfinite(scores) & (scores > calibration.threshold)
+    chosen = np.zeros(len(queries), int)
+    found = np.zeros(len(queries), bool)
+    for row in range(len(queries)):
+        mine = np.flatnonzero(rows == row)
+        mine = mine[np.argsort(ranks[mine], kind="stable")]
+        winners = mine[passing[mine]]
+        chosen[row] = winners[0] if winners.size else mine[0]
+        found[row] = bool(winners.size) or bool(decide(scores[mine[:1]], calibration.threshold)[0])
+    return chosen, found
+
+
 def flag_new(targets: pd.DataFrame, tracked: pd.DataFrame, tolerance_mm: float = 5.0) -> pd.DataFrame:
     """Flag the target scan's lesions that no tracked source lesion reaches (``new``).
 
@@ -422,7 +452,7 @@ def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, prediction
     AUC. Writes one row per query (``out_csv``)
     and the metrics (``out_json``).
     """
-    from lesiontrack.track.predict import decide_found, track_table
+    from lesiontrack.track.predict import track_table
 
     lesions = read_table(lesions_csv, required=LESION_COLUMNS)
     queries = presence_queries(lesions, split)
@@ -436,9 +466,8 @@ def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, prediction
     gone = queries[queries["expected"] == "gone"].reset_index(drop=True)
     if len(gone):
         tracked = track_table(gone, method, embeddings_dir, volume_tables, track, progress=False,
-                              source=str(lesions_csv))
-        gone = gone.join(tracked[["pred_x", "pred_y", "pred_z", "confidence"]])
-        gone["found"] = decide_found(gone, tracked, calibration_json, volume_tables, str(lesions_csv))
+                              source=str(lesions_csv), presence_calibration=calibration_json)
+        gone = gone.join(tracked[["pred_x", "pred_y", "pred_z", "confidence", "found"]])
     table = pd.concat([present, gone], ignore_index=True)
     table["found"] = table["found"].astype(bool)
     truth = (table["expected"] == "gone").to_numpy()
