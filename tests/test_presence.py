@@ -147,7 +147,8 @@ def test_the_candidate_where_the_lesion_is_seen_wins_over_a_better_ranked_empty_
                              "source_y": SOURCE_POINT[1], "source_z": SOURCE_POINT[2], "source_radius_mm": 7.0}
                             for name in ("present", "gone", "present")])
     off = SOURCE_POINT + np.array([0.0, 0.0, 24.0])  # plain tissue, beyond the 8 mm search
-    points = {0: [off, SOURCE_POINT], 1: [off, SOURCE_POINT], 2: [SOURCE_POINT, SOURCE_POINT + [2.0, 0.0, 0.0]]}
+    near = SOURCE_POINT + np.array([2.0, 0.0, 0.0])
+    points = {0: [off, SOURCE_POINT], 1: [off, SOURCE_POINT], 2: [SOURCE_POINT, near]}
     candidates = pd.DataFrame([{"row": row, "rank": rank, "pred_x": p[0], "pred_y": p[1], "pred_z": p[2]}
                                for row, ps in points.items() for rank, p in enumerate(ps)])
     calibration = presence.Calibration(True, 0.0, 0.0, "train", {"present": 1, "gone": 1}, {},
@@ -161,6 +162,16 @@ def test_the_candidate_where_the_lesion_is_seen_wins_over_a_better_ranked_empty_
     first = candidates[candidates["rank"] == 0].reset_index(drop=True)
     chosen, found = presence.choose_present(queries, first, calibration, scans.__getitem__)
     assert chosen.tolist() == [0, 1, 2] and found.tolist() == [False, False, True]
+    # another candidate must favour "still there" (score > 0), not merely pass a lower threshold:
+    # the faded lesion (contrast -40 -> -10 HU, no enhancement correction) scores between
+    faded = queries.iloc[[0]].assign(target_image="faded")
+    two = candidates[candidates["row"] == 0]
+    scores = presence.score_at(pd.concat([faded, faded]), two[["pred_x", "pred_y", "pred_z"]].to_numpy(),
+                               calibration, scans.__getitem__)
+    assert scores[0] < -3.0 < scores[1] < 0.0
+    low = dataclasses.replace(calibration, threshold=-3.0)
+    chosen, found = presence.choose_present(faded, two, low, scans.__getitem__)
+    assert chosen.tolist() == [0] and found.tolist() == [False]
 
 
 def test_new_lesions_are_the_targets_no_tracked_source_reaches_mutually():
