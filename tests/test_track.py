@@ -3,7 +3,8 @@ own-data points on NIfTI and DICOM input, coarse-to-fine against full matching."
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image
+from lesiontrack import config as lt_config
+from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image, write_table
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model, scale_geometry
 from lesiontrack.track.match import VolumeMaps
 from lesiontrack.track.predict import track_points
+from lesiontrack.track.presence import Calibration, PresenceSettings
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +130,28 @@ def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
     points = _points(tmp_path / "points.csv", [[name, *(centre + offset)] for name, offset in offsets.items()])
     out = tmp_path / "out.csv"
     checkpoint = smoke_run / "results" / "models" / "default" / "checkpoint_best.pt"
-    result = track_points(dicom, target, points, checkpoint, out, method="multiscale", qa_dir=tmp_path / "qa")
+    track = lt_config.load([Path(__file__).parent.parent / "config.yaml"])["track"]  # as the CLI
+    result = track_points(dicom, target, points, checkpoint, out, method="multiscale", qa_dir=tmp_path / "qa",
+                          track=track)
     written = read_table(out)
     assert list(written.columns) == ["lesion_id", "x", "y", "z", "confidence", "found"]
     assert list(written["lesion_id"]) == ["L1", "L2"]
     assert np.isfinite(result[["x", "y", "z", "confidence"]].to_numpy(float)).all()
     assert sorted(p.name for p in (tmp_path / "qa").iterdir()) == ["L1.png", "L2.png"]
+    # --presence: needs radius_mm (said before anything is computed); with a test that passes
+    # everywhere the presence-aware choice keeps the best candidates, found
+    calibration = Calibration(True, -1e9, 0.0, "train", {"present": 1, "gone": 1}, {},
+                              asdict(PresenceSettings())).to_json(tmp_path / "calibration.json")
+    with pytest.raises(InputError, match=r"points\.csv: the presence test .* needs a radius_mm column"):
+        track_points(dicom, target, points, checkpoint, tmp_path / "no.csv", presence_calibration=calibration)
+    assert not (tmp_path / "no.csv").exists()
+    with_radius = read_table(points).assign(radius_mm=[8.0, 12.0])
+    write_table(with_radius, points)
+    decided = track_points(dicom, target, points, checkpoint, tmp_path / "decided.csv",
+                           track={**track, "presence_rerank": True}, presence_calibration=calibration)
+    assert decided["found"].all()
+    np.testing.assert_allclose(decided[["x", "y", "z"]].to_numpy(float), result[["x", "y", "z"]].to_numpy(float),
+                               atol=1e-3)  # mm; the scans are embedded again
 
 
 def _maps(smoke_run, smoke_model, image_id: str) -> VolumeMaps:

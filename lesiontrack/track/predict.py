@@ -280,6 +280,8 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
         k = int(np.flatnonzero(~np.isfinite(xyz).all(axis=1))[0])
         raise InputError(f"{points_csv}: row {k + 1} ({points['lesion_id'].iloc[k]}): coordinates {tuple(xyz[k])} "
                          f"are not finite")
+    if presence_calibration is not None and "radius_mm" not in points:
+        raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
     source_image, target_image = read_image(source), read_image(target)
     _check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
     result = points[["lesion_id"]].copy()
@@ -312,8 +314,6 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
         candidates = pd.DataFrame({"row": np.arange(len(xyz)), "rank": 0, "pred_x": predicted[:, 0],
                                    "pred_y": predicted[:, 1], "pred_z": predicted[:, 2], "confidence": np.nan})
     chosen, found = np.flatnonzero(candidates["rank"].to_numpy() == 0), np.ones(len(xyz), bool)
-    if presence_calibration is not None and "radius_mm" not in points:
-        raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
     queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
                             "source_y": xyz[:, 1], "source_z": xyz[:, 2],
                             "source_radius_mm": points["radius_mm"].to_numpy(float) if "radius_mm" in points

@@ -19,6 +19,10 @@ less than the organ around it: a contrast phase change moves the shell more than
 a relative uncertainty ``relative_sd x e``. A lesion barely visible at the source scores about 0
 (undecidable, so ``found``). ``found`` = score above the calibrated threshold.
 
+With ``track.presence_rerank`` an embedding method's reranking candidates are all tested
+(:func:`choose_present`): its best candidate if the lesion is seen there, else the best-ranked
+other candidate scoring above 0 (found), else its best one (gone).
+
 Chosen on the default run's TRAIN subjects (172 queries, 8 gone; affine points for the tracking
 error): inner 0.6 r -> 0.4 r raised the F1 of ``gone`` at ground-truth points from 0.71 to 0.75;
 the enhancement correction to 0.80; the 8 mm search (against 4) cut false ``gone`` at affine
