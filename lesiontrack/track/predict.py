@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ import pandas as pd
 from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_table
 from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
 from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, VolumeMaps, match_candidates
+
+if TYPE_CHECKING:
+    from lesiontrack.track import presence
 
 EMBEDDING_METHODS = tuple(METHOD_SCALES)
 REGISTRATION_METHODS = ("affine", "deformable")
@@ -148,7 +151,8 @@ def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: st
     return predictions
 
 
-def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame, source: str):
+def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame, source: str
+                 ) -> presence.Calibration | None:
     """The presence calibration (None: none given, or not calibrated); the queries need
     ``source_radius_mm`` for it."""
     if presence_calibration is None:
@@ -170,9 +174,8 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
 
     ``found``: with a calibrated ``presence_calibration`` (``lesiontrack presence-calibrate``; the
     pairs then need ``source_radius_mm``) the appearance test at each prediction, else true. With
-    ``track.presence_rerank`` the embedding methods' prediction is the best-ranked candidate at
-    which the test finds the lesion, the best candidate where it finds it at none
-    (:func:`lesiontrack.track.presence.choose_present`)."""
+    ``track.presence_rerank`` the embedding methods choose among their reranking candidates by the
+    test (:func:`lesiontrack.track.presence.choose_present`)."""
     from lesiontrack.track import presence
 
     calibration = _calibration(presence_calibration, pairs, source)

@@ -375,10 +375,17 @@ def choose_present(queries: pd.DataFrame, candidates: pd.DataFrame, calibration:
     queries = queries.reset_index(drop=True)
     rows = candidates["row"].to_numpy(int)
     ranks = candidates["rank"].to_numpy(int)
-    if not np.array_equal(np.unique(rows), np.arange(len(queries))):
-        raise ValueError("candidates: every query needs at least one candidate")
-    scores = score_at(queries.iloc[rows], candidates[["pred_x", "pred_y", "pred_z"]].to_numpy(float), calibration,
-                      path_of)
+    first = np.flatnonzero(ranks == 0)
+    if not np.array_equal(np.sort(rows[first]), np.arange(len(queries))):
+        raise ValueError("candidates: every query needs one candidate of rank 0")
+    points = candidates[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+    scores = np.full(len(candidates), np.nan)
+    # the best candidates first; the others only of the queries whose best one fails
+    scores[first] = score_at(queries.iloc[rows[first]], points[first], calibration, path_of)
+    failed = rows[first][~decide(scores[first], calibration.threshold)]
+    others = np.flatnonzero(np.isin(rows, failed) & (ranks > 0))
+    if others.size:
+        scores[others] = score_at(queries.iloc[rows[others]], points[others], calibration, path_of)
     switch = np.isfinite(scores) & (scores > max(calibration.threshold, SWITCH_SCORE))
     chosen = np.zeros(len(queries), int)
     found = np.zeros(len(queries), bool)
