@@ -24,12 +24,12 @@ import pandas as pd
 from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_table
 from lesiontrack.track.baselines import PREDICTION_COLUMNS, identity_predictions
 from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, VolumeMaps, match_candidates
+from lesiontrack.track.registration import METHODS as REGISTRATION_METHODS
 
 if TYPE_CHECKING:
     from lesiontrack.track import presence
 
 EMBEDDING_METHODS = tuple(METHOD_SCALES)
-REGISTRATION_METHODS = ("affine", "deformable")
 METHODS = ("identity", *EMBEDDING_METHODS, *REGISTRATION_METHODS)
 PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
                 "source_z"]
