@@ -40,8 +40,8 @@ from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_image, read_table
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model
 from lesiontrack.track.match import VolumeMaps
-from lesiontrack.track.predict import embedding_candidates, from_candidates, match_settings, windowed_voxels
-from lesiontrack.track.presence import Calibration, choose_present
+from lesiontrack.track.predict import choose, embedding_candidates, from_candidates, match_settings, windowed_voxels
+from lesiontrack.track.presence import Calibration
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -73,16 +73,14 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
             embed_volume(model, image, tuple(config["window_hu"])).save(cache / image_id)
         return VolumeMaps(Embeddings.load(cache / image_id), image=windowed_voxels(image, config["window_hu"]))
 
+    calibration_of = Calibration.from_json(presence_calibration) if presence_calibration is not None else None
     out = {}
     for name, track in (variants or {"": {}}).items():
         settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
         candidates = embedding_candidates(pairs, load, "multiscale", settings, progress=False)
-        if track.get("presence_rerank") and presence_calibration is not None:
-            chosen, found = choose_present(pairs, candidates, Calibration.from_json(presence_calibration),
-                                           lambda image_id: resampled / f"{image_id}.nii.gz")
-            predictions = from_candidates(pairs, candidates, chosen, found)
-        else:
-            predictions = from_candidates(pairs, candidates)
+        calibration = calibration_of if track.get("presence_rerank") else None  # found does not change metrics
+        predictions = from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track,
+                                                                 lambda image_id: resampled / f"{image_id}.nii.gz"))
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         prefix = f"{name}_" if name else ""
         out[f"{prefix}pairs"] = summary["n"]

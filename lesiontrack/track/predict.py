@@ -176,27 +176,45 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
     pairs then need ``source_radius_mm``) the appearance test at each prediction, else true. With
     ``track.presence_rerank`` the embedding methods choose among their reranking candidates by the
     test (:func:`lesiontrack.track.presence.choose_present`)."""
-    from lesiontrack.track import presence
-
     calibration = _calibration(presence_calibration, pairs, source)
     if method not in METHODS:
         raise ValueError(f"method {method!r}: not one of {list(METHODS)}")
     if method in EMBEDDING_METHODS:
         candidates = _embedding_candidates(pairs, method, embeddings_dir, volume_tables, track, progress, source)
-        if calibration is None:
-            return from_candidates(pairs, candidates)
-        paths = volume_paths(volume_tables)
-        if not (track or {}).get("presence_rerank", False):
-            candidates = candidates[candidates["rank"] == 0]
-        chosen, found = presence.choose_present(pairs, candidates, calibration, paths.__getitem__)
-        return from_candidates(pairs, candidates, chosen, found)
-    predictions = identity_predictions(pairs) if method == "identity" else _registration_predictions(
-        pairs, method, volume_tables, track, progress, source)
-    if calibration is not None:
-        points = predictions[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
-        scores = presence.score_at(pairs, points, calibration, volume_paths(volume_tables).__getitem__)
-        predictions["found"] = presence.decide(scores, calibration.threshold)
-    return predictions
+    else:
+        predictions = identity_predictions(pairs) if method == "identity" else _registration_predictions(
+            pairs, method, volume_tables, track, progress, source)
+        candidates = single_candidates(predictions[["pred_x", "pred_y", "pred_z"]].to_numpy(float),
+                                       predictions["confidence"].to_numpy(float),
+                                       predictions["seconds"].to_numpy(float))
+    paths = volume_paths(volume_tables) if calibration is not None else {}
+    return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__))
+
+
+def single_candidates(points_mm: np.ndarray, confidence: np.ndarray | float = np.nan,
+                      seconds: np.ndarray | float = np.nan) -> pd.DataFrame:
+    """The candidates table (:func:`embedding_candidates`) of a method with one answer per row."""
+    points_mm = np.asarray(points_mm, float).reshape(-1, 3)
+    return pd.DataFrame({"row": np.arange(len(points_mm)), "rank": 0, "pred_x": points_mm[:, 0],
+                         "pred_y": points_mm[:, 1], "pred_z": points_mm[:, 2], "confidence": confidence,
+                         "seconds": seconds})
+
+
+def choose(queries: pd.DataFrame, candidates: pd.DataFrame, calibration: presence.Calibration | None,
+           track: dict[str, Any] | None, path_of: Callable[[str], str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's prediction (its position in ``candidates``) and ``found``: without a
+    (calibrated) ``calibration`` the best candidate, found; with one, the appearance test decides,
+    among all candidates with ``track.presence_rerank``
+    (:func:`lesiontrack.track.presence.choose_present`), else at the best."""
+    first = np.flatnonzero(candidates["rank"].to_numpy() == 0)
+    if calibration is None or not calibration.calibrated:
+        return first, np.ones(len(first), bool)
+    from lesiontrack.track import presence
+
+    if (track or {}).get("presence_rerank", False):
+        return presence.choose_present(queries, candidates, calibration, path_of)
+    chosen, found = presence.choose_present(queries, candidates.iloc[first], calibration, path_of)
+    return first[chosen], found
 
 
 def _embedding_candidates(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | None,
@@ -285,6 +303,10 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
                          f"are not finite")
     if presence_calibration is not None and "radius_mm" not in points:
         raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column")
+    queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
+                            "source_y": xyz[:, 1], "source_z": xyz[:, 2]})
+    if "radius_mm" in points:
+        queries["source_radius_mm"] = points["radius_mm"].to_numpy(float)
     source_image, target_image = read_image(source), read_image(target)
     _check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
     result = points[["lesion_id"]].copy()
@@ -302,6 +324,8 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
             maps.append(VolumeMaps(embed_volume(model, resampled, tuple(config["window_hu"]), device=device),
                                    image=windowed_voxels(resampled, config["window_hu"])
                                    if settings.refine_mm > 0 else None))
+        # (not embedding_candidates: its inside check would use the resampled grid, up to a voxel
+        # smaller than the scan the points were checked against)
         candidates = pd.DataFrame([(row, rank, *m.point_mm, m.confidence)
                                    for row, point in enumerate(xyz)
                                    for rank, m in enumerate(match_candidates(maps[0], maps[1], point, settings))],
@@ -314,21 +338,9 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
                                           _registration_settings(method, track))
         predicted = registration.map_points(transform, xyz)
     if method not in EMBEDDING_METHODS:
-        candidates = pd.DataFrame({"row": np.arange(len(xyz)), "rank": 0, "pred_x": predicted[:, 0],
-                                   "pred_y": predicted[:, 1], "pred_z": predicted[:, 2], "confidence": np.nan})
-    chosen, found = np.flatnonzero(candidates["rank"].to_numpy() == 0), np.ones(len(xyz), bool)
-    queries = pd.DataFrame({"source_image": "source", "target_image": "target", "source_x": xyz[:, 0],
-                            "source_y": xyz[:, 1], "source_z": xyz[:, 2],
-                            "source_radius_mm": points["radius_mm"].to_numpy(float) if "radius_mm" in points
-                            else np.full(len(xyz), np.nan)})
-    calibration = _calibration(presence_calibration, queries, str(points_csv))
-    if calibration is not None:
-        from lesiontrack.track import presence
-
-        if not (track or {}).get("presence_rerank", False):
-            candidates = candidates.iloc[chosen].reset_index(drop=True)
-        chosen, found = presence.choose_present(queries, candidates, calibration,
-                                                {"source": source, "target": target}.__getitem__)
+        candidates = single_candidates(predicted)
+    chosen, found = choose(queries, candidates, _calibration(presence_calibration, queries, str(points_csv)), track,
+                           {"source": source, "target": target}.__getitem__)
     picked = candidates.iloc[chosen]
     predicted = picked[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
     confidence = picked["confidence"].to_numpy(float)

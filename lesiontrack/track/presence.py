@@ -376,26 +376,21 @@ def choose_present(queries: pd.DataFrame, candidates: pd.DataFrame, calibration:
     rows = candidates["row"].to_numpy(int)
     ranks = candidates["rank"].to_numpy(int)
     first = np.flatnonzero(ranks == 0)
-    if not np.array_equal(np.sort(rows[first]), np.arange(len(queries))):
+    first = first[np.argsort(rows[first], kind="stable")]  # query k's best candidate: first[k]
+    if not np.array_equal(rows[first], np.arange(len(queries))):
         raise ValueError("candidates: every query needs one candidate of rank 0")
     points = candidates[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
-    scores = np.full(len(candidates), np.nan)
-    # the best candidates first; the others only of the queries whose best one fails
-    scores[first] = score_at(queries.iloc[rows[first]], points[first], calibration, path_of)
-    failed = rows[first][~decide(scores[first], calibration.threshold)]
-    others = np.flatnonzero(np.isin(rows, failed) & (ranks > 0))
+    found = decide(score_at(queries, points[first], calibration, path_of), calibration.threshold)
+    chosen = first.copy()
+    # the other candidates only of the queries whose best one fails
+    others = np.flatnonzero(np.isin(rows, np.flatnonzero(~found)) & (ranks > 0))
     if others.size:
-        scores[others] = score_at(queries.iloc[rows[others]], points[others], calibration, path_of)
-    switch = np.isfinite(scores) & (scores > max(calibration.threshold, SWITCH_SCORE))
-    chosen = np.zeros(len(queries), int)
-    found = np.zeros(len(queries), bool)
-    for row in range(len(queries)):
-        mine = np.flatnonzero(rows == row)
-        mine = mine[np.argsort(ranks[mine], kind="stable")]
-        best, others = mine[0], mine[1:][switch[mine[1:]]]
-        found[row] = bool(decide(scores[best:best + 1], calibration.threshold)[0])
-        chosen[row] = best if found[row] or not others.size else others[0]
-        found[row] |= bool(others.size)
+        scores = score_at(queries.iloc[rows[others]], points[others], calibration, path_of)
+        switch = others[np.isfinite(scores) & (scores > max(calibration.threshold, SWITCH_SCORE))]
+        switch = switch[np.lexsort((ranks[switch], rows[switch]))]  # by query, best rank first
+        switched, best = np.unique(rows[switch], return_index=True)
+        chosen[switched] = switch[best]
+        found[switched] = True
     return chosen, found
 
 
