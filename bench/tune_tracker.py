@@ -11,7 +11,10 @@ the held-out subjects' lesion pairs are tracked (coarse-to-fine, or ``--full``) 
 MED, the median error, the share over 20 mm and MEDz are printed per seed and as mean +- spread
 over seeds (one run is noisy: settings that differ by a few points are not told apart by one seed).
 ``--checkpoint`` scores a trained model instead; ``--variant`` compares matching settings
-(``track.context_mm``, ``refine_mm``, ...) on the same embeddings.
+(``track.context_mm``, ``refine_mm``, ``presence_rerank``, ...) on the same embeddings. With
+``--presence-calibration`` the same subjects' presence queries (gone lesions included) are tracked
+too and the ``gone`` decision is scored as the presence rule makes it (precision, recall, F1, the
+false counts).
 
 The validation subject has only 16 pairs. ``--tuning-results DIR`` also scores every pair of a
 second synthetic run made with another seed, which shares no phantom with the test split:
@@ -41,7 +44,7 @@ from lesiontrack.io import read_image, read_table
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model
 from lesiontrack.track.match import VolumeMaps
 from lesiontrack.track.predict import choose, embedding_candidates, from_candidates, match_settings, windowed_voxels
-from lesiontrack.track.presence import Calibration
+from lesiontrack.track.presence import Calibration, gone_metrics, presence_queries
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -74,17 +77,32 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
         return VolumeMaps(Embeddings.load(cache / image_id), image=windowed_voxels(image, config["window_hu"]))
 
     calibration_of = Calibration.from_json(presence_calibration) if presence_calibration is not None else None
+    queries = None
+    if calibration_of is not None:  # the presence queries (gone lesions included) of the same subjects
+        queries = presence_queries(read_table(results / "synthetic" / "lesions.csv"))
+        if subjects is not None:
+            queries = queries[queries["subject_id"].isin(subjects)].reset_index(drop=True)
+
+    def path_of(image_id: str) -> Path:
+        return resampled / f"{image_id}.nii.gz"
+
     out = {}
     for name, track in (variants or {"": {}}).items():
         settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
         candidates = embedding_candidates(pairs, load, "multiscale", settings, progress=False)
         calibration = calibration_of if track.get("presence_rerank") else None  # found does not change metrics
-        predictions = from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track,
-                                                                 lambda image_id: resampled / f"{image_id}.nii.gz"))
+        predictions = from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, path_of))
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         prefix = f"{name}_" if name else ""
         out[f"{prefix}pairs"] = summary["n"]
         out.update({f"{prefix}{k}": summary[k] for k in ("cpm_radius", "med", "median", "over_20mm", "med_z")})
+        if queries is not None and len(queries):
+            # gone / present decided as the presence rule decides them (at the best candidate, or
+            # among all with presence_rerank), scored against the lesions table's truth
+            candidates = embedding_candidates(queries, load, "multiscale", settings, progress=False)
+            _, found = choose(queries, candidates, calibration_of, track, path_of)
+            gone = gone_metrics(queries["expected"] == "gone", ~found)
+            out.update({f"{prefix}gone_{k}": gone[k] for k in ("n_gone", "fp", "fn", "precision", "recall", "f1")})
     shutil.rmtree(cache)
     return out
 
@@ -143,7 +161,7 @@ def main() -> None:
             row.update({f"tuning_{k}": v for k, v in tuned.items()})
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    keys = [k for k in rows[0] if k not in ("seed", "train_s") and not k.endswith("pairs")]
+    keys = [k for k in rows[0] if k not in ("seed", "train_s") and not k.endswith(("pairs", "n_gone", "fp", "fn"))]
     summary = {k: f"{np.mean([r[k] for r in rows]):.1f} +- {np.std([r[k] for r in rows]):.1f}" for k in keys}
     print("validation subjects", held_out, "overrides", args.set, args.model, "->", summary)
     args.out_dir.mkdir(parents=True, exist_ok=True)
