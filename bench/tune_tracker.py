@@ -61,8 +61,8 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
     """Track the subjects' pairs (all pairs when ``subjects`` is None) with the checkpoint (each
     volume embedded once) and summarise them with the evaluation's own metrics; one summary per
     matching variant (``track`` settings: context_mm, refine_mm, ...), keys prefixed by its name.
-    A variant with ``presence_rerank`` chooses among the candidates with the appearance test of
-    ``presence_calibration`` (as the track rule does)."""
+    With ``presence_calibration`` ``found`` is decided as the track rule decides it (among the
+    candidates with ``presence_rerank``) and scored on the pairs and the gone lesions' queries."""
     model, config = load_model(checkpoint)
     pairs = read_table(results / "synthetic" / "pairs.csv")
     if subjects is not None:
@@ -76,12 +76,13 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
             embed_volume(model, image, tuple(config["window_hu"])).save(cache / image_id)
         return VolumeMaps(Embeddings.load(cache / image_id), image=windowed_voxels(image, config["window_hu"]))
 
-    calibration_of = Calibration.from_json(presence_calibration) if presence_calibration is not None else None
-    queries = None
-    if calibration_of is not None:  # the presence queries (gone lesions included) of the same subjects
+    calibration = Calibration.from_json(presence_calibration) if presence_calibration is not None else None
+    gone_queries = None
+    if calibration is not None:
+        # the presence queries of lesions still there are the pairs themselves; the gone ones are added
         queries = presence_queries(read_table(results / "synthetic" / "lesions.csv"))
-        if subjects is not None:
-            queries = queries[queries["subject_id"].isin(subjects)].reset_index(drop=True)
+        gone_queries = queries[(queries["expected"] == "gone")
+                               & (subjects is None or queries["subject_id"].isin(subjects))].reset_index(drop=True)
 
     def path_of(image_id: str) -> Path:
         return resampled / f"{image_id}.nii.gz"
@@ -90,18 +91,18 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
     for name, track in (variants or {"": {}}).items():
         settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
         candidates = embedding_candidates(pairs, load, "multiscale", settings, progress=False)
-        calibration = calibration_of if track.get("presence_rerank") else None  # found does not change metrics
         predictions = from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, path_of))
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         prefix = f"{name}_" if name else ""
         out[f"{prefix}pairs"] = summary["n"]
         out.update({f"{prefix}{k}": summary[k] for k in ("cpm_radius", "med", "median", "over_20mm", "med_z")})
-        if queries is not None and len(queries):
-            # gone / present decided as the presence rule decides them (at the best candidate, or
-            # among all with presence_rerank), scored against the lesions table's truth
-            candidates = embedding_candidates(queries, load, "multiscale", settings, progress=False)
-            _, found = choose(queries, candidates, calibration_of, track, path_of)
-            gone = gone_metrics(queries["expected"] == "gone", ~found)
+        if gone_queries is not None and len(gone_queries):
+            # found decided as the presence rule decides it (at the best candidate, or among all
+            # with presence_rerank), on the pairs (present) and the gone queries
+            candidates = embedding_candidates(gone_queries, load, "multiscale", settings, progress=False)
+            _, found = choose(gone_queries, candidates, calibration, track, path_of)
+            gone = gone_metrics(np.repeat([False, True], [len(pairs), len(gone_queries)]),
+                                ~np.concatenate([predictions["found"].to_numpy(bool), found]))
             out.update({f"{prefix}gone_{k}": gone[k] for k in ("n_gone", "fp", "fn", "precision", "recall", "f1")})
     shutil.rmtree(cache)
     return out
@@ -125,8 +126,8 @@ def main() -> None:
                         help="matching variants NAME:KEY=VALUE,KEY=VALUE (track settings, e.g. "
                              "ctx:context_mm=16 ctxref:context_mm=16,refine_mm=20); default: the config's track")
     parser.add_argument("--presence-calibration", type=Path, default=None,
-                        help="a presence calibration (results/synthetic/presence/calibration.json) for the "
-                             "variants with presence_rerank=true")
+                        help="a presence calibration (results/synthetic/presence/calibration.json): decide "
+                             "found (and choose with presence_rerank=true) and score gone")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = yaml.safe_load(args.config.read_text())

@@ -122,14 +122,6 @@ def from_candidates(pairs: pd.DataFrame, candidates: pd.DataFrame, chosen: np.nd
     return out[PREDICTION_COLUMNS]
 
 
-def embedding_predictions(pairs: pd.DataFrame, load_maps: Callable[[str], VolumeMaps], method: str,
-                          settings: MatchSettings | None = None, progress: bool = True,
-                          source: str = "pairs.csv") -> pd.DataFrame:
-    """Predictions of an embedding method for every row of ``pairs`` (in its direction): the best
-    candidate of each, ``found`` true."""
-    return from_candidates(pairs, embedding_candidates(pairs, load_maps, method, settings, progress, source))
-
-
 def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: str | None = None,
                   embeddings_dir: str | Path | None = None, volume_tables: list[str | Path] = (),
                   track: dict[str, Any] | None = None, progress: bool = True,
