@@ -38,7 +38,7 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     workdir = copy_workflow(tmp_path / "repo")
     (tmp_path / "bad.yaml").write_text("preprocess:\n  spacing_mm: two\n")
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile",
-                             str(tmp_path / "bad.yaml")], cwd=workdir, capture_output=True, text=True, timeout=120)
+                             str(tmp_path / "bad.yaml")], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "preprocess.spacing_mm = 'two': expected number" in output

@@ -259,7 +259,7 @@ def test_dataset_commands_have_help(stage):
     import sys
 
     result = subprocess.run([sys.executable, "-m", "lesiontrack.cli", stage, "--help"], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=600)
     assert result.returncode == 0 and "--dataset" in result.stdout
 
 

@@ -123,15 +123,16 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     try:
         subprocess.run(["munged", "--force", f"--key-file={key}", f"--socket={socket_path}",
                         f"--pid-file={pid_files[0]}", f"--log-file={folder / 'munge' / 'munged.log'}",
-                        f"--seed-file={folder / 'munge' / 'seed'}"], check=True, env=env, timeout=30)
-        subprocess.run(["slurmctld", "-i"], check=True, env=env, timeout=30)
-        subprocess.run(["slurmd"], check=True, env=env, timeout=30)
-        for _ in range(60):
+                        f"--seed-file={folder / 'munge' / 'seed'}"], check=True, env=env, timeout=300)
+        subprocess.run(["slurmctld", "-i"], check=True, env=env, timeout=300)
+        subprocess.run(["slurmd"], check=True, env=env, timeout=300)
+        deadline = time.monotonic() + 300  # a hang guard: a busy machine can take a while
+        while True:
             state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env).stdout
-            if "idle" in state:
+            if "idle" in state or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        else:
+        if "idle" not in state:
             pytest.fail(f"the test node did not come up: sinfo says {state!r}; see {folder}/slurm*.log")
         yield folder, env
     finally:
