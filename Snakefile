@@ -24,6 +24,7 @@ wildcard_constraints:
 
 
 include: "rules/common.smk"
+include: "rules/synthetic_common.smk"
 include: "rules/dls_common.smk"
 include: "rules/nlst_common.smk"
 include: "rules/custom_common.smk"

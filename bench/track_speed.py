@@ -30,8 +30,8 @@ import yaml
 from lesiontrack.io import read_image, read_table
 from lesiontrack.track import registration
 from lesiontrack.track.embed import embed_volume, load_model
+from lesiontrack.track.embedding import match_settings, windowed_voxels
 from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
-from lesiontrack.track.predict import match_settings, windowed_voxels
 
 MIN_SIZE = (175, 175, 150)
 

@@ -41,10 +41,14 @@ import yaml
 
 from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_image, read_table
+from lesiontrack.track.choose import choose
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model
+from lesiontrack.track.embedding import windowed_voxels
 from lesiontrack.track.match import VolumeMaps
-from lesiontrack.track.predict import choose, embedding_candidates, from_candidates, match_settings, windowed_voxels
+from lesiontrack.track.predict import from_candidates
 from lesiontrack.track.presence import Calibration, gone_metrics, presence_queries
+from lesiontrack.track.tracker import Context, Scans
+from lesiontrack.track.trackers import get as tracker
 from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
 
 
@@ -70,7 +74,7 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
     resampled = results / "synthetic" / "resampled"
     cache = Path(tempfile.mkdtemp(prefix="tune-embeddings-"))  # each volume embedded once, read per variant
 
-    def load(image_id: str) -> VolumeMaps:
+    def load(image_id: str, voxels: bool = True) -> VolumeMaps:
         image = read_image(resampled / f"{image_id}.nii.gz")
         if not (cache / image_id / "geometry.json").exists():
             embed_volume(model, image, tuple(config["window_hu"])).save(cache / image_id)
@@ -89,8 +93,8 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
 
     out = {}
     for name, track in (variants or {"": {}}).items():
-        settings = match_settings("multiscale", {"coarse_to_fine": not full, **track})
-        candidates = embedding_candidates(pairs, load, "multiscale", settings, progress=False)
+        context = Context(Scans(maps=load), {"coarse_to_fine": not full, **track}, progress=False)
+        candidates = tracker("multiscale").candidates(pairs, context)
         predictions = from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, path_of))
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         prefix = f"{name}_" if name else ""
@@ -99,7 +103,7 @@ def score(checkpoint: Path, results: Path, subjects: list[str] | None, full: boo
         if gone_queries is not None and len(gone_queries):
             # found decided as the presence rule decides it (at the best candidate, or among all
             # with presence_rerank), on the pairs (present) and the gone queries
-            candidates = embedding_candidates(gone_queries, load, "multiscale", settings, progress=False)
+            candidates = tracker("multiscale").candidates(gone_queries, context)
             _, found = choose(gone_queries, candidates, calibration, track, path_of)
             gone = gone_metrics(np.repeat([False, True], [len(pairs), len(gone_queries)]),
                                 ~np.concatenate([predictions["found"].to_numpy(bool), found]))

@@ -112,7 +112,13 @@ def cmd_track(args: argparse.Namespace) -> None:
         if not (args.source and args.target and args.points):
             raise SystemExit("lesiontrack track: own data needs --source, --target and --points")
         table = predict.track_points(args.source, args.target, args.points, args.checkpoint, args.out, args.method,
-                                     args.qa_dir, track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+                                     track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+        if args.qa_dir is not None:
+            from lesiontrack.figures import tracking_qa_images
+            from lesiontrack.io import read_image, read_table
+
+            tracking_qa_images(read_image(args.source), read_image(args.target), read_table(args.points), table,
+                               args.qa_dir, args.method)
         print(f"{args.method}: {len(table)} point(s) -> {args.out}")
         return
     if not args.pairs:
@@ -130,9 +136,9 @@ def cmd_presence_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_presence(args: argparse.Namespace) -> None:
-    from lesiontrack.track import presence
+    from lesiontrack.evaluate_presence import evaluate_presence
 
-    report = presence.evaluate_presence(args.pairs, args.lesions, args.predictions, args.method, args.calibration,
+    report = evaluate_presence(args.pairs, args.lesions, args.predictions, args.method, args.calibration,
                                         args.out, args.report, args.split, args.embeddings, args.volumes,
                                         _config(args.config)["track"])
     print(json.dumps(report, default=float))
@@ -140,8 +146,10 @@ def cmd_presence(args: argparse.Namespace) -> None:
 
 def cmd_table(args: argparse.Namespace) -> None:
     from lesiontrack import evaluate
+    from lesiontrack.data.datasets import title
 
-    table = evaluate.table_files(args.dataset, [tuple(m) for m in args.method], args.reference, args.out_dir)
+    table = evaluate.table_files(args.dataset, [tuple(m) for m in args.method], args.reference, args.out_dir,
+                                 title(args.dataset))
     print(table.to_string(index=False))
 
 
@@ -444,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger volumes are embedded in overlapping z-slabs (default: %(default)s)")
     p.set_defaults(func=cmd_embed)
 
-    from lesiontrack.track.predict import METHODS
+    from lesiontrack.track.trackers import TRACKERS
+
+    METHODS = list(TRACKERS)
 
     p = sub.add_parser("track", help="find lesions of one scan on another",
                        description="Workflow form: predict the target point of every pair of a pairs.csv (world "

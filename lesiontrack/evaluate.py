@@ -17,9 +17,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lesiontrack.io import InputError
+from lesiontrack.io import InputError, atomic_path, read_table, write_table
+from lesiontrack.tables import (
+    KEY,
+    PRED_POINT,
+    PREDICTED_COLUMNS,
+    RESULT_COLUMNS,
+    TARGET_BOX,
+    TARGET_POINT,
+    TRUTH_COLUMNS,
+    select_split,
+    validate_pairs,
+    validate_predictions,
+)
 
-KEY = ["pair_id", "direction"]
 # Published rows of the DLS table: name -> field of DLTMix.json holding that method's prediction.
 PUBLISHED_DLS = {"DLT": "predict target center", "Affine (DLT init)": "initial center"}
 SIZE_STRATA = {"r_lt_5": (0.0, 5.0, False), "r_5_to_10": (5.0, 10.0, True), "r_gt_10": (10.0, math.inf, False)}
@@ -68,7 +79,7 @@ def per_pair(truth: pd.DataFrame, predictions: pd.DataFrame, source: str = "pred
     if not duplicated.empty:
         row = duplicated.iloc[0]
         raise InputError(f"{source}: more than one prediction for pair {row['pair_id']} ({row['direction']})")
-    merged = truth.merge(predictions[[*KEY, "pred_x", "pred_y", "pred_z"]], on=KEY, how="outer", indicator=True)
+    merged = truth.merge(predictions[[*KEY, *PRED_POINT]], on=KEY, how="outer", indicator=True)
     unknown = merged[merged["_merge"] == "right_only"]
     if not unknown.empty:
         row = unknown.iloc[0]
@@ -79,16 +90,15 @@ def per_pair(truth: pd.DataFrame, predictions: pd.DataFrame, source: str = "pred
         raise InputError(f"{source}: no prediction for pair {row['pair_id']} ({row['direction']}); "
                          f"{len(missing)} pair(s) missing")
     merged = merged.drop(columns="_merge")
-    _check_finite(merged, ["pred_x", "pred_y", "pred_z"], source)
-    _check_finite(merged, ["target_x", "target_y", "target_z", "target_radius_mm"], "ground truth")
-    delta = merged[["pred_x", "pred_y", "pred_z"]].to_numpy(float) - merged[
-        ["target_x", "target_y", "target_z"]].to_numpy(float)
+    _check_finite(merged, PRED_POINT, source)
+    _check_finite(merged, [*TARGET_POINT, "target_radius_mm"], "ground truth")
+    delta = merged[PRED_POINT].to_numpy(float) - merged[TARGET_POINT].to_numpy(float)
     out = merged[[*KEY, "target_radius_mm"]].copy()
     out["error_x"], out["error_y"], out["error_z"] = np.abs(delta).T
     out["distance_mm"] = np.linalg.norm(delta, axis=1)
-    box_columns = [f"target_box_{m}_{a}" for m in ("min", "max") for a in "xyz"]
+    box_columns = TARGET_BOX
     if set(box_columns) <= set(merged.columns):
-        out["inside_box"] = hits_box(merged[["pred_x", "pred_y", "pred_z"]].to_numpy(float),
+        out["inside_box"] = hits_box(merged[PRED_POINT].to_numpy(float),
                                      merged[box_columns[:3]].to_numpy(float), merged[box_columns[3:]].to_numpy(float))
     return out
 
@@ -235,20 +245,6 @@ def dls_tables(path: str | Path, field: str) -> tuple[pd.DataFrame, pd.DataFrame
 
 # --- files: one call for the command line and the workflow ----------------------------------------
 
-TRUTH_COLUMNS = ["pair_id", "direction", "target_x", "target_y", "target_z", "target_radius_mm"]
-PREDICTED_COLUMNS = ["pair_id", "direction", "pred_x", "pred_y", "pred_z"]
-
-
-def select_split(pairs: pd.DataFrame, split: str | None, source: str) -> pd.DataFrame:
-    """The pairs of one split (``split`` column), or all pairs where ``split`` is None."""
-    if split is None:
-        return pairs
-    if "split" not in pairs:
-        raise InputError(f"{source}: no 'split' column to select split {split!r} from")
-    selected = pairs[pairs["split"] == split]
-    if selected.empty:
-        raise InputError(f"{source}: no pairs in split {split!r} (splits: {sorted(set(pairs['split']))})")
-    return selected
 
 
 def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path | None = None,
@@ -257,16 +253,14 @@ def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path |
                    seed: int = 0) -> dict[str, Any]:
     """Score a predictions CSV against ``pairs`` (or a DLS-format JSON on its own); write the
     metrics JSON (and the per-pair distances). Nothing is written if any input is bad."""
-    from lesiontrack.io import atomic_path, read_table, write_table
-
     source = Path(predictions)
     if source.suffix == ".json":
         truth, predicted = dls_tables(source, prediction_field)
     else:
         if pairs is None:
             raise InputError(f"{source}: a predictions CSV needs the ground-truth pairs.csv (--pairs)")
-        truth = select_split(read_table(pairs, required=TRUTH_COLUMNS), split, str(pairs))
-        predicted = read_table(source, required=PREDICTED_COLUMNS)
+        truth = select_split(validate_pairs(read_table(pairs), str(pairs), TRUTH_COLUMNS), split, str(pairs))
+        predicted = validate_predictions(read_table(source), str(source), PREDICTED_COLUMNS)
     scored = per_pair(truth, predicted, source=str(source))
     result = metrics(scored, min_radius_mm, bootstrap_samples, seed)
     result["source"] = {"predictions": str(source), "pairs": str(pairs) if pairs else None, "split": split,
@@ -281,9 +275,6 @@ def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path |
 
 
 # --- Table 1 style comparison -------------------------------------------------------------------
-
-TABLE_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]
-
 
 def method_slug(name: str) -> str:
     """File-name form of a method name: ``Affine (DLT init)`` -> ``affine-dlt-init``."""
@@ -303,7 +294,7 @@ def method_table(results: dict[str, tuple[dict[str, Any], pd.DataFrame]], refere
                      "CPM@Radius": round(result["cpm_radius"], 2),
                      **{f"MED{a}": f"{result[f'med_{a}']:.1f} ± {result[f'med_{a}_std']:.1f}" for a in "xyz"},
                      "MED": f"{result['med']:.1f} ± {result['med_std']:.1f}", "p_vs_reference": p_value})
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
 def _p_text(p: float) -> str:
@@ -314,8 +305,6 @@ def _p_text(p: float) -> str:
 
 def write_tables(table: pd.DataFrame, out_prefix: str | Path, caption: str) -> list[Path]:
     """Write ``<prefix>.csv``, ``.md`` and ``.tex`` (each atomically)."""
-    from lesiontrack.io import atomic_path, write_table
-
     out_prefix = Path(out_prefix)
     paths = [write_table(table, out_prefix.with_suffix(".csv"), float_format="%.6g")]
     shown = table.assign(p_vs_reference=table["p_vs_reference"].map(_p_text))
@@ -341,26 +330,20 @@ def write_tables(table: pd.DataFrame, out_prefix: str | Path, caption: str) -> l
     return paths
 
 
-TABLE_TITLES = {"dls": "Table 1 (DLS)", "nlst": "Table 2 (NLSTx; not the paper's private NLST set)",
-                "synthetic": "Synthetic longitudinal CT", "custom": "Own data"}
-"""The title of each dataset's table: the paper's numbering where the paper has the table."""
-
-
 def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]], reference: str,
-                out_dir: str | Path) -> pd.DataFrame:
-    """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``.
+                out_dir: str | Path, title: str | None = None) -> pd.DataFrame:
+    """Read each method's metrics JSON and per-pair CSV; write ``<out_dir>/<dataset>.{csv,md,tex}``
+    with the caption ``title`` (default: the dataset's name).
 
     Rows keep the order of ``methods``; p-values are against ``reference`` where it is among them.
     """
-    from lesiontrack.io import read_table
-
     results = {name: (json.loads(Path(metrics_path).read_text()), read_table(per_pair_path))
                for name, metrics_path, per_pair_path in methods}
     present = reference if reference in results else None
     table = method_table(results, present)
     against = (f"p: paired t-test on distances against {reference}" if present
                else f"no p-values: {reference} has not been run on {dataset}")
-    caption = (f"{TABLE_TITLES.get(dataset, dataset)}: tracking accuracy (DLT evaluator convention: "
+    caption = (f"{title or dataset}: tracking accuracy (DLT evaluator convention: "
                f"CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm); MED in mm, mean ± std; {against})")
     write_tables(table, Path(out_dir) / dataset, caption)
     return table

@@ -36,8 +36,22 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Text
 from matplotlib.transforms import blended_transform_factory
 
-from lesiontrack.io import Geometry, atomic_path, read_image, read_table
+from lesiontrack.evaluate import hits_radius
+from lesiontrack.io import Geometry, atomic_path, read_image, read_table, volume_paths
+from lesiontrack.landmarks import read_landmarks
 from lesiontrack.preprocess import window
+from lesiontrack.tables import (
+    ID_COLUMNS,
+    KEY,
+    LESION_COLUMNS,
+    PER_PAIR_COLUMNS,
+    PRED_POINT,
+    PREDICTED_COLUMNS,
+    QUERY_COLUMNS,
+    select_split,
+)
+from lesiontrack.track.embed import Embeddings
+from lesiontrack.track.match import VolumeMaps, similarity_maps
 
 # Okabe-Ito colour-blind-safe palette (+ white and a grid grey): the only colours figures draw with.
 PALETTE = {
@@ -214,8 +228,8 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
     tracked lesion, with ground-truth landmarks and lesions marked."""
     dataset_dir = Path(dataset_dir)
     images = read_table(dataset_dir / "images.csv", required=["image_id", "subject_id", "split", "timepoint", "path"])
-    lesions = read_table(dataset_dir / "lesions.csv", required=["lesion_id", "image_id", "x", "y", "z", "radius_mm"])
-    pairs = read_table(dataset_dir / "pairs.csv", required=["lesion_id", "source_image", "target_image"])
+    lesions = read_table(dataset_dir / "lesions.csv", required=LESION_COLUMNS)
+    pairs = read_table(dataset_dir / "pairs.csv", required=QUERY_COLUMNS)
     test = images[images["split"] == "test"].sort_values(["subject_id", "timepoint"])
     subject = test["subject_id"].iloc[0]
     scans = test[test["subject_id"] == subject].iloc[:2]
@@ -291,6 +305,20 @@ def display_volume(image: sitk.Image, window_hu: tuple[float, float] = DISPLAY_W
     """A scan ready for :func:`tracking_qa`: axis-aligned, windowed to [0, 1], and its grid."""
     image = _axis_aligned(image)
     return window(sitk.GetArrayViewFromImage(image), window_hu), Geometry.of(image)
+
+
+def tracking_qa_images(source_image: sitk.Image, target_image: sitk.Image, points: pd.DataFrame,
+                       tracked: pd.DataFrame, qa_dir: str | Path, method: str) -> list[Path]:
+    """One :func:`tracking_qa` picture per lesion of an own-data run into ``qa_dir``:
+    ``points`` (``lesion_id, x, y, z[, radius_mm]``) on the source scan, ``tracked`` (the same
+    rows: ``x, y, z, confidence``) on the target scan."""
+    radius = points["radius_mm"].to_numpy(float) if "radius_mm" in points else np.full(len(points), np.nan)
+    shown = display_volume(source_image), display_volume(target_image)
+    source_mm, predicted_mm = points[["x", "y", "z"]].to_numpy(float), tracked[["x", "y", "z"]].to_numpy(float)
+    confidence = tracked["confidence"].to_numpy(float)
+    return [tracking_qa(*shown, source_mm[k], predicted_mm[k], Path(qa_dir) / f"{lesion_id}.png",
+                        title=f"{lesion_id} ({method}, confidence {confidence[k]:.3f})", radius_mm=radius[k])
+            for k, lesion_id in enumerate(points["lesion_id"].astype(str))]
 
 
 def tracking_qa(source: tuple[np.ndarray, Geometry], target: tuple[np.ndarray, Geometry], source_mm: np.ndarray,
@@ -388,10 +416,8 @@ def _legend_handles(box: bool = True) -> list:
 
 def _ranked(pairs: pd.DataFrame, predictions: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     """Pairs with their prediction and error, from the smallest error to the largest."""
-    key = ["pair_id", "direction"]
-    merged = errors[[*key, "distance_mm"]].merge(pairs, on=key).merge(
-        predictions[[*key, "pred_x", "pred_y", "pred_z"]], on=key)
-    return merged.sort_values(["distance_mm", *key]).reset_index(drop=True)
+    merged = errors[[*KEY, "distance_mm"]].merge(pairs, on=KEY).merge(predictions[[*KEY, *PRED_POINT]], on=KEY)
+    return merged.sort_values(["distance_mm", *KEY]).reset_index(drop=True)
 
 
 def qualitative(pairs: pd.DataFrame, predictions: pd.DataFrame, errors: pd.DataFrame, volumes: _Volumes,
@@ -431,8 +457,7 @@ def lesion_over_time(pairs: pd.DataFrame, predictions: pd.DataFrame, volumes: _V
     from its first to its second and from its second to its third scan; each later scan shows the
     ground truth and the prediction from the scan before (tracked from that scan's ground truth).
     Where no lesion of the pairs has three scans, its largest lesion's one pair, and the title says so."""
-    key = ["pair_id", "direction"]
-    tracked = pairs.merge(predictions[[*key, "pred_x", "pred_y", "pred_z"]], on=key)
+    tracked = pairs.merge(predictions[[*KEY, *PRED_POINT]], on=KEY)
     forward = tracked[tracked["direction"] == "forward"] if (tracked["direction"] == "forward").any() else tracked
     radius = "source_radius_mm" if "source_radius_mm" in forward else "target_radius_mm"
     chains = []
@@ -516,8 +541,6 @@ def error_cdf(errors: dict[str, pd.DataFrame], out_base: str | Path) -> list[Pat
 def cpm_vs_radius(errors: dict[str, pd.DataFrame], out_base: str | Path, bins: int = 4) -> list[Path]:
     """CPM@Radius (share of pairs whose error is within the lesion's radius) per method, in lesion
     radius quartiles (x: the median radius of each)."""
-    from lesiontrack.evaluate import hits_radius
-
     colours = method_colours(errors)
     reference = next(iter(errors.values()))
     edges = np.unique(np.quantile(reference["target_radius_mm"].to_numpy(float), np.linspace(0, 1, bins + 1)))
@@ -656,25 +679,16 @@ def dataset_figures(pairs_csv: str | Path, errors_csv: dict[str, str | Path], pr
     the volumes (``image_id, path``); ``embeddings_dir``: the reference model's embedding caches
     (``<image_id>/``) for the similarity maps.
     """
-    from lesiontrack.evaluate import select_split
-    from lesiontrack.io import volume_paths
-
     out_dir = Path(out_dir)
-    pairs = select_split(read_table(pairs_csv, required=["pair_id", "direction", "lesion_id", "source_image",
-                                                         "target_image"]), split, str(pairs_csv))
-    errors = {name: read_table(path, required=["pair_id", "direction", "distance_mm", "target_radius_mm",
-                                                "error_x", "error_y", "error_z"])
-              for name, path in errors_csv.items()}
+    pairs = select_split(read_table(pairs_csv, required=ID_COLUMNS), split, str(pairs_csv))
+    errors = {name: read_table(path, required=PER_PAIR_COLUMNS) for name, path in errors_csv.items()}
     if reference not in errors:
         raise ValueError(f"reference method {reference!r} is not among the methods {sorted(errors)}")
-    predictions = read_table(predictions_csv, required=["pair_id", "direction", "pred_x", "pred_y", "pred_z"])
+    predictions = read_table(predictions_csv, required=PREDICTED_COLUMNS)
     volumes = _Volumes(volume_paths(resampled_tables), window_hu)
     written = qualitative(pairs, predictions, errors[reference], volumes, out_dir / "qualitative", reference)
     written += lesion_over_time(pairs, predictions, volumes, out_dir / "lesion_over_time", reference)
     if embeddings_dir is not None:
-        from lesiontrack.track.embed import Embeddings
-        from lesiontrack.track.match import VolumeMaps, similarity_maps
-
         ranked = _ranked(pairs, predictions, errors[reference])
         pair = ranked.iloc[len(ranked) // 2]
         source, target = (VolumeMaps(Embeddings.load(Path(embeddings_dir) / pair[f"{end}_image"]))
@@ -694,8 +708,6 @@ def landmark_figure(volume_tables: list[str | Path], landmark_tables: list[str |
     ``split`` (known from ``split_tables``: ``image_id, split``; else the first volume) that has
     a landmark table: from the landmark shard tables (``image_id, landmarks``), or, for the
     synthetic oracle, ``truth_dir/<image_id>.csv``."""
-    from lesiontrack.landmarks import read_landmarks
-
     volumes = pd.concat([read_table(t, required=["image_id", "path"]) for t in volume_tables], ignore_index=True)
     if split_tables:
         splits = pd.concat([read_table(t, required=["image_id", "split"]) for t in split_tables], ignore_index=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,7 +183,13 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    try:
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (no header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable {'TSV' if path.suffix == '.tsv' else 'CSV'} table "
+                         f"({str(error).strip().splitlines()[-1]})") from None
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
@@ -249,3 +257,20 @@ class Geometry:
         margin = margin_mm / np.asarray(self.spacing)
         upper = np.asarray(self.size, float) - 1.0 - margin
         return np.all((idx >= margin - 1e-6) & (idx <= upper + 1e-6), axis=1)
+
+
+class LoadCache:
+    """The last few loaded volumes by image id (embedding maps: float32 maps of a 2 mm CT take
+    about 1 GB)."""
+
+    def __init__(self, load: Callable[[str], Any], size: int = 3) -> None:
+        self.load, self.size, self.items = load, size, OrderedDict()
+
+    def __call__(self, image_id: str) -> Any:
+        if image_id in self.items:
+            self.items.move_to_end(image_id)
+        else:
+            self.items[image_id] = self.load(image_id)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[image_id]

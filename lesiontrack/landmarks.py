@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry
+from lesiontrack.dicom_seg import is_dicom_seg, read_seg
+from lesiontrack.io import Geometry, InputError, read_image, read_table, write_table
 from lesiontrack.vocabulary import LANDMARK_NAMES, LUNG_LABELS, TOTALSEG_V2_NAMES, VERTEBRAE, check_landmark_name
 
 COLUMNS = ("name", "x", "y", "z", "confidence")
@@ -415,12 +416,11 @@ def _bone_landmarks(hu: np.ndarray, inside: np.ndarray, spacing: np.ndarray, to_
 # --- tables per volume and per shard ---------------------------------------------------------
 
 BACKENDS = ("totalseg", "heuristic", "synthetic", "file")
+ORACLE_BACKEND = "synthetic"  # the datasets' own ground-truth landmarks (results/<dataset>/truth), no rule
 
 
 def read_landmarks(path: str | Path) -> pd.DataFrame:
     """A landmark table (``name, x, y, z[, confidence]`` in world mm) checked against the vocabulary."""
-    from lesiontrack.io import InputError, read_table
-
     table = read_table(path, required=["name", "x", "y", "z"])
     unknown = sorted(set(table["name"]) - set(LANDMARK_NAMES))
     if unknown:
@@ -439,12 +439,9 @@ def volume_landmarks(backend: str, image: str | Path | None = None, labels: str 
     TotalSegmentator v2 ids unless ``class_map`` is given, or a DICOM SEG file), ``heuristic``
     (the CT ``image``), ``synthetic`` (the generator's ground truth ``table``, an oracle) or
     ``file`` (a user's ``table``)."""
-    from lesiontrack.io import InputError, read_image
-
     if backend == "totalseg":
         if labels is None:
             raise InputError("landmark backend totalseg needs a label map (TotalSegmentator output)")
-        from lesiontrack.dicom_seg import is_dicom_seg, read_seg
 
         if is_dicom_seg(labels):  # segments named by their labels (e.g. IDC's TotalSegmentator SEGs)
             label_map, names = read_seg(labels, read_image(image) if image is not None else None)
@@ -469,7 +466,6 @@ def landmarks_shard(images_csv: str | Path, backend: str, out_dir: str | Path, o
     row counts and seconds."""
     import time
 
-    from lesiontrack.io import InputError, read_table, write_table
 
     images = read_table(images_csv, required=["image_id", "path"])
     if backend == "totalseg" and "label_path" not in images.columns:

@@ -1,29 +1,24 @@
 # Input functions and shard lists; no other logic.
 from pathlib import Path
 
-from lesiontrack.data import custom as custom_data
-from lesiontrack.data import nlst as nlst_data
-from lesiontrack.data import synthetic as synthetic_data
-from lesiontrack.evaluate import PUBLISHED_DLS, method_slug
+from lesiontrack.data import datasets
+from lesiontrack.evaluate import method_slug
+from lesiontrack.landmarks import ORACLE_BACKEND
 from lesiontrack.figures import DATASET_FIGURES
 from lesiontrack.provenance import fingerprint
-from lesiontrack.track.predict import EMBEDDING_METHODS, REGISTRATION_METHODS
+from lesiontrack.track import trackers
 
-SYNTHETIC = synthetic_data.SyntheticConfig.from_dict(config["synthetic"])
-SYNTHETIC_SHARDS = synthetic_data.shards(SYNTHETIC, config["shard_size"])
+# Filled by each dataset's rules/<name>_common.smk: name -> function.
+IMAGE_SHARDS = {}  # () -> the shard names of its images-{shard}.csv
+EVALUATION_SHARDS = (
+    {}
+)  # (split) -> the shards holding volumes of a split (default: every shard)
+DATASET_OUTPUTS = {}  # () -> what rule all asks of the dataset when it is enabled
 
 
 def code(*modules):
     """Fingerprint of the package modules behind a step; passed as a param so edits rerun it."""
     return fingerprint(workflow.basedir, *modules)
-
-
-def synthetic_shard_names():
-    return [f"{k:03d}" for k in range(len(SYNTHETIC_SHARDS))]
-
-
-def synthetic_shard_subjects(wildcards):
-    return SYNTHETIC_SHARDS[int(wildcards.shard)]
 
 
 def shard_tables(dataset, name):
@@ -64,24 +59,29 @@ def uses_landmarks():
     return config["train"]["landmark_fraction"] > 0
 
 
+def oracle_landmarks():
+    """The synthetic landmark backend: the datasets' ground-truth landmarks, no landmarks rule."""
+    return config["train"]["landmark_backend"] == ORACLE_BACKEND
+
+
 def landmark_dir(wildcards):
     """Folders of the landmark tables that pretraining draws landmark positives from: the
     landmarks rule's output per training dataset, or the synthetic ground truth (an oracle).
     """
     if not uses_landmarks():
         return []
-    if config["train"]["landmark_backend"] == "synthetic":
-        return (
-            ["results/synthetic/truth"]
-            if "synthetic" in config["train"]["datasets"]
-            else []
-        )
+    if oracle_landmarks():
+        return [
+            f"results/{name}/truth"
+            for name in config["train"]["datasets"]
+            if datasets.get(name).oracle_landmarks
+        ]
     return [f"results/{name}/landmarks" for name in config["train"]["datasets"]]
 
 
 def training_landmark_tables(wildcards):
     """Landmark shard tables pretraining waits for (none for the synthetic oracle)."""
-    if not uses_landmarks() or config["train"]["landmark_backend"] == "synthetic":
+    if not uses_landmarks() or oracle_landmarks():
         return []
     return [
         t
@@ -92,13 +92,7 @@ def training_landmark_tables(wildcards):
 
 def image_shard_names(dataset):
     """Shards of a dataset's images-{shard}.csv (DLS, NLST: known once their checkpoint ran)."""
-    if dataset == "synthetic":
-        return synthetic_shard_names()
-    if dataset == "dls":
-        return sorted(set(dls_series_plan()["shard"]))
-    if dataset == "nlst":
-        return [f"{k:03d}" for k in range(len(nlst_shards()))]
-    return ["000"]  # custom: one shard
+    return IMAGE_SHARDS[dataset]()
 
 
 def dataset_resampled_tables(wildcards):
@@ -165,18 +159,10 @@ def variant_embedding_tables(wildcards):
 
 
 def embedding_tables(wildcards, model=None):
-    """Embedding shard tables of the shards that may hold volumes of the tracked split (synthetic:
-    known from the subjects; other datasets: every shard)."""
-    if wildcards.dataset == "synthetic":
-        split = config["evaluate"]["split"]
-        splits = [s for _, s in synthetic_data.subject_ids(SYNTHETIC)]
-        names = [
-            f"{k:03d}"
-            for k, subjects in enumerate(SYNTHETIC_SHARDS)
-            if any(splits[i] == split for i in subjects)
-        ]
-    else:
-        names = image_shard_names(wildcards.dataset)
+    """Embedding shard tables of the shards that may hold volumes of the tracked split."""
+    shards = EVALUATION_SHARDS.get(wildcards.dataset)
+    split = config["evaluate"]["split"]
+    names = shards(split) if shards else image_shard_names(wildcards.dataset)
     return expand(
         "results/{dataset}/shards/embeddings-{model}-{shard}.csv",
         dataset=wildcards.dataset,
@@ -189,27 +175,31 @@ def enabled_datasets():
     return [name for name, spec in config["datasets"].items() if spec["enabled"]]
 
 
-PUBLISHED_ROWS = {"dls": PUBLISHED_DLS}
-PUBLISHED_FIELDS = {method_slug(name): field for name, field in PUBLISHED_DLS.items()}
+PUBLISHED_FIELDS = {
+    method_slug(name): field
+    for dataset in datasets.DATASETS.values()
+    for name, field in dataset.published.items()
+}
 
 
 def tracked_datasets():
     """Enabled datasets with images and ground-truth pairs: our methods run on these."""
-    spec = config["datasets"]
     return [
         name
         for name in enabled_datasets()
-        if name in ("synthetic", "nlst")
-        or (name == "dls" and spec["dls"]["download"])
-        or (name == "custom" and spec["custom"]["pairs"])
+        if datasets.get(name).tracked(config["datasets"][name])
     ]
+
+
+def dataset_title(wildcards):
+    return datasets.title(wildcards.dataset)
 
 
 def table_rows(dataset):
     """(name, file slug) of each row of the dataset's table: our methods (where the dataset's
     images are downloaded), then published rows."""
     own = config["track"]["methods"] if dataset in tracked_datasets() else []
-    published = list(PUBLISHED_ROWS.get(dataset, {}))
+    published = list(datasets.get(dataset).published)
     rows = [(name, method_slug(name)) for name in own]
     if dataset in tracked_datasets():
         rows += [
@@ -250,18 +240,18 @@ def landmark_figure_datasets():
         name
         for name in config["train"]["datasets"]
         if name in enabled_datasets()
-        and (config["train"]["landmark_backend"] != "synthetic" or name == "synthetic")
+        and (not oracle_landmarks() or datasets.get(name).oracle_landmarks)
     ]
 
 
 def landmark_figure_tables(wildcards):
-    if config["train"]["landmark_backend"] == "synthetic":
+    if oracle_landmarks():
         return []
     return shard_tables(wildcards.dataset, "landmarks")
 
 
 def landmark_truth_dir(wildcards):
-    if config["train"]["landmark_backend"] == "synthetic":
+    if oracle_landmarks():
         return f"results/{wildcards.dataset}/truth"
     return None
 
@@ -288,8 +278,8 @@ def presence_datasets():
 
 
 def presence_methods():
-    """Methods with a presence decision (identity: none, its point is the source's)."""
-    return [m for m in config["track"]["methods"] if m != "identity"]
+    """Methods whose found the appearance test decides (identity: none, its point is the source's)."""
+    return [m for m in config["track"]["methods"] if trackers.get(m).decides_presence]
 
 
 def presence_calibration(wildcards):
@@ -298,15 +288,38 @@ def presence_calibration(wildcards):
     return []
 
 
-def presence_embedding_tables(wildcards):
-    return embedding_tables(wildcards) if wildcards.method in EMBEDDING_METHODS else []
+def tracker_of(wildcards):
+    return trackers.get(wildcards.method)
 
 
-def presence_embedding_dir(wildcards):
+def track_embedding_tables(wildcards):
+    """The embedding shard tables a method reads (none for trackers without embeddings)."""
+    return embedding_tables(wildcards) if tracker_of(wildcards).needs.embeddings else []
+
+
+def track_embedding_dir(wildcards):
     return (
         model_embedding_dir(wildcards)
-        if wildcards.method in EMBEDDING_METHODS
+        if tracker_of(wildcards).needs.embeddings
         else None
+    )
+
+
+def track_volume_tables(wildcards):
+    """The resampled volumes a method reads (registration; the embeddings' refinement)."""
+    return (
+        dataset_resampled_tables(wildcards)
+        if tracker_of(wildcards).needs.volumes
+        else []
+    )
+
+
+def track_presence_calibration(wildcards):
+    """The calibration that decides found, for trackers with a presence decision."""
+    return (
+        presence_calibration(wildcards)
+        if tracker_of(wildcards).decides_presence
+        else []
     )
 
 
@@ -318,34 +331,9 @@ def all_outputs():
             dataset=dataset,
             method=presence_methods(),
         )
-    if "synthetic" in enabled_datasets():
-        outputs += [
-            "results/synthetic/pairs.csv",
-            "results/synthetic/lesions.csv",
-            "results/synthetic/images.csv",
-            "results/figures/synthetic_preview.png",
-            "results/tables/synthetic.csv",
-        ]
-        outputs += shard_tables("synthetic", "resampled")
-        if config["train"]["landmark_backend"] != "synthetic":
-            outputs += shard_tables("synthetic", "landmarks")
+    for name in enabled_datasets():
+        outputs += DATASET_OUTPUTS[name]()
     training = set(config["train"]["datasets"]) & set(enabled_datasets())
     if not config["model"]["checkpoint"] and (tracked_datasets() or training):
         outputs.append(f"results/models/{config['model']['name']}/checkpoint_best.pt")
-    if "dls" in enabled_datasets():
-        outputs.append("results/tables/dls.csv")
-        if config["datasets"]["dls"]["download"]:
-            outputs += ["results/dls/pairs.csv", "results/dls/images.csv"]
-    if "nlst" in enabled_datasets():
-        outputs += [
-            "results/nlst/pairs.csv",
-            "results/nlst/lesions.csv",
-            "results/nlst/images.csv",
-            "results/tables/nlst.csv",
-        ]
-    outputs += figure_outputs()
-    if "custom" in enabled_datasets():
-        outputs.append("results/custom/images.csv")
-        if config["datasets"]["custom"]["pairs"]:
-            outputs += ["results/custom/pairs.csv", "results/tables/custom.csv"]
-    return outputs
+    return outputs + figure_outputs()

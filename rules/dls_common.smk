@@ -37,3 +37,14 @@ def dls_shard_archives(wildcards):
 
 def dls_image_shards(wildcards):
     return shard_tables("dls", "images")
+
+
+def dls_outputs():
+    outputs = ["results/tables/dls.csv"]
+    if config["datasets"]["dls"]["download"]:
+        outputs += ["results/dls/pairs.csv", "results/dls/images.csv"]
+    return outputs
+
+
+IMAGE_SHARDS["dls"] = lambda: sorted(set(dls_series_plan()["shard"]))
+DATASET_OUTPUTS["dls"] = dls_outputs

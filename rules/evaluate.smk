@@ -1,23 +1,3 @@
-rule track_baseline:
-    input:
-        pairs="results/{dataset}/pairs.csv",
-    output:
-        predictions="results/{dataset}/predictions/{method}.csv",
-    log:
-        "results/logs/track/{dataset}-{method}.log",
-    benchmark:
-        "results/benchmarks/track/{dataset}-{method}.tsv"
-    wildcard_constraints:
-        method="identity",
-    conda:
-        "../envs/evaluate.yaml"
-    params:
-        split=lookup(dpath="evaluate/split", within=config),
-        code=code("lesiontrack.track.baselines"),
-    script:
-        "../workflow_scripts/track_baseline.py"
-
-
 rule evaluate:
     input:
         pairs="results/{dataset}/pairs.csv",
@@ -63,6 +43,7 @@ rule table:
     params:
         methods=table_row_names,
         reference=lookup(dpath="evaluate/reference_method", within=config),
+        title=dataset_title,
         code=code("lesiontrack.evaluate"),
     script:
         "../workflow_scripts/table.py"

@@ -25,12 +25,12 @@ rule embed:
         "../workflow_scripts/embed.py"
 
 
-rule track_embedding:
+rule track:
     input:
         pairs="results/{dataset}/pairs.csv",
-        embeddings=embedding_tables,
-        volumes=dataset_resampled_tables,  # track.refine_mm: the voxels around each match
-        presence=presence_calibration,  # decides found (datasets of track.presence_datasets)
+        embeddings=track_embedding_tables,
+        volumes=track_volume_tables,
+        presence=track_presence_calibration,  # decides found (datasets of track.presence_datasets)
     output:
         predictions="results/{dataset}/predictions/{method}.csv",
     log:
@@ -38,15 +38,16 @@ rule track_embedding:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="|".join(EMBEDDING_METHODS),
-    priority: 5
+        method="|".join(trackers.names()),
+    # before the embedding tracks' end: the registrations are the longest jobs after pretraining
+    priority: 6
     conda:
         "../envs/pretrain.yaml"
     threads: 1
     params:
         split=lookup(dpath="evaluate/split", within=config),
         track=lookup(dpath="track", within=config),
-        embeddings=model_embedding_dir,
+        embeddings=track_embedding_dir,
         code=code("lesiontrack.track.predict"),
     script:
         "../workflow_scripts/track.py"
@@ -64,7 +65,7 @@ rule track_variant:
     benchmark:
         "results/benchmarks/track/{dataset}-{method}@{model}.tsv"
     wildcard_constraints:
-        method="|".join(EMBEDDING_METHODS),
+        method="|".join(trackers.names(embeddings=True)),
     conda:
         "../envs/pretrain.yaml"
     threads: 1
@@ -72,32 +73,6 @@ rule track_variant:
         split=lookup(dpath="evaluate/split", within=config),
         track=lookup(dpath="track", within=config),
         embeddings=embedding_dir,
-        code=code("lesiontrack.track.predict"),
-    script:
-        "../workflow_scripts/track.py"
-
-
-rule track_registration:
-    input:
-        pairs="results/{dataset}/pairs.csv",
-        volumes=dataset_resampled_tables,
-        presence=presence_calibration,
-    output:
-        predictions="results/{dataset}/predictions/{method}.csv",
-    log:
-        "results/logs/track/{dataset}-{method}.log",
-    benchmark:
-        "results/benchmarks/track/{dataset}-{method}.tsv"
-    wildcard_constraints:
-        method="|".join(REGISTRATION_METHODS),
-    priority: 6
-    conda:
-        "../envs/pretrain.yaml"
-    threads: 1
-    params:
-        split=lookup(dpath="evaluate/split", within=config),
-        track=lookup(dpath="track", within=config),
-        embeddings=None,
         code=code("lesiontrack.track.predict"),
     script:
         "../workflow_scripts/track.py"
@@ -130,7 +105,7 @@ rule presence:
         lesions="results/{dataset}/lesions.csv",
         predictions="results/{dataset}/predictions/{method}.csv",
         calibration="results/{dataset}/presence/calibration.json",
-        embeddings=presence_embedding_tables,
+        embeddings=track_embedding_tables,
         volumes=dataset_resampled_tables,
     output:
         table="results/{dataset}/presence/{method}.csv",
@@ -140,14 +115,14 @@ rule presence:
     benchmark:
         "results/benchmarks/presence/{dataset}-{method}.tsv"
     wildcard_constraints:
-        method="|".join(EMBEDDING_METHODS + REGISTRATION_METHODS),
+        method="|".join(trackers.names(decides_presence=True)),
     conda:
         "../envs/pretrain.yaml"
     threads: 1
     params:
         split=lookup(dpath="evaluate/split", within=config),
         track=lookup(dpath="track", within=config),
-        embeddings=presence_embedding_dir,
-        code=code("lesiontrack.track.presence", "lesiontrack.track.predict"),
+        embeddings=track_embedding_dir,
+        code=code("lesiontrack.evaluate_presence"),
     script:
         "../workflow_scripts/presence.py"

@@ -16,10 +16,10 @@ import SimpleITK as sitk
 from conftest import REPO, LocalHTTPServer, planned_jobs
 
 from lesiontrack.data import dls
-from lesiontrack.data.synthetic import PAIR_COLUMNS
 from lesiontrack.download import DownloadError
 from lesiontrack.evaluate import dls_tables
 from lesiontrack.io import InputError
+from lesiontrack.tables import DLS_PAIR_COLUMNS
 
 SPACING = (0.7, 0.8, 2.5)  # sx, sy, sz in mm (sx != sy so that a swapped axis shows)
 ROWS, COLS = 24, 32
@@ -46,7 +46,7 @@ def write_dl_info(path: Path, rows: list[tuple[str, int, int, tuple[float, float
 def test_real_test_json_gives_960_directed_pairs(test_data, tmp_path):
     pairs = dls.pairs_table({"test": test_data / "dls" / "test.json"}, tmp_path / "pairs.csv")
     assert len(pairs) == 960 and pairs["pair_id"].nunique() == 480
-    assert list(pairs.columns) == [*PAIR_COLUMNS, "dls_entry"]
+    assert list(pairs.columns) == DLS_PAIR_COLUMNS
     assert pairs["dls_entry"].tolist()[:3] == ["0001", "0002", "0003"]
     assert pairs.groupby(["pair_id", "direction"]).size().eq(1).all()  # each pair once in each direction
     first, second = pairs.iloc[0], pairs.iloc[1]
@@ -230,7 +230,7 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert rules["download_dlt_predictions"] == 1
     # after the checkpoint's jobs: pretraining on the DLS training volumes, tracking with every
     # method, their evaluation and the table beside DLT's published rows
-    assert rules["pretrain"] == 1 and rules["track_embedding"] == 3 and rules["track_registration"] == 2
+    assert rules["pretrain"] == 1 and rules["track"] == 6
     assert rules["evaluate"] == 6 and rules["evaluate_published"] == 2 and rules["table"] == 1
     assert rules["figures"] == 1 and rules["training_figure"] == 1 and rules["landmark_figure"] == 1
     assert urls == sorted(dls.archive_urls())

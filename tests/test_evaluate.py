@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from lesiontrack import evaluate as ev
+from lesiontrack import tables
 from lesiontrack.cli import main as cli
 from lesiontrack.io import InputError
 
@@ -114,7 +115,7 @@ def test_table_rows_and_p_values(tmp_path):
     scored = {"ours": ev.per_pair(truth, a_pred), "baseline": ev.per_pair(truth, b_pred)}
     results = {name: (ev.metrics(pairs, bootstrap_samples=100), pairs) for name, pairs in scored.items()}
     table = ev.method_table(results, reference="ours")
-    assert list(table.columns) == ev.TABLE_COLUMNS
+    assert list(table.columns) == tables.RESULT_COLUMNS
     ours, baseline = table.set_index("method").loc["ours"], table.set_index("method").loc["baseline"]
     assert math.isnan(ours["p_vs_reference"])
     assert baseline["p_vs_reference"] == pytest.approx(0.058117, abs=1e-6)

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from lesiontrack import evaluate_presence
 from lesiontrack.io import Geometry, write_image, write_table
-from lesiontrack.track import presence
+from lesiontrack.track import choose, presence
 from lesiontrack.track.predict import predict_pairs
 
 SOURCE_POINT = np.array([10.0, -5.0, 20.0])
@@ -153,14 +154,14 @@ def test_the_candidate_where_the_lesion_is_seen_wins_over_a_better_ranked_empty_
                                for row, ps in points.items() for rank, p in enumerate(ps)])
     calibration = presence.Calibration(True, 0.0, 0.0, "train", {"present": 1, "gone": 1}, {},
                                        dataclasses.asdict(presence.PresenceSettings()))
-    chosen, found = presence.choose_present(queries, candidates, calibration, scans.__getitem__)
+    chosen, found = choose.choose_present(queries, candidates, calibration, scans.__getitem__)
     # present: the second candidate (the lesion) over the empty first; gone: the best candidate,
     # not found; both candidates showing the lesion: the better ranked
     assert candidates.iloc[chosen]["rank"].tolist() == [1, 0, 0]
     assert found.tolist() == [True, False, True]
     # one candidate per query: the plain decision at it
     first = candidates[candidates["rank"] == 0].reset_index(drop=True)
-    chosen, found = presence.choose_present(queries, first, calibration, scans.__getitem__)
+    chosen, found = choose.choose_present(queries, first, calibration, scans.__getitem__)
     assert chosen.tolist() == [0, 1, 2] and found.tolist() == [False, False, True]
     # another candidate must favour "still there" (score > 0), not merely pass a lower threshold:
     # the faded lesion (contrast -40 -> -10 HU, no enhancement correction) scores between
@@ -170,7 +171,7 @@ def test_the_candidate_where_the_lesion_is_seen_wins_over_a_better_ranked_empty_
                                calibration, scans.__getitem__)
     assert scores[0] < -3.0 < scores[1] < 0.0
     low = dataclasses.replace(calibration, threshold=-3.0)
-    chosen, found = presence.choose_present(faded, two, low, scans.__getitem__)
+    chosen, found = choose.choose_present(faded, two, low, scans.__getitem__)
     assert chosen.tolist() == [0] and found.tolist() == [False]
 
 
@@ -181,12 +182,12 @@ def test_new_lesions_are_the_targets_no_tracked_source_reaches_mutually():
     # source lands nearer B than B's own prediction: B goes to the nearer one, mutually
     tracked = pd.DataFrame({"lesion_id": ["A", "B", "D"], "pred_x": [1.0, 38.0, 33.0], "pred_y": 0.0,
                             "pred_z": 0.0})
-    flagged = presence.flag_new(targets, tracked).set_index("lesion_id")
+    flagged = evaluate_presence.flag_new(targets, tracked).set_index("lesion_id")
     assert flagged["new"].to_dict() == {"A": False, "B": False, "C": True}
     assert flagged.loc["B", "matched_source"] == "D"
     lesions = pd.DataFrame({"lesion_id": ["A", "B", "A", "B", "C"], "image_id": ["s0", "s0", "s1", "s1", "s1"],
                             "status": ["present", "present", "present", "present", "new"], "x": [0.0, 30, 0, 30, 60],
                             "y": 0.0, "z": 0.0, "radius_mm": 5.0})
     table = tracked.iloc[:2].assign(source_image="s0", target_image="s1")
-    metrics = presence.new_lesion_metrics(lesions, table)
+    metrics = evaluate_presence.new_lesion_metrics(lesions, table)
     assert (metrics["tp"], metrics["fp"], metrics["fn"]) == (1, 0, 0)

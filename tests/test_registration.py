@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from lesiontrack.tables import PREDICTION_COLUMNS
 from lesiontrack.track import registration
-from lesiontrack.track.baselines import PREDICTION_COLUMNS
+from lesiontrack.track.predict import track_table
 from lesiontrack.track.registration import (
     DEFAULT_AFFINE,
     DEFAULT_DEFORMABLE,
@@ -18,7 +19,6 @@ from lesiontrack.track.registration import (
     map_points,
     refine_bspline,
     register,
-    registration_predictions,
 )
 
 
@@ -130,7 +130,7 @@ def test_settings_from_dict():
         register(sitk.Image(8, 8, 8, sitk.sitkFloat32), sitk.Image(8, 8, 8, sitk.sitkFloat32), "rigid")
 
 
-def test_registration_predictions_one_registration_per_direction(tmp_path, monkeypatch):
+def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypatch):
     paths = {}
     for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (100.0, 0.0, 0.0))):
         image = sitk.Image(4, 4, 4, sitk.sitkInt16)
@@ -153,7 +153,9 @@ def test_registration_predictions_one_registration_per_direction(tmp_path, monke
         "target_image": ["b", "a", "b", "a", "b"],
         "source_x": [1.0, 2.0, 3.0, 4.0, 5.0], "source_y": [0.0] * 5, "source_z": [7.0] * 5,
     }, index=[10, 11, 12, 13, 14])
-    out = registration_predictions(pairs, lambda image_id: paths[image_id], "deformable", progress=False)
+    volumes = tmp_path / "volumes.csv"
+    pd.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]}).to_csv(volumes, index=False)
+    out = track_table(pairs, "deformable", volume_tables=[volumes], progress=False)
     assert list(out.columns) == PREDICTION_COLUMNS
     assert sorted(calls) == [(0.0, 100.0, "deformable"), (100.0, 0.0, "deformable")]  # once per direction
     assert list(out["pair_id"]) == list(pairs["pair_id"]) and list(out["direction"]) == list(pairs["direction"])
@@ -163,4 +165,4 @@ def test_registration_predictions_one_registration_per_direction(tmp_path, monke
     # seconds is the group's time over its rows: equal within a group
     assert out["seconds"].iloc[0] == out["seconds"].iloc[2] == out["seconds"].iloc[4]
     with pytest.raises(ValueError, match="method"):
-        registration_predictions(pairs, lambda image_id: paths[image_id], "rigid", progress=False)
+        track_table(pairs, "rigid", volume_tables=[volumes], progress=False)

@@ -11,6 +11,7 @@ from scipy import ndimage
 from lesiontrack.data import phantom as ph
 from lesiontrack.data import synthetic as sy
 from lesiontrack.io import read_table, sha256
+from lesiontrack.tables import SYNTHETIC_LESION_COLUMNS
 from lesiontrack.vocabulary import LANDMARKS, TOTALSEG_V2, VERTEBRAE
 
 DEFAULT = sy.SyntheticConfig()  # the defaults of config.yaml / the schema
@@ -49,7 +50,7 @@ def default_test_truth():
         for scan in subject.scans:
             lesion_rows.extend(sy.lesion_rows(rendered, scan))
             landmark_counts.append(len(sy.landmark_table(rendered, scan)))
-    lesions = pd.DataFrame(lesion_rows, columns=sy.LESION_COLUMNS)
+    lesions = pd.DataFrame(lesion_rows, columns=SYNTHETIC_LESION_COLUMNS)
     return lesions, sy.pair_rows(lesions), landmark_counts, subjects
 
 

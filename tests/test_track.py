@@ -14,6 +14,7 @@ import torch
 from scipy import ndimage
 
 from lesiontrack import config as lt_config
+from lesiontrack.figures import tracking_qa_images
 from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image, write_table
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model, scale_geometry
 from lesiontrack.track.match import VolumeMaps
@@ -131,8 +132,9 @@ def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
     out = tmp_path / "out.csv"
     checkpoint = smoke_run / "results" / "models" / "default" / "checkpoint_best.pt"
     track = lt_config.load([Path(__file__).parent.parent / "config.yaml"])["track"]  # as the CLI
-    result = track_points(dicom, target, points, checkpoint, out, method="multiscale", qa_dir=tmp_path / "qa",
-                          track=track)
+    result = track_points(dicom, target, points, checkpoint, out, method="multiscale", track=track)
+    tracking_qa_images(read_image(dicom), read_image(target), read_table(points), result, tmp_path / "qa",
+                       "multiscale")
     written = read_table(out)
     assert list(written.columns) == ["lesion_id", "x", "y", "z", "confidence", "found"]
     assert list(written["lesion_id"]) == ["L1", "L2"]
@@ -155,7 +157,7 @@ def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
 
 
 def _maps(smoke_run, smoke_model, image_id: str) -> VolumeMaps:
-    from lesiontrack.track.predict import windowed_voxels
+    from lesiontrack.track.embedding import windowed_voxels
 
     model, config = smoke_model
     image = _resampled(smoke_run, image_id)
@@ -192,8 +194,8 @@ def test_coarse_to_fine_agrees_with_full_matching(smoke_run, smoke_model):
     input voxels) of the full search for at least 95 % of the lesions: with the paper's matching,
     and with the configured one (context points, refinement, reranking)."""
     from lesiontrack.model import CUMULATIVE_STRIDES
+    from lesiontrack.track.embedding import match_settings
     from lesiontrack.track.match import MatchSettings, match_point
-    from lesiontrack.track.predict import match_settings
 
     pairs = read_table(smoke_run / "results" / "synthetic" / "pairs.csv")
     pairs = pairs[pairs["split"] == "test"]
@@ -224,8 +226,8 @@ def test_a_known_rigid_shift_is_recovered_within_one_voxel(smoke_run, smoke_mode
     """The smoke model (4 mm, about a minute of training) with the configured matching (context
     points and intensity refinement) finds the ground-truth landmarks of a scan in a copy of it
     moved by a known, non-whole-voxel shift: median error at most one voxel."""
+    from lesiontrack.track.embedding import match_settings, windowed_voxels
     from lesiontrack.track.match import match_point
-    from lesiontrack.track.predict import match_settings, windowed_voxels
 
     model, config = smoke_model
     image = _resampled(smoke_run, "test000_t0")
@@ -327,8 +329,8 @@ def test_intensity_refinement_recovers_a_subvoxel_shift(test_data):
     start 6 mm off lands within half a voxel (1 mm) of the truth at points inside the body (0.2-0.7 mm
     measured)."""
     from lesiontrack.preprocess import resample_isotropic
+    from lesiontrack.track.embedding import windowed_voxels
     from lesiontrack.track.match import Match, MatchSettings, refine_by_intensity
-    from lesiontrack.track.predict import windowed_voxels
 
     image = resample_isotropic(read_image(test_data / "totalseg" / "example_ct_sm.nii.gz"), 2.0)
     shift = np.array([3.3, -2.6, 1.7])

@@ -14,10 +14,7 @@ import yaml
 from conftest import REPO, planned_jobs, run_workflow
 
 from lesiontrack.io import read_table
-
-PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
-                "source_z", "target_x", "target_y", "target_z", "target_radius_mm"]
-LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status"]
+from lesiontrack.tables import LESION_COLUMNS, PAIR_COLUMNS, PREDICTION_COLUMNS
 
 
 def _snapshot(workdir: Path) -> dict[str, int]:
@@ -136,8 +133,9 @@ def test_default_run_ends_with_the_table_of_every_method(smoke_run):
                  - test_pairs[["target_x", "target_y", "target_z"]].to_numpy()) ** 2).sum(axis=1) ** 0.5
     assert metrics["med"] == pytest.approx(distance.mean(), rel=1e-6)
     predictions = read_table(results / "synthetic" / "predictions" / "identity.csv")
-    assert list(predictions.columns) == ["pair_id", "lesion_id", "direction", "source_image", "target_image",
-                                         "pred_x", "pred_y", "pred_z", "confidence", "found", "seconds"]
+    assert list(predictions.columns) == PREDICTION_COLUMNS == ["pair_id", "lesion_id", "direction", "source_image",
+                                                               "target_image", "pred_x", "pred_y", "pred_z",
+                                                               "confidence", "found", "seconds"]
 
 
 def test_default_run_decides_presence_for_every_method_but_identity(smoke_run):

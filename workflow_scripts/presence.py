@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the pa
 import SimpleITK as sitk
 import torch
 
-from lesiontrack.track.presence import evaluate_presence
+from lesiontrack.evaluate_presence import evaluate_presence
 from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821

@@ -11,4 +11,4 @@ from lesiontrack.workflow import logged
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):
     methods = list(zip(sm.params.methods, sm.input.metrics, sm.input.per_pair, strict=True))
-    table_files(sm.wildcards.dataset, methods, sm.params.reference, Path(sm.output.csv).parent)
+    table_files(sm.wildcards.dataset, methods, sm.params.reference, Path(sm.output.csv).parent, sm.params.title)

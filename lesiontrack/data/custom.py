@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image, write_table
+from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_image, write_table
+from lesiontrack.tables import PAIR_COLUMNS, validate_pairs
 
-PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
-                "source_z", "target_x", "target_y", "target_z", "target_radius_mm"]
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
@@ -83,7 +82,7 @@ def _geometry(path: str) -> Geometry:
 
 def check_pairs(pairs_csv: str | os.PathLike, volumes: dict[str, str]) -> pd.DataFrame:
     """Read a pairs CSV in world mm; reject an unknown image or a point outside its volume, naming the row."""
-    pairs = read_table(pairs_csv, required=PAIR_COLUMNS)
+    pairs = validate_pairs(read_table(pairs_csv), str(pairs_csv), PAIR_COLUMNS)
     geometries: dict[str, Geometry] = {}
     for row, record in enumerate(pairs.itertuples(index=False), start=2):  # row 1 is the header
         for end in ("source", "target"):
@@ -105,8 +104,6 @@ def check_pairs(pairs_csv: str | os.PathLike, volumes: dict[str, str]) -> pd.Dat
 
 
 def pairs_stage(pairs_csv: str | os.PathLike, image_table: str | os.PathLike, out: str | os.PathLike) -> pd.DataFrame:
-    from lesiontrack.io import volume_paths
-
     pairs = check_pairs(pairs_csv, volume_paths([image_table]))
     if "split" not in pairs.columns:
         pairs["split"] = "test"

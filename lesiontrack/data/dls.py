@@ -28,15 +28,15 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.data.synthetic import PAIR_COLUMNS
+from lesiontrack.download import download
 from lesiontrack.evaluate import load_dls_entries, recist_radius_mm
-from lesiontrack.io import Geometry, InputError, write_image, write_table
+from lesiontrack.io import Geometry, InputError, read_table, write_image, write_table
+from lesiontrack.tables import DLS_PAIR_COLUMNS, SOURCE_POINT, TARGET_POINT
 
 HU_OFFSET = 32768
 SERIES_RE = re.compile(r"^(\d{6})_(\d{2})_(\d{2})$")
 NAME_RE = re.compile(r"^(\d{6})_(\d{2})_(\d{2})_(\d{3,})-(\d{3,})(?:\.nii\.gz)?$")
 MEMBER_RE = re.compile(r"(?:^|/)(\d{6}_\d{2}_\d{2})/(\d+)\.png$")
-DLS_PAIR_COLUMNS = [*PAIR_COLUMNS, "dls_entry"]
 INDEX_COLUMNS = ["series_id", "archive", "n_slices", "first_slice", "last_slice"]
 
 
@@ -373,8 +373,8 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
             "direction": "forward" if number % 2 else "backward",
             "source_image": VolumeName.parse(entry["source"], str(path)).image_id,
             "target_image": VolumeName.parse(entry["target"], str(path)).image_id,
-            **dict(zip(("source_x", "source_y", "source_z"), source, strict=True)),
-            **dict(zip(("target_x", "target_y", "target_z"), target, strict=True)),
+            **dict(zip(SOURCE_POINT, source, strict=True)),
+            **dict(zip(TARGET_POINT, target, strict=True)),
             "target_radius_mm": recist_radius_mm(entry["target recist diameter"], entry["target spacing"][0]),
             **{f"target_box_min_{a}": v for a, v in zip("xyz", corners.min(0), strict=True)},
             **{f"target_box_max_{a}": v for a, v in zip("xyz", corners.max(0), strict=True)},
@@ -399,8 +399,6 @@ def pairs_table(splits: dict[str, str | Path], out: str | Path | None = None) ->
 def fetch(url: str | None, destination: str | Path, what: str, progress: bool = True, **options: Any) -> Path:
     """Download one DLS/DeepLesion file through :func:`lesiontrack.download.download` (resume, retry, verify;
     ``options`` such as ``retries`` and ``backoff_s`` go to it)."""
-    from lesiontrack.download import download
-
     if not url:
         raise InputError(f"{destination}: no URL configured for {what} (set it in the config; see "
                          "schemas/config.schema.yaml, section dls)")
@@ -454,8 +452,6 @@ def images_table(shard_tables: Sequence[str | Path], series_csv: str | Path, pai
     """The converted sub-volumes of every shard with ``subject_id`` (the DeepLesion patient) and
     ``split``: ``train`` for pretraining series (patients outside the DLS splits), else the DLS
     split whose pairs use the volume (``test`` before ``valid``), or ``unused``."""
-    from lesiontrack.io import read_table
-
     table = pd.concat([read_table(t, required=["image_id", "path", "series_id"]) for t in shard_tables],
                       ignore_index=True)
     roles = read_table(series_csv, required=["series_id", "role"]).astype({"series_id": str})

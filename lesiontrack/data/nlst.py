@@ -27,7 +27,18 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lesiontrack.evaluate import recist_radius_mm
-from lesiontrack.io import DicomSeries, Geometry, InputError, dicom_series, read_table
+from lesiontrack.io import (
+    DicomSeries,
+    Geometry,
+    InputError,
+    dicom_series,
+    read_image,
+    read_table,
+    volume_paths,
+    write_image,
+    write_table,
+)
+from lesiontrack.tables import LESION_COLUMNS
 
 LABEL = "NLSTx"
 CONVENTIONS = ("instance_number", "index0", "index1")
@@ -347,7 +358,7 @@ def nlst_tables(nlstx: pd.DataFrame, volumes: dict[str, str], dicom_dir: str | o
             pairs[f"target_box_{bound}_{axis}"] = tgt[f"box_{bound}_{axis}"].to_numpy()
     pairs["split"] = "test"
     pairs["dataset"] = LABEL
-    lesions = lesions[["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status"]]
+    lesions = lesions[LESION_COLUMNS]
     return pairs, lesions
 
 
@@ -362,8 +373,6 @@ def select_stage(nlstx_csv: str | os.PathLike, out: str | os.PathLike, n_patient
                  slice_spacing_mm: float = 2.0, min_slices: int = 50, log: Callable[[str], None] = print
                  ) -> pd.DataFrame:
     """Write series.csv (both cohorts) and report its download size before anything is fetched."""
-    from lesiontrack.io import write_table
-
     series = select_cohorts(nlstx_csv, n_patients, seed, slice_spacing_mm, min_slices)
     for role, group in series.groupby("role", sort=False):
         log(f"{LABEL} {role}: {len(group)} series of {group['pid'].nunique()} patients, "
@@ -381,8 +390,6 @@ def select_stage(nlstx_csv: str | os.PathLike, out: str | os.PathLike, n_patient
 def download_stage(series_csv: str | os.PathLike, image_ids: Sequence[str] | None, dicom_dir: str | os.PathLike,
                    out: str | os.PathLike, downloader: Downloader = idc_downloader) -> pd.DataFrame:
     """Download the listed series (all of series.csv when ``image_ids`` is None); write ``image_id, path``."""
-    from lesiontrack.io import write_table
-
     series = read_table(series_csv, required=["image_id", "instanceCount"])
     series["image_id"] = series["image_id"].astype(str)
     if image_ids is not None:
@@ -397,7 +404,6 @@ def convert_stage(dicom_table: str | os.PathLike, images_dir: str | os.PathLike,
     """DICOM series folders (table ``image_id, path``) -> ``images_dir/<image_id>.nii.gz`` + the same table."""
     from tqdm import tqdm
 
-    from lesiontrack.io import read_image, write_image, write_table
 
     folders = read_table(dicom_table, required=["image_id", "path"])
     rows = []
@@ -413,8 +419,6 @@ def convert_stage(dicom_table: str | os.PathLike, images_dir: str | os.PathLike,
 def pairs_stage(nlstx_csv: str | os.PathLike, image_tables: Sequence[str | os.PathLike], dicom_dir: str | os.PathLike,
                 convention: str, out_pairs: str | os.PathLike, out_lesions: str | os.PathLike
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from lesiontrack.io import volume_paths, write_table
-
     pairs, lesions = nlst_tables(read_nlstx(nlstx_csv), volume_paths(list(image_tables)), dicom_dir, convention)
     write_table(lesions, out_lesions)
     write_table(pairs, out_pairs)
@@ -425,8 +429,6 @@ def images_table(image_tables: Sequence[str | os.PathLike], series_csv: str | os
                  out: str | os.PathLike | None = None) -> pd.DataFrame:
     """The converted series of every shard with ``subject_id`` (NLST pid) and ``split``: ``test``
     for the NLSTx evaluation series, ``train`` for the unlabeled training cohort."""
-    from lesiontrack.io import read_table, write_table
-
     table = pd.concat([read_table(t, required=["image_id", "path"]) for t in image_tables], ignore_index=True)
     series = read_table(series_csv, required=["image_id", "role", "pid"]).astype({"image_id": str})
     table = table.astype({"image_id": str}).merge(series[["image_id", "pid", "role"]], on="image_id", how="left",

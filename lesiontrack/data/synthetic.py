@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from scipy import ndimage
 
+from lesiontrack import tables
 from lesiontrack.data import phantom as ph
 from lesiontrack.io import Geometry, sha256, write_image, write_table
 from lesiontrack.vocabulary import LANDMARKS, LUNG_LABELS, TOTALSEG_V2
@@ -573,16 +574,6 @@ def lesion_rows(rendered: RenderedSubject, scan: Scan) -> list[dict[str, Any]]:
     return rows
 
 
-LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status", "lesion_type", "subject_id",
-                  "split", "timepoint", "box_min_x", "box_min_y", "box_min_z", "box_max_x", "box_max_y",
-                  "box_max_z"]
-
-PAIR_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
-                "source_z", "target_x", "target_y", "target_z", "target_radius_mm",
-                "target_box_min_x", "target_box_min_y", "target_box_min_z",
-                "target_box_max_x", "target_box_max_y", "target_box_max_z",
-                "subject_id", "split", "lesion_type", "source_radius_mm"]
-
 
 def pair_rows(lesions: pd.DataFrame) -> pd.DataFrame:
     """Directed pairs: every timepoint pair of a subject, both directions, lesions present at both ends."""
@@ -593,7 +584,7 @@ def pair_rows(lesions: pd.DataFrame) -> pd.DataFrame:
         records = group.to_dict("records")
         for i, early in enumerate(records):
             for late in records[i + 1:]:
-                pair_id = f"{lesion_id}_t{early['timepoint']}t{late['timepoint']}"
+                pair_id = tables.pair_id(lesion_id, early["timepoint"], late["timepoint"])
                 for direction, src, dst in (("forward", early, late), ("backward", late, early)):
                     rows.append({
                         "pair_id": pair_id, "lesion_id": lesion_id, "direction": direction,
@@ -604,7 +595,7 @@ def pair_rows(lesions: pd.DataFrame) -> pd.DataFrame:
                         **{f"target_box_{m}_{a}": dst[f"box_{m}_{a}"] for m in ("min", "max") for a in "xyz"},
                         "subject_id": subject_id, "split": src["split"], "lesion_type": src["lesion_type"],
                         "source_radius_mm": src["radius_mm"]})
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    return pd.DataFrame(rows, columns=tables.GENERATED_PAIR_COLUMNS)
 
 
 def image_row(scan: Scan, image_path: Path, label_path: Path) -> dict[str, Any]:
@@ -637,7 +628,7 @@ def generate_shard(cfg: SyntheticConfig, subject_indices: list[int], out_dir: st
             write_table(landmark_table(rendered, scan), out_dir / "truth" / f"{scan.image_id}.csv")
             image_rows.append(image_row(scan, image_path, label_path))
             lesion_records.extend(lesion_rows(rendered, scan))
-    lesions = pd.DataFrame(lesion_records, columns=LESION_COLUMNS)
+    lesions = pd.DataFrame(lesion_records, columns=tables.SYNTHETIC_LESION_COLUMNS)
     write_table(lesions, lesions_table)
     write_table(pair_rows(lesions), pairs_table)
     images = pd.DataFrame(image_rows)

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
-from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, volume_paths, write_table
+from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, sha256, volume_paths, write_table
 from lesiontrack.model import CUMULATIVE_STRIDES, MultiScaleEmbedding, build_model
 from lesiontrack.preprocess import window
 
@@ -171,7 +171,6 @@ def embed_files(checkpoint: str | Path, volumes: dict[str, str | Path], out_dir:
     """Embed each ``image_id -> resampled NIfTI`` into ``out_dir/<image_id>/``; returns one row per volume."""
     from tqdm import tqdm
 
-    from lesiontrack.io import sha256
 
     model, config = load_model(checkpoint, device)
     digest = sha256(checkpoint)

@@ -20,7 +20,7 @@ a relative uncertainty ``relative_sd x e``. A lesion barely visible at the sourc
 (undecidable, so ``found``). ``found`` = score above the calibrated threshold.
 
 With ``track.presence_rerank`` an embedding method's reranking candidates are all tested
-(:func:`choose_present`): its best candidate if the lesion is seen there, else the best-ranked
+(:func:`lesiontrack.track.choose.choose_present`): its best candidate if the lesion is seen there, else the best-ranked
 other candidate scoring above 0 (found), else its best one (gone).
 
 Chosen on the default run's TRAIN subjects (172 queries, 8 gone; affine points for the tracking
@@ -41,14 +41,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import map_coordinates
 
-from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, volume_paths, write_table
-
-QUERY_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image", "source_x", "source_y",
-                 "source_z", "source_radius_mm", "target_x", "target_y", "target_z", "target_radius_mm", "expected",
-                 "subject_id", "split"]
-LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status", "subject_id", "timepoint"]
-KEY = ["pair_id", "direction"]
+from lesiontrack.io import Geometry, InputError, LoadCache, atomic_path, read_image, volume_paths
+from lesiontrack.tables import (
+    LONGITUDINAL_LESION_COLUMNS,
+    PRESENCE_QUERY_COLUMNS,
+    SOURCE_POINT,
+    TARGET_POINT,
+    pair_id,
+    read_lesions,
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,6 @@ class Volume:
 
     def sample(self, points_mm: np.ndarray) -> np.ndarray:
         """Trilinear HU at (N, 3) world points; NaN outside the volume."""
-        from scipy.ndimage import map_coordinates
-
         index_zyx = self.geometry.world_to_index(points_mm)[:, ::-1]
         return map_coordinates(self.array, index_zyx.T, order=1, mode="constant", cval=np.nan, output=np.float64)
 
@@ -209,26 +210,24 @@ def measure_queries(queries: pd.DataFrame, points: np.ndarray, path_of: Callable
     """:func:`measure` for each query (``source_image, target_image, source_x/y/z,
     source_radius_mm``) at its target point ``points`` (N, 3) world mm."""
     queries = queries.reset_index(drop=True)
-    from lesiontrack.track.predict import LoadCache
-
     cache = LoadCache(lambda image_id: Volume(path_of(image_id)), size=16)
     rows: list[dict[str, float]] = [{}] * len(queries)
     for k in queries.sort_values(["target_image", "source_image"]).index:
         row = queries.loc[k]
         rows[k] = measure(cache(row["source_image"]), cache(row["target_image"]),
-                          row[["source_x", "source_y", "source_z"]].to_numpy(float), points[k],
+                          row[SOURCE_POINT].to_numpy(float), points[k],
                           float(row["source_radius_mm"]), settings)
     return pd.DataFrame(rows, index=queries.index)
 
 
 def presence_queries(lesions: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
-    """Presence queries (``QUERY_COLUMNS``) of a ``lesions.csv`` table (of ``split``).
+    """Presence queries (``tables.PRESENCE_QUERY_COLUMNS``) of a ``lesions.csv`` table (of ``split``).
 
     For each subject and ordered pair of its scans (a, b): every lesion ``present`` or ``new`` in
     a with a row in b; ``expected`` = ``gone`` where b says ``disappeared``, else ``present``; b's
     row is the ground-truth target point. ``pair_id`` and ``direction`` as in ``pairs.csv``.
     """
-    missing = [c for c in LESION_COLUMNS if c not in lesions.columns]
+    missing = [c for c in LONGITUDINAL_LESION_COLUMNS if c not in lesions.columns]
     if missing:
         raise InputError(f"lesions table: missing column(s) {missing}")
     if split is not None and "split" in lesions:
@@ -243,9 +242,8 @@ def presence_queries(lesions: pd.DataFrame, split: str | None = None) -> pd.Data
                     continue
                 for lesion_id in visible.index.intersection(b.index):
                     src, dst = visible.loc[lesion_id], b.loc[lesion_id]
-                    lo, hi = sorted((int(ta), int(tb)))
                     rows.append({
-                        "pair_id": f"{lesion_id}_t{lo}t{hi}", "lesion_id": lesion_id,
+                        "pair_id": pair_id(lesion_id, ta, tb), "lesion_id": lesion_id,
                         "direction": "forward" if ta < tb else "backward",
                         "source_image": src["image_id"], "target_image": dst["image_id"],
                         "source_x": src["x"], "source_y": src["y"], "source_z": src["z"],
@@ -254,7 +252,7 @@ def presence_queries(lesions: pd.DataFrame, split: str | None = None) -> pd.Data
                         "expected": "gone" if dst["status"] == "disappeared" else "present",
                         "subject_id": src["subject_id"], "split": src.get("split", ""),
                     })
-    return pd.DataFrame(rows, columns=QUERY_COLUMNS)
+    return pd.DataFrame(rows, columns=PRESENCE_QUERY_COLUMNS)
 
 
 def gone_metrics(expected_gone: Iterable[bool], decided_gone: Iterable[bool]) -> dict[str, float]:
@@ -323,7 +321,7 @@ def calibrate_presence(lesions_csv: str | Path, volume_tables: list[str | Path],
                        split: str = "train", settings: PresenceSettings | None = None) -> Calibration:
     """Fit the enhancement slope and the threshold on the ground-truth points of ``split``."""
     settings = settings or PresenceSettings()
-    queries = presence_queries(read_table(lesions_csv, required=LESION_COLUMNS), split)
+    queries = presence_queries(read_lesions(lesions_csv, LONGITUDINAL_LESION_COLUMNS), split)
     gone = (queries["expected"] == "gone").to_numpy()
     if not gone.any() or gone.all():
         calibration = Calibration(False, float("nan"), 0.0, split, {"present": int((~gone).sum()),
@@ -335,7 +333,7 @@ def calibrate_presence(lesions_csv: str | Path, volume_tables: list[str | Path],
     missing = sorted(set(queries["source_image"]) - set(paths))
     if missing:
         raise InputError(f"{lesions_csv}: image(s) {missing[:5]} of split {split} in no volume table")
-    measured = measure_queries(queries, queries[["target_x", "target_y", "target_z"]].to_numpy(float),
+    measured = measure_queries(queries, queries[TARGET_POINT].to_numpy(float),
                                paths.__getitem__, settings)
     slope = fit_slope(measured[~gone])
     values = presence_score(measured, slope, settings.relative_sd)
@@ -354,149 +352,3 @@ def score_at(queries: pd.DataFrame, points: np.ndarray, calibration: Calibration
         return np.full(len(queries), np.nan)
     settings = PresenceSettings(**calibration.settings)
     return calibration.score(measure_queries(queries, points, path_of, settings))
-
-
-SWITCH_SCORE = 0.0  # a candidate other than the best needs a score above this too: evidence for "still there"
-
-
-def choose_present(queries: pd.DataFrame, candidates: pd.DataFrame, calibration: Calibration,
-                   path_of: Callable[[str], str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, its best-ranked candidate target point if the appearance test finds the
-    lesion there; else the best-ranked other candidate whose score favours "still there" (above
-    the threshold and :data:`SWITCH_SCORE`, a log-likelihood ratio of 0); else the best-ranked
-    one, decided gone (the embedding's best guess of the place of a lesion that has gone).
-
-    ``candidates``: ``row`` (the query's position), ``rank`` (0 best), ``pred_x, pred_y, pred_z``.
-    Returns the chosen candidates' positions in ``candidates`` and ``found`` (an undecidable score
-    at the best candidate, a neighbourhood off the volume, counts as found, as in :func:`decide`).
-    Chosen on the default run's training subjects: moving to any other candidate that merely
-    passes the threshold also moved gone lesions onto look-alikes (recall of gone 0.75 -> 0.50).
-    """
-    queries = queries.reset_index(drop=True)
-    rows = candidates["row"].to_numpy(int)
-    ranks = candidates["rank"].to_numpy(int)
-    first = np.flatnonzero(ranks == 0)
-    first = first[np.argsort(rows[first], kind="stable")]  # query k's best candidate: first[k]
-    if not np.array_equal(rows[first], np.arange(len(queries))):
-        raise ValueError("candidates: every query needs one candidate of rank 0")
-    points = candidates[["pred_x", "pred_y", "pred_z"]].to_numpy(float)
-    found = decide(score_at(queries, points[first], calibration, path_of), calibration.threshold)
-    chosen = first.copy()
-    # the other candidates only of the queries whose best one fails
-    others = np.flatnonzero(np.isin(rows, np.flatnonzero(~found)) & (ranks > 0))
-    if others.size:
-        scores = score_at(queries.iloc[rows[others]], points[others], calibration, path_of)
-        switch = others[np.isfinite(scores) & (scores > max(calibration.threshold, SWITCH_SCORE))]
-        switch = switch[np.lexsort((ranks[switch], rows[switch]))]  # by query, best rank first
-        switched, best = np.unique(rows[switch], return_index=True)
-        chosen[switched] = switch[best]
-        found[switched] = True
-    return chosen, found
-
-
-def flag_new(targets: pd.DataFrame, tracked: pd.DataFrame, tolerance_mm: float = 5.0) -> pd.DataFrame:
-    """Flag the target scan's lesions that no tracked source lesion reaches (``new``).
-
-    ``targets``: the target scan's lesions, ``lesion_id, x, y, z, radius_mm`` (world mm);
-    ``tracked``: the source scan's lesions' predictions, ``lesion_id, pred_x, pred_y, pred_z`` (all
-    of them, also those decided gone: a present lesion wrongly decided gone would otherwise make
-    its own target ``new``). A source and a target lesion match when each is the other's nearest
-    among the pairs within the target's radius + ``tolerance_mm``. Returns ``targets`` with
-    ``matched_source`` (a lesion id or empty) and ``new``.
-    """
-    out = targets.reset_index(drop=True).copy()
-    target_xyz = out[["x", "y", "z"]].to_numpy(float).reshape(-1, 3)
-    reach = out["radius_mm"].to_numpy(float) + tolerance_mm
-    predicted = tracked[["pred_x", "pred_y", "pred_z"]].to_numpy(float).reshape(-1, 3)
-    distance = np.linalg.norm(predicted[:, None, :] - target_xyz[None, :, :], axis=2)  # (sources, targets)
-    masked = np.where(distance <= reach[None, :], distance, np.inf)
-    matched = [""] * len(out)
-    if masked.size:
-        nearest_target, nearest_source = masked.argmin(axis=1), masked.argmin(axis=0)
-        ids = tracked["lesion_id"].astype(str).to_numpy()
-        for s, t in enumerate(nearest_target):
-            if np.isfinite(masked[s, t]) and nearest_source[t] == s:
-                matched[t] = ids[s]
-    out["matched_source"] = matched
-    out["new"] = out["matched_source"] == ""
-    return out
-
-
-def new_lesion_metrics(lesions: pd.DataFrame, table: pd.DataFrame, tolerance_mm: float = 5.0) -> dict[str, Any]:
-    """Precision and recall of ``new`` over the ordered scan pairs of the presence ``table`` (its
-    tracked points): a target lesion is truly new there when the source scan shows no lesion of
-    that id."""
-    visible = lesions[lesions["status"].isin(["present", "new"])]
-    tp = fp = fn = 0
-    for (source_image, target_image), rows in table.groupby(["source_image", "target_image"]):
-        targets = visible[visible["image_id"] == target_image]
-        flagged = flag_new(targets, rows, tolerance_mm)["new"].to_numpy()
-        truth = (~targets["lesion_id"].isin(visible.loc[visible["image_id"] == source_image, "lesion_id"])).to_numpy()
-        tp += int((truth & flagged).sum())
-        fp += int((~truth & flagged).sum())
-        fn += int((truth & ~flagged).sum())
-    return {"tolerance_mm": tolerance_mm, "n_new": tp + fn, "tp": tp, "fp": fp, "fn": fn,
-            "precision": tp / (tp + fp) if tp + fp else np.nan, "recall": tp / (tp + fn) if tp + fn else np.nan}
-
-
-def _auc_gone(confidence: np.ndarray, gone: np.ndarray) -> float:
-    """Probability that a gone query has a lower confidence than a present one (ties half)."""
-    ok = np.isfinite(confidence)
-    low, high = confidence[ok & gone], confidence[ok & ~gone]
-    if not low.size or not high.size:
-        return float("nan")
-    return float(((low[:, None] < high[None, :]) + 0.5 * (low[:, None] == high[None, :])).mean())
-
-
-def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, predictions_csv: str | Path, method: str,
-                      calibration_json: str | Path, out_csv: str | Path, out_json: str | Path,
-                      split: str | None = None, embeddings_dir: str | Path | None = None,
-                      volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Precision and recall of ``disappeared`` for one method on the presence queries of ``split``.
-
-    The present queries are the pairs: their ``found`` is read from the method's predictions (the
-    decision the track rule made). The gone queries (a lesion visible in the source scan and
-    ``disappeared`` in the target) are tracked here with the same method and decided by the same
-    test. New lesions: on each ordered scan pair, the target scan's lesions that no tracked source
-    lesion reaches after mutual matching (:func:`flag_new`). Beside it, the confidence-only rule:
-    the tracker's confidence with the threshold that maximises the F1 of ``gone`` on these very
-    queries (an optimistic bound, there being no calibration of it on training subjects), and its
-    AUC. Writes one row per query (``out_csv``)
-    and the metrics (``out_json``).
-    """
-    from lesiontrack.track.predict import track_table
-
-    lesions = read_table(lesions_csv, required=LESION_COLUMNS)
-    queries = presence_queries(lesions, split)
-    predictions = read_table(predictions_csv, required=[*KEY, "pred_x", "pred_y", "pred_z", "confidence", "found"])
-    present = queries[queries["expected"] == "present"].merge(
-        predictions[[*KEY, "pred_x", "pred_y", "pred_z", "confidence", "found"]], on=KEY, how="left",
-        validate="one_to_one")
-    if present["found"].isna().any():
-        k = int(np.flatnonzero(present["found"].isna())[0])
-        raise InputError(f"{predictions_csv}: no prediction for {tuple(present.loc[k, KEY])} of {lesions_csv}")
-    gone = queries[queries["expected"] == "gone"].reset_index(drop=True)
-    if len(gone):
-        tracked = track_table(gone, method, embeddings_dir, volume_tables, track, progress=False,
-                              source=str(lesions_csv), presence_calibration=calibration_json)
-        gone = gone.join(tracked[["pred_x", "pred_y", "pred_z", "confidence", "found"]])
-    table = pd.concat([present, gone], ignore_index=True)
-    table["found"] = table["found"].astype(bool)
-    truth = (table["expected"] == "gone").to_numpy()
-    calibration = Calibration.from_json(calibration_json)
-    report: dict[str, Any] = {"method": method, "split": split, "calibrated": calibration.calibrated,
-                              "threshold": calibration.threshold, "appearance": gone_metrics(truth, ~table["found"])}
-    confidence = table["confidence"].to_numpy(float)
-    if truth.any() and (~truth).any() and np.isfinite(confidence).all():
-        threshold = best_threshold(confidence, truth)
-        report["confidence_only"] = {"threshold_on_these_queries": threshold, "auc": _auc_gone(confidence, truth),
-                                     **gone_metrics(truth, ~decide(confidence, threshold))}
-    else:
-        report["confidence_only"] = None  # no confidence (registration) or one class only
-    if len(table):
-        report["new"] = new_lesion_metrics(lesions if split is None or "split" not in lesions
-                                           else lesions[lesions["split"] == split], table)
-    write_table(table, out_csv)
-    with atomic_path(Path(out_json)) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    return report

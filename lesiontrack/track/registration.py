@@ -42,14 +42,15 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from tqdm import tqdm
 
-from lesiontrack.track.baselines import PREDICTION_COLUMNS
+from lesiontrack.tables import SOURCE_POINT
+from lesiontrack.track.tracker import Context, Needs, single_candidates
 
 METHODS = ("affine", "deformable")
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
@@ -383,35 +384,53 @@ def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points], dtype=float).reshape(-1, 3)
 
 
-def registration_predictions(pairs: pd.DataFrame, image_path: Callable[[str], Path], method: str,
-                             settings: RegistrationSettings | Mapping[str, Any] | None = None, progress: bool = True,
-                             threads: int | None = None) -> pd.DataFrame:
-    """Predictions (``PREDICTION_COLUMNS``) of a registration baseline for the rows of ``pairs``.
+def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image], method: str,
+                            settings: RegistrationSettings | Mapping[str, Any] | None = None, progress: bool = True,
+                            threads: int | None = None) -> pd.DataFrame:
+    """Candidates (``tables.CANDIDATE_COLUMNS``, one per row) of a registration for ``queries``.
 
     The rows are grouped by (source_image, target_image); each group is registered once
-    (fixed = source, moving = target, images read from ``image_path(image_id)``) and its source
-    points are mapped. ``confidence`` is NaN, ``found`` is true and ``seconds`` is the group's
-    registration plus mapping time (not reading) divided by its number of rows. Rows keep the
-    input order.
+    (fixed = source, moving = target, images from ``image_of(image_id)``) and its source points are
+    mapped. ``confidence`` is NaN and ``seconds`` is the group's registration plus mapping time
+    (not reading) divided by its number of rows. Rows keep the input order.
     """
-    from tqdm import tqdm
-
-    from lesiontrack.io import read_image
-
     settings = resolve_settings(method, settings)
-    pairs = pairs.reset_index(drop=True)
-    pred = np.full((len(pairs), 3), np.nan)
-    seconds = np.full(len(pairs), np.nan)
-    groups = pairs.groupby(["source_image", "target_image"], sort=False).indices
+    queries = queries.reset_index(drop=True)
+    pred = np.full((len(queries), 3), np.nan)
+    seconds = np.full(len(queries), np.nan)
+    groups = queries.groupby(["source_image", "target_image"], sort=False).indices
     for (source, target), rows in tqdm(groups.items(), desc=f"register ({method})", disable=not progress):
-        fixed, moving = read_image(image_path(str(source))), read_image(image_path(str(target)))
+        fixed, moving = image_of(str(source)), image_of(str(target))
         start = time.perf_counter()
         transform = register(fixed, moving, method, settings, threads=threads)
-        pred[rows] = map_points(transform, pairs.loc[rows, ["source_x", "source_y", "source_z"]].to_numpy(float))
+        pred[rows] = map_points(transform, queries.loc[rows, SOURCE_POINT].to_numpy(float))
         seconds[rows] = (time.perf_counter() - start) / len(rows)
-    out = pairs[["pair_id", "lesion_id", "direction", "source_image", "target_image"]].copy()
-    out["pred_x"], out["pred_y"], out["pred_z"] = pred[:, 0], pred[:, 1], pred[:, 2]
-    out["confidence"] = np.nan
-    out["found"] = True
-    out["seconds"] = seconds
-    return out[PREDICTION_COLUMNS]
+    return single_candidates(pred, seconds=seconds)
+
+
+def registration_settings(method: str, track: Mapping[str, Any] | None) -> RegistrationSettings:
+    """The method's defaults with the overrides of ``track.registration.<method>``."""
+    overrides = ((track or {}).get("registration") or {}).get(method)
+    return resolve_settings(method, overrides or {})
+
+
+NEEDS = Needs(volumes=True)
+
+
+@dataclass(frozen=True)
+class RegistrationTracker:
+    """``affine`` or ``deformable``: one registration per (source, target) image pair of the
+    resampled volumes, its transform maps the source points."""
+
+    name: str
+    needs: Needs = NEEDS
+    decides_presence: bool = True
+
+    def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
+        if context.scans.image is None:
+            raise ValueError(f"method {self.name}: needs the resampled volumes")
+        return registration_candidates(queries, context.scans.image, self.name,
+                                       registration_settings(self.name, context.track), context.progress)
+
+
+TRACKERS = tuple(RegistrationTracker(name) for name in METHODS)

@@ -21,7 +21,8 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
-from lesiontrack.io import Geometry, atomic_path, read_image, read_table, write_table
+from lesiontrack.figures import training_curves
+from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
 from lesiontrack.train.loss import choose_negatives, far_source, multiscale_loss, near_source, sample_levels
 from lesiontrack.train.patches import PatchConfig, sample_pair, shared_points
@@ -280,8 +281,6 @@ def select_volumes(images_csv: str | Path | list, resampled_tables: list[str | P
                    validation_subjects: int = 1) -> tuple[list[str], list[str]]:
     """Resampled volumes of the ``split`` subjects of one or several datasets' ``images.csv``
     (columns ``image_id, subject_id, split``): (training, validation = the last subjects)."""
-    from lesiontrack.io import InputError, read_table
-
     tables = [images_csv] if isinstance(images_csv, (str, Path)) else list(images_csv)
     images = pd.concat([read_table(t, required=["image_id", "subject_id", "split"]).astype({"subject_id": str})
                         for t in tables], ignore_index=True)
@@ -528,8 +527,6 @@ def _save(state: dict[str, Any], path: Path) -> None:
 
 def plot_progress(log: pd.DataFrame, out_png: str | Path) -> None:
     """``progress.png``: the training curves of :func:`lesiontrack.figures.training_curves`."""
-    from lesiontrack.figures import training_curves
-
     training_curves(log, Path(out_png).with_suffix(""), formats=("png",))
 
 

@@ -1,0 +1,90 @@
+"""What a tracker is: the protocol every tracking method implements, and what it reads of the scans.
+
+A tracker turns queries (``tables.QUERY_COLUMNS``: a source image, a target image and a source
+point in world mm per row) into candidates (``tables.CANDIDATE_COLUMNS``: for each query row one or
+more ranked target points with a confidence). The prediction and ``found`` are chosen from the
+candidates afterwards (:func:`lesiontrack.track.predict.choose`), the same way for every tracker.
+The registry of trackers by name is :mod:`lesiontrack.track.trackers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from lesiontrack.io import Geometry, InputError
+from lesiontrack.tables import CANDIDATE_COLUMNS
+
+if TYPE_CHECKING:
+    from lesiontrack.track.match import VolumeMaps
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a tracker reads: embeddings (the workflow's caches, or a checkpoint to embed own
+    scans), the resampled volumes."""
+
+    embeddings: bool = False
+    volumes: bool = False
+
+
+@dataclass
+class Scans:
+    """The scans of a tracking run, by image id: ``maps`` (embeddings, for trackers that need
+    them) and ``image`` (resampled volumes). ``check_inside``: stop on a source point outside the
+    embedded volume (own data checks against the original scan before resampling instead)."""
+
+    maps: Callable[[str], VolumeMaps] | None = None
+    image: Callable[[str], sitk.Image] | None = None
+    check_inside: bool = True
+
+
+@dataclass
+class Context:
+    """Everything a tracker may use besides the queries."""
+
+    scans: Scans
+    track: dict[str, Any] = field(default_factory=dict)  # the config's ``track`` section
+    progress: bool = True
+    source: str = "pairs.csv"  # the queries' file, for messages
+
+
+class Tracker(Protocol):
+    """A tracking method: ``name`` (as in ``track.methods``), what it ``needs``, whether its
+    ``found`` can be decided by the appearance test (``decides_presence``), and ``candidates``."""
+
+    name: str
+    needs: Needs
+    decides_presence: bool
+
+    def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
+        """``tables.CANDIDATE_COLUMNS`` for the rows of ``queries`` (``row`` = position)."""
+        ...
+
+
+def single_candidates(points_mm: np.ndarray, confidence: np.ndarray | float = np.nan,
+                      seconds: np.ndarray | float = np.nan) -> pd.DataFrame:
+    """The candidates table of a tracker with one answer per query row."""
+    points_mm = np.asarray(points_mm, float).reshape(-1, 3)
+    return pd.DataFrame({"row": np.arange(len(points_mm)), "rank": 0, "pred_x": points_mm[:, 0],
+                         "pred_y": points_mm[:, 1], "pred_z": points_mm[:, 2], "confidence": confidence,
+                         "seconds": seconds}, columns=CANDIDATE_COLUMNS)
+
+
+def check_inside(points: np.ndarray, geometry: Geometry, rows: pd.DataFrame, source: str, what: str) -> None:
+    """Stop on the first point outside the volume, naming its row (the table's index + 1, i.e. the
+    data row of the file) and its id."""
+    inside = geometry.contains(points)
+    if not inside.all():
+        k = int(np.flatnonzero(~inside)[0])
+        row = rows.iloc[k]
+        label = f"{row['pair_id']} {row['direction']}" if "pair_id" in row else row.get("lesion_id", k)
+        raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({label}): point {tuple(np.round(points[k], 2))} mm "
+                         f"lies outside "
+                         f"the {what} volume (origin {tuple(np.round(geometry.origin, 1))} mm, size "
+                         f"{geometry.size} voxels)")
