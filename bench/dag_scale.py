@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "schemas", "configs",
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "configs",
                   "report", "envs", "profiles", "pyproject.toml")
 
 

@@ -49,7 +49,7 @@ from lesiontrack.track.predict import from_candidates
 from lesiontrack.track.presence import Calibration, gone_metrics, presence_queries
 from lesiontrack.track.tracker import Context, Scans
 from lesiontrack.track.trackers import get as tracker
-from lesiontrack.train.loop import ModelConfig, TrainConfig, image_id_of, pretrain, select_volumes
+from lesiontrack.train.loop import image_id_of, model_settings, pretrain, select_volumes, train_settings
 
 
 def _overrides(items: list[str]) -> dict:
@@ -155,8 +155,8 @@ def main() -> None:
         began = time.perf_counter()
         if args.checkpoint is None:
             out = args.out_dir / f"seed{seed}"
-            pretrain(training, validation, out, TrainConfig.from_dict({**train_section, "seed": seed}),
-                     ModelConfig.from_dict(model_section), tuple(config["preprocess"]["window_hu"]), progress=False,
+            pretrain(training, validation, out, train_settings({**train_section, "seed": seed}),
+                     model_settings(model_section), tuple(config["preprocess"]["window_hu"]), progress=False,
                      landmark_dir=synthetic / "truth")
         checkpoint = args.checkpoint or out / "checkpoint_best.pt"
         row = {"seed": seed, "train_s": time.perf_counter() - began,

@@ -8,19 +8,31 @@ import json
 import sys
 from pathlib import Path
 
-from lesiontrack import __version__
+import pandas as pd
+
+from lesiontrack import __version__, config, evaluate, figures, landmarks, preprocess
+from lesiontrack.config import ConfigError
+from lesiontrack.data import custom, dls, nlst, synthetic
+from lesiontrack.data.datasets import title
+from lesiontrack.download import DownloadError, download
+from lesiontrack.evaluate import method_slug
+from lesiontrack.evaluate_presence import evaluate_presence
+from lesiontrack.figures import tracking_qa_images
+from lesiontrack.io import InputError, read_image, read_table, volume_paths, write_table
+from lesiontrack.landmarks import read_landmarks
+from lesiontrack.track import predict, presence
+from lesiontrack.track.embed import embed_files
+from lesiontrack.track.trackers import TRACKERS
+from lesiontrack.train.loop import image_id_of, model_settings, pretrain, train_settings
+
+METHODS = list(TRACKERS)
 
 
 def _config(paths: list[str]) -> dict:
-    from lesiontrack import config
-
-    root = Path(__file__).resolve().parent.parent
-    return config.load(paths or [root / "config.yaml"])
+    return config.load(paths)  # none: the packaged defaults (the default run's settings)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from lesiontrack.data import synthetic
-
     cfg = _config(args.config)
     synth_cfg = synthetic.SyntheticConfig.from_dict(cfg["synthetic"])
     shards = synthetic.shards(synth_cfg, args.shard_size or cfg["shard_size"])
@@ -39,8 +51,6 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_resample(args: argparse.Namespace) -> None:
-    from lesiontrack import preprocess
-
     if args.images:
         table = preprocess.resample_table(args.images, args.out_dir, args.table, args.spacing)
         print(f"resampled {len(table)} volumes into {args.out_dir}")
@@ -49,10 +59,6 @@ def cmd_resample(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from lesiontrack import figures
-    from lesiontrack.evaluate import method_slug
-    from lesiontrack.io import InputError, read_image, read_table
-
     needed = {"training": ["log", "out"], "landmarks": ["image", "landmarks", "out"]}.get(args.what, [])
     missing = [f"--{name}" for name in needed if getattr(args, name) is None]
     if missing:
@@ -65,8 +71,6 @@ def cmd_figures(args: argparse.Namespace) -> None:
     elif args.what == "training":
         written = figures.training_curves(read_table(args.log), args.out)
     elif args.what == "landmarks":
-        from lesiontrack.landmarks import read_landmarks
-
         written = figures.landmark_overlay(read_image(args.image), read_landmarks(args.landmarks), args.out)
     else:  # a tracked dataset, files found by the Contracts' layout
         folder = Path(args.dataset_dir)
@@ -82,8 +86,6 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lesiontrack import evaluate
-
     result = evaluate.evaluate_files(args.predictions, args.out, args.pairs, args.prediction_field, args.per_pair,
                                      args.split, args.min_radius_mm, args.bootstrap_samples, args.seed)
     print(f"{Path(args.predictions).name}: n {result['n']}  CPM@10mm {result['cpm_10mm']:.2f}  CPM@Radius "
@@ -91,10 +93,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from lesiontrack.io import volume_paths
-    from lesiontrack.track.embed import embed_files
-    from lesiontrack.train.loop import image_id_of
-
     volumes = volume_paths(args.images or [])
     volumes.update({image_id_of(path): path for path in args.volumes or []})
     if not volumes:
@@ -104,8 +102,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_track(args: argparse.Namespace) -> None:
-    from lesiontrack.track import predict
-
     cfg = _config(args.config)
     track = cfg["track"]
     if args.source or args.target or args.points:
@@ -114,9 +110,6 @@ def cmd_track(args: argparse.Namespace) -> None:
         table = predict.track_points(args.source, args.target, args.points, args.checkpoint, args.out, args.method,
                                      track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
         if args.qa_dir is not None:
-            from lesiontrack.figures import tracking_qa_images
-            from lesiontrack.io import read_image, read_table
-
             tracking_qa_images(read_image(args.source), read_image(args.target), read_table(args.points), table,
                                args.qa_dir, args.method)
         print(f"{args.method}: {len(table)} point(s) -> {args.out}")
@@ -129,15 +122,11 @@ def cmd_track(args: argparse.Namespace) -> None:
 
 
 def cmd_presence_calibrate(args: argparse.Namespace) -> None:
-    from lesiontrack.track import presence
-
     calibration = presence.calibrate_presence(args.lesions, args.volumes, args.out, args.split)
     print(json.dumps(dataclasses.asdict(calibration), default=float))
 
 
 def cmd_presence(args: argparse.Namespace) -> None:
-    from lesiontrack.evaluate_presence import evaluate_presence
-
     report = evaluate_presence(args.pairs, args.lesions, args.predictions, args.method, args.calibration,
                                         args.out, args.report, args.split, args.embeddings, args.volumes,
                                         _config(args.config)["track"])
@@ -145,17 +134,12 @@ def cmd_presence(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from lesiontrack import evaluate
-    from lesiontrack.data.datasets import title
-
     table = evaluate.table_files(args.dataset, [tuple(m) for m in args.method], args.reference, args.out_dir,
                                  title(args.dataset))
     print(table.to_string(index=False))
 
 
 def cmd_landmarks(args: argparse.Namespace) -> None:
-    from lesiontrack import landmarks
-
     if args.images:
         if not (args.out_dir and args.table):
             raise SystemExit("lesiontrack landmarks --images: give --out-dir and --table")
@@ -165,7 +149,6 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
         return
     if not args.out:
         raise SystemExit("lesiontrack landmarks: give --out (one volume) or --images, --out-dir and --table")
-    from lesiontrack.io import write_table
 
     table = landmarks.volume_landmarks(args.backend, args.image, args.labels, args.class_map, args.file)
     write_table(table, args.out)
@@ -173,11 +156,9 @@ def cmd_landmarks(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain
-
     cfg = _config(args.config)
-    log = pretrain(args.volumes, args.validation, args.out_dir, TrainConfig.from_dict(cfg["train"]),
-                   ModelConfig.from_dict(cfg["model"]), tuple(cfg["preprocess"]["window_hu"]),
+    log = pretrain(args.volumes, args.validation, args.out_dir, train_settings(cfg["train"]),
+                   model_settings(cfg["model"]), tuple(cfg["preprocess"]["window_hu"]),
                    landmark_dir=args.landmarks)
     print(log.tail(1).to_string(index=False))
 
@@ -185,11 +166,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def _download_dls(args: argparse.Namespace) -> None:
     """DLS annotations, DL_info.csv and the DeepLesion archives, then the archive index and the
     series plan (which series to convert, in which shard)."""
-    from lesiontrack.data import dls
-    from lesiontrack.download import DownloadError
-
-    config = _config(args.config)
-    cfg = config["dls"]
+    settings = _config(args.config)
+    cfg = settings["dls"]
     if args.archives:
         cfg["archives"] = args.archives
     out = Path(args.out_dir or "results/dls")
@@ -201,19 +179,16 @@ def _download_dls(args: argparse.Namespace) -> None:
     annotations = [p for p in paths if Path(p).suffix == ".json"]
     dl_info = next(p for p in paths if Path(p).name == "DL_info.csv")
     index = dls.archive_index(archives, out / "archive_index.csv")
-    plan = dls.plan_series(index, dl_info, annotations, args.shard_size or config["shard_size"],
+    plan = dls.plan_series(index, dl_info, annotations, args.shard_size or settings["shard_size"],
                            cfg["pretraining"], out / "series.csv")
     print(f"{index['series_id'].nunique()} series in {len(archives)} archive(s); {len(plan)} to convert "
           f"({(plan['role'] == 'dls').sum()} DLS, {(plan['role'] == 'pretrain').sum()} pretraining) -> "
           f"{out / 'series.csv'}")
 
 
-def cmd_download(args: argparse.Namespace) -> None:
-    from lesiontrack.data import nlst
-    from lesiontrack.download import download
-
-    if args.dataset == "dls":
-        return _download_dls(args)
+def _download_nlst(args: argparse.Namespace) -> None:
+    """The NLSTx table, the evaluation series and the training cohort from the offline IDC index,
+    then every series."""
     spec = _config(args.config)["datasets"]["nlst"]
     out = Path(args.out_dir or "results/nlst")
     nlstx_csv = args.nlstx or download(spec["nlstx_url"], out / "nlstx_dataset.csv", sha256=spec["nlstx_sha256"])
@@ -224,51 +199,49 @@ def cmd_download(args: argparse.Namespace) -> None:
         print(f"{len(table)} of {len(series)} series in {out / 'dicom'}")
 
 
-def cmd_convert(args: argparse.Namespace) -> None:
-    from lesiontrack.data import custom, dls, nlst
+def _convert_dls(args: argparse.Namespace) -> None:
+    if not (args.index and args.dl_info and (args.series or args.plan)):
+        raise SystemExit("lesiontrack convert --dataset dls: give --index, --dl-info and --series ID ... or "
+                         "--plan series.csv [--shard N]")
+    series = list(args.series or [])
+    if args.plan:
+        plan = pd.read_csv(args.plan, dtype=str)
+        chosen = plan["shard"] == f"{args.shard:03d}" if args.shard is not None else plan["shard"].notna()
+        series += plan.loc[chosen, "series_id"].tolist()
+    table = dls.convert(args.index, args.dl_info, series, args.images_dir, args.table, check=not args.no_check)
+    print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.images_dir}")
 
-    if args.dataset == "dls":
-        if not (args.index and args.dl_info and (args.series or args.plan)):
-            raise SystemExit("lesiontrack convert --dataset dls: give --index, --dl-info and --series ID ... or "
-                             "--plan series.csv [--shard N]")
-        series = list(args.series or [])
-        if args.plan:
-            import pandas as pd
 
-            plan = pd.read_csv(args.plan, dtype=str)
-            chosen = plan["shard"] == f"{args.shard:03d}" if args.shard is not None else plan["shard"].notna()
-            series += plan.loc[chosen, "series_id"].tolist()
-        table = dls.convert(args.index, args.dl_info, series, args.images_dir, args.table, check=not args.no_check)
-        print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.images_dir}")
-        return
-    if args.dataset == "custom":
-        if not args.inputs:
-            raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
-        table = custom.convert(args.inputs, args.images_dir, args.table)
-    elif not args.dicom_table:
-        raise SystemExit("lesiontrack convert --dataset nlst: give --dicom-table")
-    else:
-        table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
+def _convert_custom(args: argparse.Namespace) -> None:
+    if not args.inputs:
+        raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
+    table = custom.convert(args.inputs, args.images_dir, args.table)
     print(f"converted {len(table)} series into {args.images_dir}")
 
 
-def cmd_pairs(args: argparse.Namespace) -> None:
-    from lesiontrack.data import custom, dls, nlst
+def _convert_nlst(args: argparse.Namespace) -> None:
+    if not args.dicom_table:
+        raise SystemExit("lesiontrack convert --dataset nlst: give --dicom-table")
+    table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
+    print(f"converted {len(table)} series into {args.images_dir}")
 
-    out_dir = Path(args.out_dir or f"results/{args.dataset}")
-    if args.dataset == "dls":
-        if not args.test:
-            raise SystemExit("lesiontrack pairs --dataset dls: give --test test.json [--valid valid.json]")
-        splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
-        table = dls.pairs_table(splits, out_dir / "pairs.csv")
-        print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {out_dir}")
-        return
-    if args.dataset == "custom":
-        if not (args.pairs_csv and len(args.images) == 1):
-            raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
-        pairs = custom.pairs_stage(args.pairs_csv, args.images[0], out_dir / "pairs.csv")
-        print(f"custom: {len(pairs)} pair rows inside their volumes -> {out_dir}")
-        return
+
+def _pairs_dls(args: argparse.Namespace, out_dir: Path) -> None:
+    if not args.test:
+        raise SystemExit("lesiontrack pairs --dataset dls: give --test test.json [--valid valid.json]")
+    splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
+    table = dls.pairs_table(splits, out_dir / "pairs.csv")
+    print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {out_dir}")
+
+
+def _pairs_custom(args: argparse.Namespace, out_dir: Path) -> None:
+    if not (args.pairs_csv and len(args.images) == 1):
+        raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
+    pairs = custom.pairs_stage(args.pairs_csv, args.images[0], out_dir / "pairs.csv")
+    print(f"custom: {len(pairs)} pair rows inside their volumes -> {out_dir}")
+
+
+def _pairs_nlst(args: argparse.Namespace, out_dir: Path) -> None:
     if not (args.nlstx and args.dicom_dir):
         raise SystemExit("lesiontrack pairs --dataset nlst: give --nlstx and --dicom-dir")
     if args.check_slices:
@@ -283,6 +256,24 @@ def cmd_pairs(args: argparse.Namespace) -> None:
           f"findings -> {out_dir}")
 
 
+# what each real dataset does for download / convert / pairs (the synthetic one has `synth`)
+DOWNLOADERS = {"dls": _download_dls, "nlst": _download_nlst}
+CONVERTERS = {"dls": _convert_dls, "nlst": _convert_nlst, "custom": _convert_custom}
+PAIR_MAKERS = {"dls": _pairs_dls, "nlst": _pairs_nlst, "custom": _pairs_custom}
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    DOWNLOADERS[args.dataset](args)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    CONVERTERS[args.dataset](args)
+
+
+def cmd_pairs(args: argparse.Namespace) -> None:
+    PAIR_MAKERS[args.dataset](args, Path(args.out_dir or f"results/{args.dataset}"))
+
+
 def _add_dataset_commands(sub) -> None:
     """download / convert / pairs of the real datasets: --dataset dls | nlst | custom."""
     p = sub.add_parser("download", help="select and download a real dataset",
@@ -292,7 +283,7 @@ def _add_dataset_commands(sub) -> None:
                                    "series and the unlabeled training cohort from the offline IDC index (prints "
                                    "the download size first), then download every series with idc-index (s5cmd); "
                                    "resumable.")
-    p.add_argument("--dataset", required=True, choices=["dls", "nlst"])
+    p.add_argument("--dataset", required=True, choices=list(DOWNLOADERS))
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--out-dir", help="default: results/<dataset>")
     p.add_argument("--archives", type=int, nargs="+", help="dls: archive numbers 1..56 (default: config dls.archives)")
@@ -307,7 +298,7 @@ def _add_dataset_commands(sub) -> None:
                                    "folder, is rejected) and NIfTI files. dls: runs of contiguous DeepLesion PNG "
                                    "slices -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU (world mm, LPS), spacing from "
                                    "DL_info.csv, slices towards the feet; checks lungs above liver.")
-    p.add_argument("--dataset", required=True, choices=["dls", "nlst", "custom"])
+    p.add_argument("--dataset", required=True, choices=list(CONVERTERS))
     p.add_argument("--index", help="dls: archive index CSV (written by download --dataset dls)")
     p.add_argument("--dl-info", help="dls: DL_info.csv")
     p.add_argument("--series", nargs="+", help="dls: series ids PPPPPP_SS_SS")
@@ -327,7 +318,7 @@ def _add_dataset_commands(sub) -> None:
                                    "NLSTx boxes -> nodule centres (world mm, LPS) and radii; all pairs of screening "
                                    "years, both directions. --check-slices scores each slice-number convention on "
                                    "the downloaded DICOM instead.")
-    p.add_argument("--dataset", required=True, choices=["dls", "nlst", "custom"])
+    p.add_argument("--dataset", required=True, choices=list(PAIR_MAKERS))
     p.add_argument("--test", help="dls: DLS test.json")
     p.add_argument("--valid", help="dls: DLS valid.json")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
@@ -343,21 +334,19 @@ def _add_dataset_commands(sub) -> None:
     p.set_defaults(func=cmd_pairs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _parser_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the synthetic longitudinal CT dataset",
                        description="Render synthetic subjects (NIfTI in HU, TotalSegmentator v2 label maps, "
                                    "ground-truth landmarks, lesions.csv and pairs.csv in world mm).")
     p.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="config file(s), later ones override earlier ones (default: the repository's config.yaml)")
+                   help="config file(s), later ones override earlier ones (default: the packaged defaults)")
     p.add_argument("--out-dir", default="results/synthetic", help="dataset folder (default: %(default)s)")
     p.add_argument("--shard", type=int, help="render only this shard (default: all, then merge the tables)")
     p.add_argument("--shard-size", type=int, help="volumes per shard (default: config shard_size)")
     p.set_defaults(func=cmd_synth)
 
+
+def _parser_resample(sub) -> None:
     p = sub.add_parser("resample", help="resample volumes to isotropic spacing",
                        description="Linear resampling to isotropic spacing; world coordinates are preserved.")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic spacing in mm (default: %(default)s)")
@@ -370,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--table", help="output CSV listing the resampled volumes")
     p.set_defaults(func=cmd_resample)
 
+
+def _parser_figures(sub) -> None:
     p = sub.add_parser("figures", help="draw figures (PNG and PDF)",
                        description="dataset: the figures of a tracked dataset from its results folder (qualitative "
                                    "best/median/worst cases, a lesion over three scans, similarity maps per scale, "
@@ -391,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-hu", type=float, nargs=2, default=(-250.0, 250.0), metavar=("LOW", "HIGH"),
                    help="display window in HU (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
+
+
+def _parser_landmarks(sub) -> None:
     p = sub.add_parser("landmarks", help="named anatomical landmarks (world mm) of a CT",
                        description="Backends: totalseg (from a TotalSegmentator label map: --labels, v2 ids or "
                                    "--class-map), heuristic (intensities only: lungs, carina; --image), synthetic "
@@ -412,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--table", help="output CSV listing the tables")
     p.set_defaults(func=cmd_landmarks)
 
+
+def _parser_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="self-supervised pretraining of the embedding network",
                        description="Train the multi-scale embedding network on NIfTI volumes resampled to one "
                                    "isotropic spacing (model and train settings from the config); resumes from "
@@ -424,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.set_defaults(func=cmd_pretrain)
 
+
+def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score predictions against ground-truth pairs",
                        description="CPM@10mm, CPM@Radius, MED (DLT evaluator), lenient convention, NLST "
                                    "relaxation, bootstrap intervals and size strata, as a metrics JSON.")
@@ -440,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="score only the pairs of this split (pairs.csv column 'split')")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _parser_embed(sub) -> None:
     p = sub.add_parser("embed", help="embed volumes at all 5 scales (cached per volume)",
                        description="Whole-volume embeddings of resampled volumes with a pretraining checkpoint, "
                                    "cached as OUT_DIR/<image_id>/scale<k>.npy (float16) + geometry.json.")
@@ -452,10 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger volumes are embedded in overlapping z-slabs (default: %(default)s)")
     p.set_defaults(func=cmd_embed)
 
-    from lesiontrack.track.trackers import TRACKERS
 
-    METHODS = list(TRACKERS)
 
+
+def _parser_track(sub) -> None:
     p = sub.add_parser("track", help="find lesions of one scan on another",
                        description="Workflow form: predict the target point of every pair of a pairs.csv (world "
                                    "mm) from cached embeddings (--embeddings) or resampled volumes (--volumes, "
@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="multiscale", choices=METHODS, help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="predictions CSV")
     p.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="config file(s) for the track section (default: the repository's config.yaml)")
+                   help="config file(s) for the track section (default: the packaged defaults)")
     workflow = p.add_argument_group("workflow form")
     workflow.add_argument("--pairs", help="pairs.csv")
     workflow.add_argument("--split", help="only the pairs of this split")
@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "match (needs source_radius_mm in pairs.csv, radius_mm in points.csv); default: found always")
     p.set_defaults(func=cmd_track)
 
+
+def _parser_presence_calibrate(sub) -> None:
     p = sub.add_parser("presence-calibrate", help="calibrate the appearance test that decides found/disappeared",
                        description="Fit the appearance test (lesiontrack.track.presence) on the ground-truth points "
                                    "of the training subjects of a lesions.csv with disappeared lesions.")
@@ -497,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="calibration JSON")
     p.set_defaults(func=cmd_presence_calibrate)
 
+
+def _parser_presence(sub) -> None:
     p = sub.add_parser("presence", help="precision and recall of disappeared for one method",
                        description="Track the lesions that disappeared with the method, decide found for them with "
                                    "the calibrated test and report precision/recall of disappeared over all "
@@ -514,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, help="metrics JSON")
     p.set_defaults(func=cmd_presence)
 
+
+def _parser_table(sub) -> None:
     p = sub.add_parser("table", help="Table-1-style comparison of methods",
                        description="Rows = methods; CPM@10mm, CPM@Radius, MEDx/y/z, MED and the paired t-test "
                                    "p-value against the reference, as CSV, Markdown and LaTeX.")
@@ -523,7 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="results/tables")
     p.set_defaults(func=cmd_table)
 
-    _add_dataset_commands(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
+                _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track,
+                _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands):
+        add(sub)
     return parser
 
 
@@ -535,8 +549,6 @@ def main(argv: list[str] | None = None) -> int:
         many = args.images and args.out_dir and args.table
         if bool(one) == bool(many):
             parser.error("resample: give either --input and --output, or --images, --out-dir and --table")
-    from lesiontrack.config import ConfigError
-    from lesiontrack.io import InputError
 
     try:
         args.func(args)

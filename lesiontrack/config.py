@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"  # shipped inside the package
 
 
 class ConfigError(ValueError):
     """A config value is missing, of the wrong type or out of range; names key path and value."""
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from(values: Mapping[str, Any] | None, cls: type[Settings], section: str,
+                  workflow_keys: Iterable[str] = (), base: Settings | None = None) -> Settings:
+    """The settings dataclass ``cls`` from a config ``section`` (lists become tuples), laid over
+    ``base`` (default: the class's defaults). Keys of ``workflow_keys`` belong to the workflow and
+    are passed over; any other key that is not a field is an error naming ``section.key``."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names - set(workflow_keys))
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]!r} (settings: {', '.join(sorted(names))})")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    return dataclasses.replace(base, **converted) if base is not None else cls(**converted)
 
 
 def _with_defaults(validator_class):
@@ -94,9 +112,27 @@ def load(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """Read YAML config files, later ones overriding earlier ones key by key, and validate."""
     merged: dict[str, Any] = {}
     for path in paths:
+        merge(merged, read_yaml(path))
+    return validate(merged, source=", ".join(str(p) for p in paths) or "the packaged defaults")
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file as a mapping; a syntax error names the file and line."""
+    try:
         with open(path) as fh:
-            merge(merged, yaml.safe_load(fh) or {})
-    return validate(merged, source=", ".join(str(p) for p in paths))
+            values = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: {where}not valid YAML ({problem})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file holds keys and values, not {type(values).__name__}")
+    return values
 
 
 def merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

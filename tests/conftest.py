@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "schemas", "configs",
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "configs",
                   "report", "envs", "profiles", "pyproject.toml")
 
 

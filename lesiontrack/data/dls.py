@@ -401,7 +401,7 @@ def fetch(url: str | None, destination: str | Path, what: str, progress: bool = 
     ``options`` such as ``retries`` and ``backoff_s`` go to it)."""
     if not url:
         raise InputError(f"{destination}: no URL configured for {what} (set it in the config; see "
-                         "schemas/config.schema.yaml, section dls)")
+                         "lesiontrack/config.schema.yaml, section dls)")
     return download(url, destination, progress=progress, **options)
 
 

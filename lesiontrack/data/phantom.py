@@ -342,14 +342,10 @@ def _vessel_tree(rng, start, direction, radius, length, depth, out):
         _vessel_tree(rng, end, child, radius * 0.76, length * rng.uniform(0.75, 0.9), depth - 1, out)
 
 
-def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
-    """Paint the whole torso into ``canvas``; return geometry needed for landmarks and lesions."""
-    L = TOTALSEG_V2
-    sw, sd, sh = anat.width_scale, anat.depth_scale, anat.height_scale
+def _body_wall(anat: Anatomy, canvas: Canvas) -> None:
+    """Skin, subcutaneous fat, muscle; the trunk cavity is visceral fat for now."""
     x_ax, y_ax, z_ax = canvas.axes()
     grow_out = anat.muscle_mm + anat.fat_mm
-
-    # Body wall: skin, subcutaneous fat, muscle; the trunk cavity is visceral fat for now.
     x2, y2 = x_ax[None, :].astype(np.float32), y_ax[:, None].astype(np.float32)
     wobble2: dict[float, np.ndarray] = {}  # the outline depends on z only through the trunk centre
     for k, z in enumerate(z_ax):
@@ -365,12 +361,11 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
             layer[x2sq / np.float32((a + grow) ** 2) + dy2 / np.float32((b + grow) ** 2) <= wobble2[yc]] = tissue
         canvas.tissue[k] = layer
 
-    levels = anat.vertebra_levels()
-    carina = anat.carina()
-    points: dict[str, np.ndarray] = {"carina": carina}
-    apex_z = levels["T1"][0] + 22.0 * sh
 
-    # Lungs: inside the rib cage, above the diaphragm, outside the mediastinum.
+
+def _lungs(anat: Anatomy, canvas: Canvas, carina: np.ndarray, apex_z: float) -> None:
+    """Lungs: inside the rib cage, above the diaphragm, outside the mediastinum; lobes by fissures."""
+    L = TOTALSEG_V2
     def lung(side: int):
         def inside(x, y, z):
             a, b, yc = anat.trunk(z)
@@ -401,7 +396,11 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
                  lambda x, y, z: (z < z_hilum - 5.0) & (z > z_hilum + 0.9 * (y + 10.0)),
                  LUNG, L["lung_middle_lobe_right"], within=[LUNG])
 
-    # Heart (myocardium shell, blood pool), resting on the diaphragm.
+
+
+def _heart(anat: Anatomy, canvas: Canvas, points: dict[str, np.ndarray]) -> np.ndarray:
+    """Heart (myocardium shell, blood pool), resting on the diaphragm; returns its centre."""
+    L = TOTALSEG_V2
     hc = anat.heart_center.copy()
     hc[2] = 0.5 * (anat.dome_right_z + anat.dome_left_z) + anat.heart_radii[2] * 0.75
     rot_heart = rotation_matrix(anat.heart_angles)
@@ -409,7 +408,14 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     canvas.ellipsoid(hc, anat.heart_radii - 10.0, BLOOD, L["heart"], rot_heart)
     points["heart_apex"] = hc + rot_heart @ np.array([anat.heart_radii[0], 0.0, 0.0]) * 0.97
 
-    # Trachea and main bronchi.
+    return hc
+
+
+def _airways(anat: Anatomy, canvas: Canvas, carina: np.ndarray, apex_z: float,
+             points: dict[str, np.ndarray]) -> None:
+    """Trachea, main bronchi and the esophagus; the diaphragm domes' landmarks."""
+    L = TOTALSEG_V2
+    sw, sd = anat.width_scale, anat.depth_scale
     trachea = np.array([[0.0, carina[1] - 12.0, 360.0], [0.0, carina[1] - 8.0, apex_z],
                         carina.tolist()])
     canvas.tube(trachea, 10.0, AIRWAY_WALL, L["trachea"])
@@ -426,7 +432,14 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     for side, tag, dome in ((1, "left", anat.dome_left_z), (-1, "right", anat.dome_right_z)):
         points[f"diaphragm_dome_{tag}"] = np.array([side * 60.0 * sw, -10.0, dome])
 
-    # Aorta: ascending, arch, descending along the left of the spine, bifurcation at L4.
+
+
+def _aorta(anat: Anatomy, canvas: Canvas, levels: dict, carina: np.ndarray, hc: np.ndarray,
+           points: dict[str, np.ndarray]) -> np.ndarray:
+    """Aorta: ascending, arch, descending along the left of the spine, bifurcation at L4; the
+    iliac arteries. Returns the aorta's path."""
+    L = TOTALSEG_V2
+    sw, sh = anat.width_scale, anat.height_scale
     zl4 = levels["L4"][0]
     xs4, ys4 = anat.spine_xy(zl4)
     arch_z = levels["T3"][0] + 5.0 * sh
@@ -449,7 +462,12 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         iliac = [aorta[-1], aorta[-1] + [side * 35.0 * sw, 5.0, -45.0], [side * 75.0 * sw, -10.0, -370.0 * sh]]
         canvas.tube(iliac, [8.0, 7.0, 6.0], BLOOD, L[name], within=[VISCERAL_FAT, MUSCLE, FAT])
 
-    # Pulmonary vessel trees from each hilum, only inside lung parenchyma.
+    return aorta
+
+
+def _pulmonary_vessels(anat: Anatomy, canvas: Canvas, carina: np.ndarray, points: dict[str, np.ndarray]) -> None:
+    """Pulmonary vessel trees from each hilum, only inside lung parenchyma."""
+    sw = anat.width_scale
     vessel_rng = np.random.default_rng(anat.vessel_seed)
     for side in (1, -1):
         hilum = carina + np.array([side * 55.0 * sw, 5.0, -35.0])
@@ -461,7 +479,12 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
             for a, b, ra, rb in segments:
                 canvas.tube([a, b], [ra, rb], LUNG_VESSEL, within=[LUNG])
 
-    # Liver under the right dome, spleen under the left, stomach between.
+
+
+def _upper_abdomen(anat: Anatomy, canvas: Canvas) -> np.ndarray:
+    """Liver under the right dome, spleen under the left, stomach between; returns the stomach's centre."""
+    L = TOTALSEG_V2
+    sw, sd = anat.width_scale, anat.depth_scale
     below_dome = lambda x, y, z: z < anat.dome_z(x, y) - 4.0  # noqa: E731
     in_cavity = lambda x, y, z: anat.radial(x, y, z, -3.0) <= 1.0  # noqa: E731
     organ_clip = lambda x, y, z: below_dome(x, y, z) & in_cavity(x, y, z)  # noqa: E731
@@ -478,7 +501,13 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     canvas.ellipsoid(stc, [42.0, 35.0, 45.0], STOMACH, L["stomach"], clip=organ_clip,
                      within=[VISCERAL_FAT])
 
-    # Kidneys (cortex with a medial sinus of fat), the right lower than the left.
+    return stc
+
+
+def _kidneys(anat: Anatomy, canvas: Canvas, levels: dict, points: dict[str, np.ndarray]) -> None:
+    """Kidneys (cortex with a medial sinus of fat), the right lower than the left."""
+    L = TOTALSEG_V2
+    sw = anat.width_scale
     zl1 = levels["L1"][0]
     for side, name in ((1, "kidney_left"), (-1, "kidney_right")):
         _, yv = anat.spine_xy(zl1)
@@ -490,7 +519,11 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         points[f"{name}_upper_pole"] = kc + axis * 0.97
         points[f"{name}_lower_pole"] = kc - axis * 0.97
 
-    # Bowel loops (wall and fluid) meandering through the lower abdominal cavity.
+
+
+def _bowel(anat: Anatomy, canvas: Canvas) -> list[np.ndarray]:
+    """Bowel loops (wall and fluid) meandering through the lower abdominal cavity; their paths."""
+    sw, sd, sh = anat.width_scale, anat.depth_scale, anat.height_scale
     bowel_rng = np.random.default_rng(anat.vessel_seed + 1)
     bowel_paths = []
     for _ in range(7):
@@ -506,7 +539,13 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         bowel_paths.append(np.array(path))
         canvas.tube(path, bowel_rng.uniform(9, 14), BOWEL, within=[VISCERAL_FAT])
 
-    # Muscles beside the spine: psoas (lumbar) and autochthon (erector spinae).
+    return bowel_paths
+
+
+def _paraspinal_muscles(anat: Anatomy, canvas: Canvas, levels: dict, apex_z: float) -> None:
+    """Muscles beside the spine: psoas (lumbar) and autochthon (erector spinae)."""
+    L = TOTALSEG_V2
+    sw, sd, sh = anat.width_scale, anat.depth_scale, anat.height_scale
     for side, ps, au in ((1, "iliopsoas_left", "autochthon_left"), (-1, "iliopsoas_right", "autochthon_right")):
         zs = np.linspace(levels["T12"][0], -360.0 * sh, 12)
         xs_, ys_ = anat.spine_xy(zs)
@@ -517,7 +556,12 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
         auto = np.stack([xs_ + side * 32.0 * sw, ys_ + 52.0 * sd, zs], 1)
         canvas.tube(auto, 20.0, MUSCLE, L[au], within=[VISCERAL_FAT, FAT, MUSCLE])
 
-    # Vertebrae: body (cancellous with a cortical rim), arch, spinous and transverse processes.
+
+
+def _spine(anat: Anatomy, canvas: Canvas, levels: dict, points: dict[str, np.ndarray]) -> None:
+    """Vertebrae (body with a cortical rim, arch, spinous and transverse processes), discs, cord."""
+    L = TOTALSEG_V2
+    sh = anat.height_scale
     for name, (zc, height) in levels.items():
         xv, yv = anat.spine_xy(zc)
         rx, ry = anat.body_radii(name)
@@ -563,7 +607,12 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     cord = np.stack([xs_, ys_ + ry_s + 9.0, zs], 1)
     canvas.tube(cord, 5.0, CORD, L["spinal_cord"], within=[VISCERAL_FAT, MUSCLE, FAT])
 
-    # Ribs with costal cartilages; the sternum in front.
+
+
+def _ribs_and_sternum(anat: Anatomy, canvas: Canvas, levels: dict, points: dict[str, np.ndarray]) -> None:
+    """Ribs with costal cartilages; the sternum in front."""
+    L = TOTALSEG_V2
+    sh = anat.height_scale
     for k in range(1, 13):
         name_v = f"T{k}"
         zc, _ = levels[name_v]
@@ -594,7 +643,12 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
     _, b_bot, yc_bot = anat.trunk(st_bottom)
     points["xiphoid_tip"] = np.array([0.0, yc_bot - b_bot + 9.0, st_bottom])
 
-    # Pelvis: sacrum, iliac wings, acetabula, pubic and ischial rami; femoral heads and necks.
+
+
+def _pelvis(anat: Anatomy, canvas: Canvas, points: dict[str, np.ndarray]) -> None:
+    """Pelvis: sacrum, iliac wings, acetabula, pubic and ischial rami; femoral heads and necks."""
+    L = TOTALSEG_V2
+    sw, sd, sh = anat.width_scale, anat.depth_scale, anat.height_scale
     zp = PROMONTORY_Z * sh
     xs0, ys0 = anat.spine_xy(zp)
 
@@ -635,6 +689,27 @@ def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
             [side * 75.0 * sw, ys0 + 5.0, wing_c[2] + wr[2] - 7.0])
     points["pubic_symphysis"] = np.array([0.0, ys0 - 85.0 * sd, anat.pubic_symphysis_z()])
 
+
+
+def draw_anatomy(anat: Anatomy, canvas: Canvas) -> Structures:
+    """Paint the whole torso into ``canvas``; return geometry needed for landmarks and lesions."""
+    _body_wall(anat, canvas)
+    levels = anat.vertebra_levels()
+    carina = anat.carina()
+    points: dict[str, np.ndarray] = {"carina": carina}
+    apex_z = levels["T1"][0] + 22.0 * anat.height_scale
+    _lungs(anat, canvas, carina, apex_z)
+    hc = _heart(anat, canvas, points)
+    _airways(anat, canvas, carina, apex_z, points)
+    aorta = _aorta(anat, canvas, levels, carina, hc, points)
+    _pulmonary_vessels(anat, canvas, carina, points)
+    stc = _upper_abdomen(anat, canvas)
+    _kidneys(anat, canvas, levels, points)
+    bowel_paths = _bowel(anat, canvas)
+    _paraspinal_muscles(anat, canvas, levels, apex_z)
+    _spine(anat, canvas, levels, points)
+    _ribs_and_sternum(anat, canvas, levels, points)
+    _pelvis(anat, canvas, points)
     return Structures(aorta_path=aorta, bowel_paths=bowel_paths, stomach_center=stc, points=points)
 
 

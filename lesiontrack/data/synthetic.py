@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from scipy import ndimage
 
 from lesiontrack import tables
+from lesiontrack.config import settings_from
 from lesiontrack.data import phantom as ph
 from lesiontrack.io import Geometry, sha256, write_image, write_table
 from lesiontrack.vocabulary import LANDMARKS, LUNG_LABELS, TOTALSEG_V2
@@ -65,12 +66,8 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"synthetic: unknown key(s) {unknown}")
-        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**converted)
+        """The config's ``synthetic`` section."""
+        return settings_from(values, cls, "synthetic")
 
 
 @dataclass

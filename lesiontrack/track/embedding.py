@@ -9,7 +9,7 @@ Each matches a query's source embedding over the target's embedding maps
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,21 +17,21 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from lesiontrack.config import settings_from
 from lesiontrack.preprocess import window
 from lesiontrack.tables import CANDIDATE_COLUMNS, SOURCE_POINT
 from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, match_candidates
 from lesiontrack.track.tracker import Context, Needs, check_inside
+
+TRACK_WORKFLOW_KEYS = ("methods", "presence_datasets", "presence_rerank", "registration")
 
 
 def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSettings:
     """Matching settings of an embedding ``method`` from the ``track`` config section."""
     if method not in METHOD_SCALES:
         raise ValueError(f"method {method!r}: not an embedding method {list(METHOD_SCALES)}")
-    known = {f.name for f in fields(MatchSettings)} - {"scales"}
-    values = {k: v for k, v in (track or {}).items() if k in known}
-    if method == "multiscale-paper":
-        values.update(PAPER_MATCHING)
-    return MatchSettings(scales=METHOD_SCALES[method], **values)
+    values = {**(track or {}), **(PAPER_MATCHING if method == "multiscale-paper" else {})}
+    return settings_from(values, MatchSettings, "track", TRACK_WORKFLOW_KEYS, MatchSettings(METHOD_SCALES[method]))
 
 
 def windowed_voxels(image: sitk.Image, window_hu: tuple[float, float]) -> np.ndarray:

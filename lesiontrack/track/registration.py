@@ -49,6 +49,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from lesiontrack.config import settings_from
 from lesiontrack.tables import SOURCE_POINT
 from lesiontrack.track.tracker import Context, Needs, single_candidates
 
@@ -126,17 +127,9 @@ class RegistrationSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, base: RegistrationSettings | None = None
                   ) -> RegistrationSettings:
-        """``base`` (default: the class defaults) with the fields in ``values`` replaced.
-
-        Raises ``ValueError`` naming any key that is not a setting.
-        """
-        values = dict(values or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown registration setting(s) {unknown}; known: {sorted(names)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return dataclasses.replace(base or cls(), **values)
+        """``base`` (default: the class defaults) with the fields in ``values`` replaced; a key that
+        is not a setting is an error naming it."""
+        return settings_from(values, cls, "track.registration", base=base)
 
 
 DEFAULT_AFFINE = RegistrationSettings()

@@ -12,7 +12,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
+from lesiontrack.config import settings_from
 from lesiontrack.figures import training_curves
 from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
@@ -55,10 +56,6 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (no effect on the CPU)
     sampler_workers: int = 1  # processes drawing patch pairs ahead (1: one background thread)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -69,10 +66,20 @@ class ModelConfig:
     init_resnet18: str | None = None
     norm: str = "none"
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+TRAIN_WORKFLOW_KEYS = ("datasets", "landmark_backend", "processes", "threads", "validation_subjects")
+MODEL_WORKFLOW_KEYS = ("checkpoint", "name")
+
+
+def train_settings(section: dict[str, Any]) -> TrainConfig:
+    """:class:`TrainConfig` of the config's ``train`` section (the workflow's own keys aside)."""
+    return settings_from(section, TrainConfig, "train", TRAIN_WORKFLOW_KEYS)
+
+
+def model_settings(section: dict[str, Any]) -> ModelConfig:
+    """:class:`ModelConfig` of the config's ``model`` section (name and checkpoint aside)."""
+    return settings_from(section, ModelConfig, "model", MODEL_WORKFLOW_KEYS)
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
@@ -546,8 +553,8 @@ def pretrain_distributed(train_paths: list[str | Path], validation_paths: list[s
     import yaml
 
     if processes == 1:
-        return pretrain(train_paths, validation_paths, out_dir, TrainConfig.from_dict(config["train"]),
-                        ModelConfig.from_dict(config["model"]), tuple(config["preprocess"]["window_hu"]),
+        return pretrain(train_paths, validation_paths, out_dir, train_settings(config["train"]),
+                        model_settings(config["model"]), tuple(config["preprocess"]["window_hu"]),
                         landmark_dir=landmark_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
