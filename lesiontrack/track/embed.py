@@ -36,6 +36,24 @@ COARSEST = CUMULATIVE_STRIDES[-1]
 PAD_VALUE = -1.0  # windowed units: air, as the padding of training views
 
 
+SCALES = tuple(range(1, len(CUMULATIVE_STRIDES) + 1))  # the model's levels: 1 (finest) .. 5
+
+
+def scale_to_input(index: np.ndarray, stride: np.ndarray | int) -> np.ndarray:
+    """Input-grid voxel coordinates of scale-grid voxel ``index`` (cumulative ``stride``)."""
+    return (np.asarray(index) + 0.5) * stride - 0.5
+
+
+def input_to_scale(index: np.ndarray, stride: np.ndarray | int) -> np.ndarray:
+    """Scale-grid voxel coordinates (cumulative ``stride``) of input-grid voxel ``index``."""
+    return (np.asarray(index) + 0.5) / stride - 0.5
+
+
+def scale_to_scale(index: np.ndarray, from_stride: np.ndarray, to_stride: np.ndarray) -> np.ndarray:
+    """Voxel ``index`` of the grid of ``from_stride`` on the grid of ``to_stride``."""
+    return (np.asarray(index) + 0.5) * from_stride / to_stride - 0.5
+
+
 def scale_geometry(geometry: Geometry, stride_zyx: tuple[int, int, int], shape_zyx: tuple[int, int, int]) -> Geometry:
     """Grid of an embedding map with cumulative ``stride_zyx`` and array shape ``shape_zyx`` over
     a volume of ``geometry``: voxel i lies at input voxel (i + 0.5) * stride - 0.5."""

@@ -51,16 +51,16 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from lesiontrack.io import Geometry
 from lesiontrack.model import CUMULATIVE_STRIDES
-from lesiontrack.track.embed import Embeddings
+from lesiontrack.track.embed import SCALES, Embeddings, input_to_scale, scale_to_input, scale_to_scale
 
-METHOD_SCALES = {"multiscale": (1, 2, 3, 4, 5), "single-scale-fine": (1,), "two-scale": (1, 5),
-                 "multiscale-paper": (1, 2, 3, 4, 5)}
+METHOD_SCALES = {"multiscale": SCALES, "single-scale-fine": SCALES[:1], "two-scale": (SCALES[0], SCALES[-1]),
+                 "multiscale-paper": SCALES}
 PAPER_MATCHING = {"context_mm": 0.0, "refine_mm": 0.0}  # the settings that make multiscale-paper the paper's
 
 
 @dataclass(frozen=True)
 class MatchSettings:
-    scales: tuple[int, ...] = (1, 2, 3, 4, 5)
+    scales: tuple[int, ...] = SCALES
     coarse_to_fine: bool = False
     subvoxel: bool = True
     coarse_levels: int = 3  # coarse-to-fine: scales >= this are evaluated everywhere
@@ -85,7 +85,7 @@ class VolumeMaps:
     """The embedding maps of one volume as float32 tensors, loaded once and reused; ``image``
     (optional): the volume's voxels (z, y, x) on the same grid, windowed, for ``refine_mm``."""
 
-    def __init__(self, embeddings: Embeddings, scales=(1, 2, 3, 4, 5), image: np.ndarray | None = None) -> None:
+    def __init__(self, embeddings: Embeddings, scales=SCALES, image: np.ndarray | None = None) -> None:
         self.embeddings = embeddings
         self.geometry = embeddings.geometry
         if image is not None and tuple(image.shape) != tuple(self.geometry.size[::-1]):
@@ -162,7 +162,7 @@ def _full_map(target: VolumeMaps, query: torch.Tensor, scale: int) -> torch.Tens
 
 
 def similarity_maps(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray,
-                    scales: tuple[int, ...] = (1, 2, 3, 4, 5)) -> dict[int, torch.Tensor]:
+                    scales: tuple[int, ...] = SCALES) -> dict[int, torch.Tensor]:
     """The per-scale cosine-similarity maps of one source point (world mm) over the whole target,
     each on the target's input grid (z, y, x): the terms that :func:`match_point` sums."""
     point_mm = np.asarray(point_mm, float).reshape(1, 3)
@@ -241,7 +241,7 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
         grid_half = np.ceil(settings.window_mm / (spacing_zyx * grid_stride)).astype(int)
         total = torch.full(tuple(grid_shape), float("-inf"))
         for peak in _peaks(coarse_sum, settings.n_peaks, separation):
-            centre = np.rint((np.asarray(peak) + 0.5) * base_stride / grid_stride - 0.5).astype(int)
+            centre = np.rint(scale_to_scale(peak, base_stride, grid_stride)).astype(int)
             lo = np.clip(centre - grid_half, 0, grid_shape)
             hi = np.clip(centre + grid_half + 1, 0, grid_shape)
             total[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = context_sum(
@@ -254,7 +254,7 @@ def _embedding_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
     _mask_padding(coarse_sum, shape, base_stride)
     best: Match | None = None
     for peak in _peaks(coarse_sum, settings.n_peaks, separation):
-        centre = np.clip(np.rint((np.asarray(peak) + 0.5) * base_stride - 0.5).astype(int), 0, np.asarray(shape) - 1)
+        centre = np.clip(np.rint(scale_to_input(peak, base_stride)).astype(int), 0, np.asarray(shape) - 1)
         candidate = _window_match(target, queries, settings, centre, half)
         if best is None or candidate.confidence > best.confidence:
             best = candidate
@@ -275,7 +275,7 @@ def _grid_candidates(total: torch.Tensor, target: VolumeMaps, grid: int, setting
     matches = []
     for peak in peaks:
         index_zyx = _subvoxel(total, peak) if settings.subvoxel else np.asarray(peak, float)
-        index_zyx = (index_zyx + 0.5) * stride - 0.5  # input voxels
+        index_zyx = scale_to_input(index_zyx, stride)  # input voxels
         index_xyz = np.clip(index_zyx, 0, shape - 1)[::-1]
         matches.append(Match(target.geometry.index_to_world(index_xyz)[0],
                              float(total[peak]) / len(settings.scales), index_xyz))
@@ -336,8 +336,8 @@ def context_sum(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, sc
         if box is not None:
             ratio = np.asarray(CUMULATIVE_STRIDES[k - 1]) // grid_stride
             map_shape = np.asarray(target.maps[k].shape[:3])
-            s_lo = np.maximum(np.floor((need_lo + 0.5) / ratio - 0.5).astype(int), 0)
-            s_hi = np.minimum(np.floor((need_hi - 0.5) / ratio - 0.5).astype(int) + 2, map_shape)
+            s_lo = np.maximum(np.floor(input_to_scale(need_lo, ratio)).astype(int), 0)
+            s_hi = np.minimum(np.floor(input_to_scale(need_hi - 1, ratio)).astype(int) + 2, map_shape)
             part = _similarity(target, query, k, tuple(zip(s_lo, s_hi, strict=True))).permute(3, 0, 1, 2)
             summed += _window_to_input(part, ratio, s_lo, need_lo, need_hi)
             continue
@@ -378,8 +378,8 @@ def _window_match(target: VolumeMaps, queries: dict[int, torch.Tensor], settings
         stride = np.asarray(CUMULATIVE_STRIDES[k - 1])
         map_shape = np.asarray(target.maps[k].shape[:3])
         # scale voxels whose interpolation reaches the window (one voxel of margin)
-        s_lo = np.maximum(np.floor((lo + 0.5) / stride - 0.5).astype(int) - 1, 0)
-        s_hi = np.minimum(np.ceil((hi - 0.5) / stride - 0.5).astype(int) + 2, map_shape)
+        s_lo = np.maximum(np.floor(input_to_scale(lo, stride)).astype(int) - 1, 0)
+        s_hi = np.minimum(np.ceil(input_to_scale(hi - 1, stride)).astype(int) + 2, map_shape)
         part = _similarity(target, queries[k], k, tuple(zip(s_lo, s_hi, strict=True)))
         window += _window_to_input(part, stride, s_lo, lo, hi)
     return _result(window, target.geometry, settings, tuple(lo))
@@ -446,7 +446,7 @@ def _window_to_input(part: torch.Tensor, stride: np.ndarray, s_lo: np.ndarray, l
     border, which the block reaches only where the map does)."""
     axes, size = [], part.shape[-3:]
     for axis in range(3):
-        coordinate = (np.arange(lo[axis], hi[axis]) + 0.5) / stride[axis] - 0.5 - s_lo[axis]
+        coordinate = input_to_scale(np.arange(lo[axis], hi[axis]), stride[axis]) - s_lo[axis]
         coordinate = np.clip(coordinate, 0, size[axis] - 1)
         axes.append(torch.tensor(2.0 * coordinate / max(size[axis] - 1, 1) - 1.0, dtype=torch.float32))
     zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
