@@ -4,12 +4,17 @@ contract, registries instead of name comparisons in the workflow."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
 from conftest import REPO
 
 from lesiontrack import tables
 from lesiontrack.data.datasets import DATASETS
+from lesiontrack.track import predict, trackers
 from lesiontrack.track.trackers import TRACKERS
 
 PACKAGE = REPO / "lesiontrack"
@@ -124,3 +129,29 @@ def test_registries_say_what_each_entry_needs():
     assert not TRACKERS["affine"].needs.embeddings
     assert DATASETS["synthetic"].oracle_landmarks and DATASETS["dls"].published
     assert DATASETS["dls"].title.startswith("Table 1") and DATASETS["nlst"].title.startswith("Table 2")
+
+
+def test_the_documented_new_tracker_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
+    """docs/architecture.md's example tracker, registered, tracks through track_table with no other
+    change: two volumes whose centres differ by a known shift."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    module_path = tmp_path / "centres.py"
+    module_path.write_text(code)
+    spec = importlib.util.spec_from_file_location("centres", module_path)
+    centres = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(centres)
+    monkeypatch.setitem(trackers.TRACKERS, "centres", centres.TRACKERS[0])
+    rows = []
+    for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (30.0, -10.0, 5.0))):
+        image = sitk.Image(10, 12, 8, sitk.sitkInt16)
+        image.SetOrigin(origin)
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+        rows.append({"image_id": name, "path": str(tmp_path / f"{name}.nii.gz")})
+    pd.DataFrame(rows).to_csv(tmp_path / "volumes.csv", index=False)
+    queries = pd.DataFrame({"pair_id": ["p"], "lesion_id": ["l"], "direction": ["forward"], "source_image": ["a"],
+                            "target_image": ["b"], "source_x": [4.0], "source_y": [6.0], "source_z": [2.0]})
+    out = predict.track_table(queries, "centres", volume_tables=[tmp_path / "volumes.csv"], progress=False)
+    np.testing.assert_allclose(out[["pred_x", "pred_y", "pred_z"]].to_numpy(float), [[34.0, -4.0, 7.0]])
+    assert "centres" in trackers.names(volumes=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -109,11 +110,50 @@ def test_lint_and_format(command):
         assert "Lints for" not in result.stdout + result.stderr
 
 
-def test_cli_help():
-    for stage in ("synth", "resample", "figures", "pretrain", "embed", "track", "evaluate", "table"):
-        result = subprocess.run([sys.executable, "-m", "lesiontrack.cli", stage, "--help"], capture_output=True,
-                                text=True, timeout=600)
-        assert result.returncode == 0 and "usage: lesiontrack" in result.stdout
+def _readme_commands() -> list[list[str]]:
+    """Every ``lesiontrack ...`` command of the README's fenced blocks (continuation lines joined,
+    comments dropped), as argument lists."""
+    commands, fenced, pending = [], False, ""
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            continue
+        line = pending + line.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("lesiontrack "):
+            commands.append(shlex.split(line, comments=True)[1:])
+    return commands
+
+
+def test_readme_commands_run_as_written(capsys):
+    """Each subcommand the README names answers --help, and each README command line parses with
+    the options it shows (no option misspelt or gone)."""
+    from lesiontrack.cli import build_parser, main
+
+    commands = _readme_commands()
+    assert len(commands) >= 15
+    for stage in sorted({c[0] for c in commands}):
+        with pytest.raises(SystemExit) as exited:
+            main([stage, "--help"])
+        assert exited.value.code == 0 and f"usage: lesiontrack {stage}" in capsys.readouterr().out, stage
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command)  # exits (SystemExit) on an unknown or missing option
+
+
+def test_readme_is_short_and_starts_with_the_two_commands():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    blocks = [b.split("\n", 1)[1].strip() for b in text.split("```")[1::2]]
+    assert blocks[0] == 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/snakemake --cores 2'
+    assert blocks[1] == ".venv/bin/python -m pytest --durations=15"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert blocks[0].replace(" && ", "&&") in ci.replace(" && ", "&&") and blocks[1] in ci
 
 
 def test_default_run_ends_with_the_table_of_every_method(smoke_run):
