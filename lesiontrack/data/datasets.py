@@ -21,19 +21,17 @@ class Dataset:
     ``tracked``: whether our methods run on it, from its ``datasets.<name>`` config section (it has
     images and ground-truth pairs); ``published``: rows of published predictions (row name -> field
     of the downloaded predictions file); ``oracle_landmarks``: ground-truth landmark tables under
-    ``results/<name>/truth`` (the ``synthetic`` landmark backend); ``longitudinal``: its lesions
-    table has subjects, timepoints and statuses (gone and new lesions can be evaluated)."""
+    ``results/<name>/truth`` (the ``synthetic`` landmark backend)."""
 
     name: str
     title: str
     tracked: Callable[[Mapping[str, Any]], bool]
     published: Mapping[str, str] = field(default_factory=dict)
     oracle_landmarks: bool = False
-    longitudinal: bool = False
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("synthetic", "Synthetic longitudinal CT", lambda spec: True, oracle_landmarks=True, longitudinal=True),
+    Dataset("synthetic", "Synthetic longitudinal CT", lambda spec: True, oracle_landmarks=True),
     Dataset("dls", "Table 1 (DLS)", lambda spec: bool(spec["download"]), published=PUBLISHED_DLS),
     Dataset("nlst", "Table 2 (NLSTx; not the paper's private NLST set)", lambda spec: True),
     Dataset("custom", "Own data", lambda spec: bool(spec["pairs"])),
