@@ -76,7 +76,7 @@ def test_spacing_change_reruns_resample_not_synth(smoke_run, tmp_path):
     assert (resampled["spacing_mm"] == 3.5).all()
     planned = run_workflow(workdir, configs, dryrun=True)
     assert "results/models/default/checkpoint_best.pt" in planned  # a dependant of resample
-    assert not any(u.startswith("results/synthetic/shards/") for u in planned)  # resampled, up to date
+    assert not any(u.startswith("results/synthetic/shards/resampled-") for u in planned)  # up to date now
 
 
 def test_editing_resample_module_reruns_resample_only(smoke_run, tmp_path):
