@@ -7,9 +7,12 @@ destination folder and renamed, so a failed step never leaves a half-written fil
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import struct
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,16 +30,90 @@ class InputError(ValueError):
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a NIfTI (or any SimpleITK format) file or a DICOM series folder (see :func:`dicom_series`)."""
+    """Read a NIfTI (or any SimpleITK format) file or a DICOM series folder (see :func:`dicom_series`).
+
+    Refused, naming the file: a compressed file that fails its integrity check (gzip CRC and
+    length), a NIfTI whose data is shorter than its header says (SimpleITK would fill the rest
+    with zeros), fewer than 3 dimensions, a spacing that is not finite and positive, a direction
+    matrix that is not orthonormal."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        return dicom_series(path).read()
+        return check_volume(dicom_series(path).read(), path)
+    data_bytes = _check_compressed(path) if path.suffix == ".gz" else path.stat().st_size
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_length(path, data_bytes)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise InputError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from err
+    return check_volume(image, path)
+
+
+def _check_compressed(path: Path) -> int:
+    """The uncompressed length of a gzip file, read through to check its CRC and length."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: damaged or truncated gzip file ({err})") from None
+    return total
+
+
+def _check_nifti_length(path: Path, data_bytes: int) -> None:
+    """Stop where the (uncompressed) file is shorter than its NIfTI header's offset + data size."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        header = fh.read(540)
+    if len(header) < 348:
+        raise InputError(f"{path}: {len(header)} bytes, shorter than a NIfTI header (348)")
+    for order in ("<", ">"):
+        size = struct.unpack(f"{order}i", header[:4])[0]
+        if size == 348:  # NIfTI-1
+            dims = struct.unpack(f"{order}8h", header[40:56])
+            bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+            offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+            break
+        if size == 540 and len(header) >= 540:  # NIfTI-2
+            dims = struct.unpack(f"{order}8q", header[16:80])
+            bitpix = struct.unpack(f"{order}h", header[14:16])[0]
+            offset = int(struct.unpack(f"{order}q", header[168:176])[0])
+            break
+    else:
+        return  # not a NIfTI header SimpleITK reads the way we know: leave it to SimpleITK
+    n_dims = int(dims[0])
+    if not 1 <= n_dims <= 7:
+        raise InputError(f"{path}: NIfTI header gives {n_dims} dimensions")
+    expected = offset + int(np.prod([max(int(d), 1) for d in dims[1:n_dims + 1]], dtype=np.int64)) * bitpix // 8
+    if data_bytes < expected:
+        raise InputError(f"{path}: truncated: the NIfTI header describes {expected} bytes, the file holds "
+                         f"{data_bytes}")
+
+
+def check_volume(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """``image`` if it is a 3D volume with a finite positive spacing and an orthonormal direction."""
+    if image.GetDimension() < 3:
+        raise InputError(f"{path}: a {image.GetDimension()}D image, not a 3D volume")
+    spacing = np.asarray(image.GetSpacing(), float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"{path}: spacing {tuple(float(s) for s in spacing)} mm is not finite and positive")
+    n = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), float).reshape(n, n)
+    if not np.allclose(direction @ direction.T, np.eye(n), atol=1e-4):
+        raise InputError(f"{path}: direction matrix {np.round(direction, 4).tolist()} is not orthonormal")
+    return image
+
+
+def check_slices(image: sitk.Image, path: str | os.PathLike, minimum: int) -> sitk.Image:
+    """``image`` if it has at least ``minimum`` voxels along every axis (tracking needs neighbours
+    on both sides of a point along each axis for trilinear sampling and sub-voxel refinement)."""
+    size = image.GetSize()
+    if min(size) < minimum:
+        raise InputError(f"{path}: size {tuple(size)} voxels: tracking needs at least {minimum} along every axis")
+    return image
 
 
 @dataclass(frozen=True)
