@@ -6,6 +6,9 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the package beside this Snakefile
 
 from lesiontrack.config import validate
+from lesiontrack.workflow import forward_interrupts
+
+forward_interrupts()  # kill -INT of snakemake stops its running jobs too
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")

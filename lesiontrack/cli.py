@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from lesiontrack import __version__, config, evaluate, figures, landmarks, preprocess
 from lesiontrack.config import ConfigError
@@ -18,7 +19,7 @@ from lesiontrack.download import DownloadError, download
 from lesiontrack.evaluate import method_slug
 from lesiontrack.evaluate_presence import evaluate_presence
 from lesiontrack.figures import tracking_qa_images
-from lesiontrack.io import InputError, read_image, read_table, volume_paths, write_table
+from lesiontrack.io import InputError, check_writable, read_image, read_table, staged_folder, volume_paths, write_table
 from lesiontrack.landmarks import read_landmarks
 from lesiontrack.track import predict, presence
 from lesiontrack.track.embed import embed_files
@@ -26,6 +27,15 @@ from lesiontrack.track.trackers import TRACKERS
 from lesiontrack.train.loop import image_id_of, model_settings, pretrain, train_settings
 
 METHODS = list(TRACKERS)
+
+
+def check_device(device: str) -> None:
+    """Stop before any work on a device this installation cannot use."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available to this PyTorch build "
+                         f"({torch.__version__}); use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise InputError(f"--device {device}: expected cpu or cuda[:N]")
 
 
 def _config(paths: list[str]) -> dict:
@@ -40,7 +50,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     selected = range(len(shards)) if args.shard is None else [args.shard]
     for k in selected:
         if not 0 <= k < len(shards):
-            raise SystemExit(f"--shard {k}: this config has shards 0..{len(shards) - 1}")
+            raise InputError(f"--shard {k}: this config has shards 0..{len(shards) - 1}")
         synthetic.generate_shard(synth_cfg, shards[k], out, out / "shards" / f"images-{k:03d}.csv",
                                  out / "shards" / f"lesions-{k:03d}.csv", out / "shards" / f"pairs-{k:03d}.csv")
     if args.shard is None:
@@ -51,6 +61,9 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_resample(args: argparse.Namespace) -> None:
+    for path, folder in ((args.output, False), (args.out_dir, True), (args.table, False)):
+        if path is not None:
+            check_writable(path, folder)
     if args.images:
         table = preprocess.resample_table(args.images, args.out_dir, args.table, args.spacing)
         print(f"resampled {len(table)} volumes into {args.out_dir}")
@@ -96,7 +109,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     volumes = volume_paths(args.images or [])
     volumes.update({image_id_of(path): path for path in args.volumes or []})
     if not volumes:
-        raise SystemExit("lesiontrack embed: give --images TABLE or --volumes FILE ...")
+        raise InputError("give --images TABLE or --volumes FILE ...")
+    check_device(args.device)
     rows = embed_files(args.checkpoint, volumes, args.out_dir, args.device, args.max_voxels)
     print(f"embedded {len(rows)} volume(s) into {args.out_dir}")
 
@@ -106,16 +120,23 @@ def cmd_track(args: argparse.Namespace) -> None:
     track = cfg["track"]
     if args.source or args.target or args.points:
         if not (args.source and args.target and args.points):
-            raise SystemExit("lesiontrack track: own data needs --source, --target and --points")
-        table = predict.track_points(args.source, args.target, args.points, args.checkpoint, args.out, args.method,
-                                     track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+            raise InputError("own data needs --source, --target and --points")
+        check_writable(args.out)
         if args.qa_dir is not None:
-            tracking_qa_images(read_image(args.source), read_image(args.target), read_table(args.points), table,
-                               args.qa_dir, args.method)
+            check_writable(args.qa_dir, folder=True)
+        check_device(args.device)
+        table = predict.track_points(args.source, args.target, args.points, args.checkpoint, None, args.method,
+                                     track, args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+        with staged_folder(args.qa_dir) as qa_dir:  # the pictures land only with the predictions
+            if qa_dir is not None:
+                tracking_qa_images(read_image(args.source), read_image(args.target), read_table(args.points), table,
+                                   qa_dir, args.method)
+            write_table(table, args.out)
         print(f"{args.method}: {len(table)} point(s) -> {args.out}")
         return
     if not args.pairs:
-        raise SystemExit("lesiontrack track: give --pairs (workflow form) or --source/--target/--points")
+        raise InputError("give --pairs (workflow form) or --source/--target/--points")
+    check_writable(args.out)
     table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track,
                                   presence_calibration=args.presence)
     print(f"{args.method}: {len(table)} predictions -> {args.out}")
@@ -142,14 +163,15 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_landmarks(args: argparse.Namespace) -> None:
     if args.images:
         if not (args.out_dir and args.table):
-            raise SystemExit("lesiontrack landmarks --images: give --out-dir and --table")
+            raise InputError("give --out-dir and --table")
         table = landmarks.landmarks_shard(args.images, args.backend, args.out_dir, args.table, args.truth_dir)
         print(f"{len(table)} landmark table(s), {table['rows'].min() if len(table) else 0}-"
               f"{table['rows'].max() if len(table) else 0} rows each -> {args.out_dir}")
         return
     if not args.out:
-        raise SystemExit("lesiontrack landmarks: give --out (one volume) or --images, --out-dir and --table")
+        raise InputError("give --out (one volume) or --images, --out-dir and --table")
 
+    check_writable(args.out)
     table = landmarks.volume_landmarks(args.backend, args.image, args.labels, args.class_map, args.file)
     write_table(table, args.out)
     print(f"{len(table)} landmarks ({args.backend}) -> {args.out}")
@@ -171,10 +193,7 @@ def _download_dls(args: argparse.Namespace) -> None:
     if args.archives:
         cfg["archives"] = args.archives
     out = Path(args.out_dir or "results/dls")
-    try:
-        paths = dls.download_all(cfg, out)
-    except DownloadError as err:
-        raise SystemExit(f"lesiontrack download: error: {err}") from err
+    paths = dls.download_all(cfg, out)
     archives = [p for p in paths if Path(p).name.startswith("Images_png_")]
     annotations = [p for p in paths if Path(p).suffix == ".json"]
     dl_info = next(p for p in paths if Path(p).name == "DL_info.csv")
@@ -201,7 +220,7 @@ def _download_nlst(args: argparse.Namespace) -> None:
 
 def _convert_dls(args: argparse.Namespace) -> None:
     if not (args.index and args.dl_info and (args.series or args.plan)):
-        raise SystemExit("lesiontrack convert --dataset dls: give --index, --dl-info and --series ID ... or "
+        raise InputError("--dataset dls: give --index, --dl-info and --series ID ... or "
                          "--plan series.csv [--shard N]")
     series = list(args.series or [])
     if args.plan:
@@ -214,21 +233,21 @@ def _convert_dls(args: argparse.Namespace) -> None:
 
 def _convert_custom(args: argparse.Namespace) -> None:
     if not args.inputs:
-        raise SystemExit("lesiontrack convert --dataset custom: give --inputs FILE|FOLDER|GLOB ...")
+        raise InputError("--dataset custom: give --inputs FILE|FOLDER|GLOB ...")
     table = custom.convert(args.inputs, args.images_dir, args.table)
     print(f"converted {len(table)} series into {args.images_dir}")
 
 
 def _convert_nlst(args: argparse.Namespace) -> None:
     if not args.dicom_table:
-        raise SystemExit("lesiontrack convert --dataset nlst: give --dicom-table")
+        raise InputError("--dataset nlst: give --dicom-table")
     table = nlst.convert_stage(args.dicom_table, args.images_dir, args.table)
     print(f"converted {len(table)} series into {args.images_dir}")
 
 
 def _pairs_dls(args: argparse.Namespace, out_dir: Path) -> None:
     if not args.test:
-        raise SystemExit("lesiontrack pairs --dataset dls: give --test test.json [--valid valid.json]")
+        raise InputError("--dataset dls: give --test test.json [--valid valid.json]")
     splits = {"test": args.test, **({"valid": args.valid} if args.valid else {})}
     table = dls.pairs_table(splits, out_dir / "pairs.csv")
     print(f"{len(table)} directed pairs ({table['pair_id'].nunique()} pair ids per split) -> {out_dir}")
@@ -236,14 +255,14 @@ def _pairs_dls(args: argparse.Namespace, out_dir: Path) -> None:
 
 def _pairs_custom(args: argparse.Namespace, out_dir: Path) -> None:
     if not (args.pairs_csv and len(args.images) == 1):
-        raise SystemExit("lesiontrack pairs --dataset custom: give --pairs-csv and one --images table")
+        raise InputError("--dataset custom: give --pairs-csv and one --images table")
     pairs = custom.pairs_stage(args.pairs_csv, args.images[0], out_dir / "pairs.csv")
     print(f"custom: {len(pairs)} pair rows inside their volumes -> {out_dir}")
 
 
 def _pairs_nlst(args: argparse.Namespace, out_dir: Path) -> None:
     if not (args.nlstx and args.dicom_dir):
-        raise SystemExit("lesiontrack pairs --dataset nlst: give --nlstx and --dicom-dir")
+        raise InputError("--dataset nlst: give --nlstx and --dicom-dir")
     if args.check_slices:
         scores = nlst.check_slices(nlst.read_nlstx(args.nlstx), args.dicom_dir)
         print(f"{nlst.LABEL} slice-number conventions, best first (mean dense-blob-in-lung score):")
@@ -552,8 +571,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (ConfigError, InputError) as err:
-        print(f"lesiontrack {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, InputError, DownloadError) as err:  # bad input: one line, no traceback
+        print(f"lesiontrack {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused (permissions, a full disk): name the path
+        if err.filename is None:
+            raise
+        print(f"lesiontrack {args.command}: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     return 0
 

@@ -66,6 +66,7 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | None = None, so
     if not errors:
         _check_ranges(config, schema, schema, [], source)
         _check_reference(config, source)
+        _check_processes(config, source)
         return config
     error = errors[0]
     where = ".".join(str(p) for p in error.absolute_path)
@@ -106,6 +107,15 @@ def _check_reference(config: dict[str, Any], source: str) -> None:
     if reference is not None and methods and reference not in methods:
         raise ConfigError(f"{source}: evaluate.reference_method = {reference!r}: must be one of track.methods "
                           f"{methods}")
+
+
+def _check_processes(config: dict[str, Any], source: str) -> None:
+    """Data-parallel training splits each batch evenly over its processes."""
+    train = config.get("train", {})
+    processes, batch = train.get("processes", 1), train.get("batch_size")
+    if batch is not None and batch % processes:
+        raise ConfigError(f"{source}: train.batch_size = {batch}: must be a multiple of train.processes = "
+                          f"{processes}")
 
 
 def load(paths: list[str | os.PathLike]) -> dict[str, Any]:

@@ -87,8 +87,10 @@ def per_pair(truth: pd.DataFrame, predictions: pd.DataFrame, source: str = "pred
     missing = merged[merged["_merge"] == "left_only"]
     if not missing.empty:
         row = missing.iloc[0]
+        hint = (f" (the pairs hold splits {sorted(set(truth['split'].astype(str)))}: give --split for the "
+                f"predicted one)" if "split" in truth and truth["split"].nunique() > 1 else "")
         raise InputError(f"{source}: no prediction for pair {row['pair_id']} ({row['direction']}); "
-                         f"{len(missing)} pair(s) missing")
+                         f"{len(missing)} pair(s) missing{hint}")
     merged = merged.drop(columns="_merge")
     _check_finite(merged, PRED_POINT, source)
     _check_finite(merged, [*TARGET_POINT, "target_radius_mm"], "ground truth")
@@ -198,7 +200,14 @@ def load_dls_entries(path: str | Path) -> list[dict[str, Any]]:
     """Entries of a DLS-format JSON in any published shape: an object keyed by entry id
     (``test.json``), a list, or ``{"results": [...]}`` (``DLTMix.json``); in entry order."""
     path = Path(path)
-    data = json.loads(path.read_text())
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text (JSON) file") from None
     if isinstance(data, dict) and "results" in data:
         return list(data["results"])
     if isinstance(data, dict):
@@ -206,6 +215,17 @@ def load_dls_entries(path: str | Path) -> list[dict[str, Any]]:
     if isinstance(data, list):
         return data
     raise InputError(f"{path}: expected an object or a list of DLS entries, found {type(data).__name__}")
+
+
+def _numbers(entry: dict[str, Any], name: str, n: int, path: Path, number: int) -> np.ndarray:
+    """Field ``name`` of DLS entry ``number`` as ``n`` finite numbers, or one clear error."""
+    try:
+        value = np.asarray(entry[name], float)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.shape != (n,) or not np.isfinite(value).all():
+        raise InputError(f"{path}: entry {number} field {name!r} = {entry[name]!r}: expected {n} finite numbers")
+    return value
 
 
 def dls_tables(path: str | Path, field: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -222,11 +242,11 @@ def dls_tables(path: str | Path, field: str) -> tuple[pd.DataFrame, pd.DataFrame
         missing = [k for k in required if k not in entry]
         if missing:
             raise InputError(f"{path}: entry {number} lacks field(s) {missing}")
-        spacing = np.asarray(entry["target spacing"], float)
+        spacing = _numbers(entry, "target spacing", 3, path, number)
         for name in ("target center", field):
-            value = np.asarray(entry[name], float)
-            if value.shape != (3,) or not np.isfinite(value).all():
-                raise InputError(f"{path}: entry {number} field {name!r} = {entry[name]!r}: expected 3 finite numbers")
+            _numbers(entry, name, 3, path, number)
+        _numbers(entry, "target box", 6, path, number)
+        _numbers(entry, "target recist diameter", 2, path, number)
         pair_id = entry.get("lesion pair id")
         pair_id = str(int(pair_id)) if pair_id is not None else str((number + 1) // 2)
         key = {"pair_id": pair_id, "direction": "forward" if number % 2 else "backward"}

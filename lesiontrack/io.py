@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import shutil
 import struct
 import tempfile
 import zlib
@@ -43,7 +45,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         return check_volume(dicom_series(path).read(), path)
     data_bytes = _check_compressed(path) if path.suffix == ".gz" else path.stat().st_size
     if path.name.endswith((".nii", ".nii.gz")):
-        _check_nifti_length(path, data_bytes)
+        _check_nifti_header(path, data_bytes)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -63,8 +65,9 @@ def _check_compressed(path: Path) -> int:
     return total
 
 
-def _check_nifti_length(path: Path, data_bytes: int) -> None:
-    """Stop where the (uncompressed) file is shorter than its NIfTI header's offset + data size."""
+def _check_nifti_header(path: Path, data_bytes: int) -> None:
+    """Stop where a NIfTI header gives voxel sizes that are not finite and non-zero (ITK would
+    replace them), or where the (uncompressed) file is shorter than its offset + data size."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
         header = fh.read(540)
@@ -75,11 +78,13 @@ def _check_nifti_length(path: Path, data_bytes: int) -> None:
         if size == 348:  # NIfTI-1
             dims = struct.unpack(f"{order}8h", header[40:56])
             bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+            pixdim = struct.unpack(f"{order}8f", header[76:108])
             offset = int(struct.unpack(f"{order}f", header[108:112])[0])
             break
         if size == 540 and len(header) >= 540:  # NIfTI-2
             dims = struct.unpack(f"{order}8q", header[16:80])
             bitpix = struct.unpack(f"{order}h", header[14:16])[0]
+            pixdim = struct.unpack(f"{order}8d", header[104:168])
             offset = int(struct.unpack(f"{order}q", header[168:176])[0])
             break
     else:
@@ -87,10 +92,28 @@ def _check_nifti_length(path: Path, data_bytes: int) -> None:
     n_dims = int(dims[0])
     if not 1 <= n_dims <= 7:
         raise InputError(f"{path}: NIfTI header gives {n_dims} dimensions")
+    voxel = [float(v) for v in pixdim[1:min(n_dims, 3) + 1]]
+    if not all(math.isfinite(v) and v != 0 for v in voxel):
+        raise InputError(f"{path}: NIfTI header gives voxel sizes {tuple(voxel)} mm: not finite and non-zero")
     expected = offset + int(np.prod([max(int(d), 1) for d in dims[1:n_dims + 1]], dtype=np.int64)) * bitpix // 8
     if data_bytes < expected:
         raise InputError(f"{path}: truncated: the NIfTI header describes {expected} bytes, the file holds "
                          f"{data_bytes}")
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Stop before any work where ``path`` cannot be written: a file where a folder is wanted or the
+    other way round, or a nearest existing parent folder that is not writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file")
+        raise InputError(f"{path}: is {kind}, expected {wanted}")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot be written ({parent} is not a writable folder)")
+    return path
 
 
 def check_volume(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
@@ -235,6 +258,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def staged_folder(path: str | os.PathLike | None) -> Iterator[Path | None]:
+    """Yield a temporary folder beside ``path`` (None for None); on success its files move into
+    ``path`` (created), on failure it is removed: a failed command leaves none of them."""
+    if path is None:
+        yield None
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        path.mkdir(exist_ok=True)
+        for item in sorted(tmp.iterdir()):
+            os.chmod(item, 0o666 & ~_UMASK)
+            os.replace(item, path / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:

@@ -433,6 +433,39 @@ def read_landmarks(path: str | Path) -> pd.DataFrame:
     return table[list(COLUMNS)].astype({"x": float, "y": float, "z": float, "confidence": float})
 
 
+def check_same_grid(labels: sitk.Image, labels_path: str | Path, image: sitk.Image, image_path: str | Path,
+                    tolerance_mm: float = 0.01) -> None:
+    """A label map must lie on its image's grid: the same size, spacing, origin and direction
+    (within ``tolerance_mm``; resample it onto the image first otherwise)."""
+    a, b = Geometry.of(labels), Geometry.of(image)
+    checks = (("size", a.size, b.size, 0), ("spacing", a.spacing, b.spacing, 1e-4),
+              ("origin", a.origin, b.origin, tolerance_mm), ("direction", a.direction, b.direction, 1e-4))
+    for what, mine, theirs, tolerance in checks:
+        if np.shape(mine) != np.shape(theirs) or not np.allclose(mine, theirs, rtol=0, atol=tolerance):
+            show = [round(float(v), 3) for v in np.ravel(mine)], [round(float(v), 3) for v in np.ravel(theirs)]
+            raise InputError(f"{labels_path}: its {what} {show[0]} differs from the image {image_path}'s "
+                             f"{show[1]}: a label map must lie on its image's grid")
+
+
+def check_label_map(label_map: sitk.Image, path: str | Path, class_map: dict[int, str]) -> None:
+    """A label map holds non-negative integer ids, some of them ids of ``class_map``."""
+    values = np.unique(sitk.GetArrayViewFromImage(label_map))
+    if not np.issubdtype(values.dtype, np.integer) and not np.all(values == np.round(values)):
+        raise InputError(f"{path}: not a label map: non-integer values ({float(values.min()):g} .. "
+                         f"{float(values.max()):g})")
+    if values.min() < 0:
+        raise InputError(f"{path}: not a label map: negative values ({int(values.min())} .. {int(values.max())}; "
+                         f"a CT?)")
+    labelled = values[values > 0].astype(int)
+    if labelled.size == 0:
+        raise InputError(f"{path}: an empty label map (every voxel 0)")
+    known = [v for v in labelled if int(v) in class_map]
+    if not known:
+        raise InputError(f"{path}: none of its label ids ({labelled[:5].tolist()}"
+                         f"{' ...' if labelled.size > 5 else ''}) is in the class map ({len(class_map)} ids, "
+                         f"{min(class_map)}..{max(class_map)})")
+
+
 def volume_landmarks(backend: str, image: str | Path | None = None, labels: str | Path | None = None,
                      class_map: str | Path | None = None, table: str | Path | None = None) -> pd.DataFrame:
     """One volume's landmarks by ``backend``: ``totalseg`` (a label map ``labels``: NIfTI with
@@ -447,7 +480,15 @@ def volume_landmarks(backend: str, image: str | Path | None = None, labels: str 
             label_map, names = read_seg(labels, read_image(image) if image is not None else None)
         else:
             label_map, names = read_image(labels), TOTALSEG_V2_NAMES
-        return totalseg_landmarks(label_map, read_class_map(class_map) if class_map else names)
+            if image is not None:
+                check_same_grid(label_map, labels, read_image(image), image)
+        names = read_class_map(class_map) if class_map else names
+        check_label_map(label_map, labels, names)
+        table = totalseg_landmarks(label_map, names)
+        if table.empty:
+            raise InputError(f"{labels}: no landmark found in this label map (its structures are all cut by the "
+                             f"field of view, or none is one the landmarks use)")
+        return table
     if backend == "heuristic":
         if image is None:
             raise InputError("landmark backend heuristic needs the CT image")

@@ -8,22 +8,40 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, read_image, read_table, sha256, write_image, write_table
+from lesiontrack.io import Geometry, InputError, read_image, read_table, sha256, write_image, write_table
 
 AIR_HU = -1024.0
+MAX_VOXELS = 1_000_000_000  # a resampled volume larger than this (4 GB as float32) is a mistake, not a scan
+MIN_VOXELS_PER_AXIS = 3  # fewer: no neighbour on both sides of a point (matching, refinement)
 
 
-def resample_isotropic(image: sitk.Image, spacing_mm: float, default_value: float = AIR_HU) -> sitk.Image:
+def resampled_size(image: sitk.Image, spacing_mm: float, source: str = "image") -> tuple[int, int, int]:
+    """The grid size of ``image`` resampled to ``spacing_mm``; a spacing that is not a positive
+    number, or a grid of fewer than 3 voxels along an axis or more than 1e9 voxels, stops here."""
+    if not (np.isfinite(spacing_mm) and spacing_mm > 0):
+        raise InputError(f"{source}: spacing {float(spacing_mm):g} mm: must be a positive number")
+    old = Geometry.of(image)
+    extent = (np.asarray(old.size) - 1) * np.asarray(old.spacing)
+    size = tuple(int(n) for n in np.floor(extent / spacing_mm + 1e-6).astype(int) + 1)
+    voxels = int(np.prod(size, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{source}: spacing {float(spacing_mm):g} mm makes {size} = {voxels:.2e} voxels "
+                         f"(at most {MAX_VOXELS:.0e}): a spacing that small is not meant")
+    if min(size) < MIN_VOXELS_PER_AXIS:
+        raise InputError(f"{source}: spacing {float(spacing_mm):g} mm leaves {size} voxels over an extent of "
+                         f"{tuple(round(float(e), 1) for e in extent)} mm (at least {MIN_VOXELS_PER_AXIS} per axis)")
+    return size
+
+
+def resample_isotropic(image: sitk.Image, spacing_mm: float, default_value: float = AIR_HU,
+                       source: str = "image") -> sitk.Image:
     """Resample to ``spacing_mm`` in every axis with linear interpolation (as the paper).
 
     The first voxel centre and the direction are kept, so world coordinates are preserved; the
     grid covers the input's voxel centres. Integer images stay integer (rounded).
     """
-    if spacing_mm <= 0:
-        raise ValueError(f"spacing_mm = {spacing_mm!r}: must be > 0")
+    size = resampled_size(image, spacing_mm, source)
     old = Geometry.of(image)
-    extent = (np.asarray(old.size) - 1) * np.asarray(old.spacing)
-    size = tuple(int(n) for n in np.floor(extent / spacing_mm + 1e-6).astype(int) + 1)
     new = Geometry(old.origin, (spacing_mm,) * 3, size, old.direction)
     resampled = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear,
                               new.origin, new.spacing, new.direction, default_value, sitk.sitkFloat32)
@@ -35,7 +53,7 @@ def resample_isotropic(image: sitk.Image, spacing_mm: float, default_value: floa
 
 
 def resample_file(source: str | Path, target: str | Path, spacing_mm: float) -> Path:
-    return write_image(resample_isotropic(read_image(source), spacing_mm), target)
+    return write_image(resample_isotropic(read_image(source), spacing_mm, source=str(source)), target)
 
 
 def resample_table(images_table: str | Path, out_dir: str | Path, out_table: str | Path, spacing_mm: float,

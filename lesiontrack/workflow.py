@@ -1,13 +1,46 @@
-"""Helpers for the thin scripts in workflow_scripts/: logging to the rule's log file."""
+"""Helpers for the workflow: logging to the rule's log file (the thin scripts in
+workflow_scripts/), and interrupts that reach the running jobs (the Snakefile)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
+
+
+def forward_interrupts() -> None:
+    """Make ``kill -INT`` (or ``-TERM``) of the snakemake process reach the jobs it runs.
+
+    Snakemake answers an interrupt by waiting for its running jobs ("Terminating processes on user
+    request"); only a Ctrl-C in a terminal, which signals the whole process group, stops them. This
+    handler sends the signal on to every descendant process first, so a job (pretraining, say)
+    stops within seconds; the interrupted job is incomplete and reruns on the next run. Installed
+    once per process, from the main thread only (a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if getattr(previous, "forwards_to_jobs", False):
+            continue
+
+        def handler(number, frame, previous=previous):
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(number)
+            if callable(previous):
+                previous(number, frame)
+            elif number == signal.SIGINT or previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+        handler.forwards_to_jobs = True
+        signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

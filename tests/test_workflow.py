@@ -262,3 +262,38 @@ def test_smoke_pretraining_outputs(smoke_run):
     # its duration is a benchmark figure (docs/benchmarks.md), not a condition: the file is written
     benchmark = pd.read_csv(smoke_run / "results" / "benchmarks" / "pretrain" / "default.tsv", sep="\t")
     assert len(benchmark) == 1 and benchmark["s"].iloc[0] > 0
+
+
+def test_kill_int_stops_a_running_pretrain_job(smoke_run, tmp_path):
+    """``kill -INT`` of the snakemake process stops the running pretraining within seconds (the
+    Snakefile forwards the signal to its jobs), leaves no job process, and the next dry run plans
+    pretraining again."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    workdir = _copy_run(smoke_run, tmp_path / "repo")
+    log = workdir / "results" / "logs" / "pretrain" / "default.log"
+    log.unlink()
+    target = ["results/models/default/checkpoint_best.pt"]
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml",
+               "--rerun-triggers", "mtime", "--forcerun", "pretrain", *target]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard only
+        while not (log.exists() and "epoch" in log.read_text()) and time.monotonic() < deadline:
+            assert process.poll() is None, "snakemake ended before pretraining started"
+            time.sleep(0.5)
+        jobs = psutil.Process(process.pid).children(recursive=True)
+        assert jobs, "no job process under snakemake"
+        os.kill(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        _, alive = psutil.wait_procs(jobs, timeout=30)
+        assert not alive, alive
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert "results/models/default/checkpoint_best.pt" in run_workflow(workdir, dryrun=True)

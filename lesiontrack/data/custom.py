@@ -18,7 +18,17 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, InputError, read_image, read_table, volume_paths, write_image, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    check_writable,
+    read_image,
+    read_table,
+    staged_folder,
+    volume_paths,
+    write_image,
+    write_table,
+)
 from lesiontrack.tables import PAIR_COLUMNS, validate_pairs
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -63,13 +73,17 @@ def convert(patterns: Sequence[str], images_dir: str | os.PathLike, out: str | o
     source, subject_id, split`` (every volume is its own subject, all are ``train``: an unlabeled
     training set; evaluation pairs say which volumes they use). ``out``: one path or several."""
     table = collect(patterns, base)
-    paths = [str(write_image(read_image(src), Path(images_dir) / f"{image_id}.nii.gz"))
-             for image_id, src in zip(table["image_id"], table["source"], strict=True)]
-    table.insert(1, "path", paths)
-    table["subject_id"] = table["image_id"]
-    table["split"] = "train"
-    for path in [out] if isinstance(out, (str, os.PathLike)) else out:
-        write_table(table, path)
+    outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
+    for path in outs:
+        check_writable(path)
+    with staged_folder(images_dir) as staging:  # all volumes or none: a bad one leaves nothing
+        for image_id, src in zip(table["image_id"], table["source"], strict=True):
+            write_image(read_image(src), staging / f"{image_id}.nii.gz")
+        table.insert(1, "path", [str(Path(images_dir) / f"{image_id}.nii.gz") for image_id in table["image_id"]])
+        table["subject_id"] = table["image_id"]
+        table["split"] = "train"
+        for path in outs:
+            write_table(table, path)
     return table
 
 

@@ -114,8 +114,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise InputError(f"{checkpoint}: no such checkpoint")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "model" not in state or "config" not in state:
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many kinds on a damaged file (zip, pickle, EOF, runtime)
+        raise InputError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'empty'})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise InputError(f"{checkpoint}: not a lesiontrack pretraining checkpoint (keys {sorted(state)[:6]})")
     model_cfg = state["config"]["model"]
     model = build_model(model_cfg["width"], model_cfg["embedding_dim"], model_cfg.get("n_scales", 5),

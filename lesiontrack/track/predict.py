@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lesiontrack.io import Geometry, InputError, LoadCache, read_image, volume_paths, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    LoadCache,
+    check_slices,
+    check_writable,
+    read_image,
+    volume_paths,
+    write_table,
+)
 from lesiontrack.preprocess import resample_isotropic
 from lesiontrack.tables import (
     PRED_POINT,
@@ -155,7 +164,7 @@ def own_scans(source_image, target_image, method: str, checkpoint: str | Path | 
 
 
 def track_points(source: str | Path, target: str | Path, points_csv: str | Path, checkpoint: str | Path | None,
-                 out: str | Path, method: str = "multiscale", track: dict[str, Any] | None = None,
+                 out: str | Path | None, method: str = "multiscale", track: dict[str, Any] | None = None,
                  device: str = "cpu", registration_spacing_mm: float = 2.0,
                  presence_calibration: str | Path | None = None) -> pd.DataFrame:
     """Track the points of ``points_csv`` (``lesion_id, x, y, z`` in world mm, optional
@@ -164,9 +173,12 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     Embedding trackers resample both scans to the checkpoint's spacing and embed them; the
     registrations register both scans resampled to ``registration_spacing_mm``. With
     ``presence_calibration`` (and ``radius_mm``) ``found`` is the appearance test at each match,
-    and with ``track.presence_rerank`` the match is chosen as in :func:`track_table`. Writes and
-    returns ``tables.TRACKED_POINT_COLUMNS``."""
+    and with ``track.presence_rerank`` the match is chosen as in :func:`track_table`. Returns
+    ``tables.TRACKED_POINT_COLUMNS``, written to ``out`` unless it is None. Bad input (a scan with
+    fewer than ``track.min_slices`` voxels along an axis, an unwritable ``out``) stops it first."""
     tracker = trackers.get(method)
+    if out is not None:
+        check_writable(out)
     points = read_points(points_csv)
     xyz = points[["x", "y", "z"]].to_numpy(float)
     if presence_calibration is not None and "radius_mm" not in points:
@@ -177,7 +189,8 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     if "radius_mm" in points:
         queries["source_radius_mm"] = points["radius_mm"].to_numpy(float)
     calibration = _calibration(presence_calibration, queries, str(points_csv))
-    source_image, target_image = read_image(source), read_image(target)
+    minimum = int((track or {}).get("min_slices", 3))
+    source_image, target_image = (check_slices(read_image(path), path, minimum) for path in (source, target))
     check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
     scans = own_scans(source_image, target_image, method, checkpoint, device, registration_spacing_mm)
     candidates = tracker.candidates(queries, Context(scans, dict(track or {}), False, str(points_csv)))
@@ -187,5 +200,6 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     result["x"], result["y"], result["z"] = picked[PRED_POINT].to_numpy(float).T
     result["confidence"] = picked["confidence"].to_numpy(float)
     result["found"] = found
-    write_table(result[TRACKED_POINT_COLUMNS], out)
+    if out is not None:
+        write_table(result[TRACKED_POINT_COLUMNS], out)
     return result[TRACKED_POINT_COLUMNS]

@@ -84,7 +84,7 @@ def check_inside(points: np.ndarray, geometry: Geometry, rows: pd.DataFrame, sou
         k = int(np.flatnonzero(~inside)[0])
         row = rows.iloc[k]
         label = f"{row['pair_id']} {row['direction']}" if "pair_id" in row else row.get("lesion_id", k)
-        raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({label}): point {tuple(np.round(points[k], 2))} mm "
-                         f"lies outside "
-                         f"the {what} volume (origin {tuple(np.round(geometry.origin, 1))} mm, size "
-                         f"{geometry.size} voxels)")
+        point = tuple(round(float(v), 2) for v in points[k])
+        origin = tuple(round(float(v), 1) for v in geometry.origin)
+        raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({label}): point {point} mm lies outside the {what} "
+                         f"volume (origin {origin} mm, size {tuple(int(n) for n in geometry.size)} voxels)")

@@ -1,0 +1,319 @@
+"""A catalogue of bad inputs: each gives exit code 2, one line naming the culprit, no traceback, and
+leaves no output behind (the files the test writes, and the real files of $LESIONTRACK_TEST_DATA)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from lesiontrack.cli import main
+
+
+def _points(path: Path, rows: list[list], columns=("lesion_id", "x", "y", "z")) -> Path:
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(test_data, tmp_path_factory) -> dict[str, Path]:
+    """Good and bad inputs, written once: a real CT and its label map, a DICOM series, and broken
+    copies, tables and checkpoints."""
+    d = tmp_path_factory.mktemp("inputs")
+    ct = test_data / "totalseg" / "example_ct_sm.nii.gz"
+    seg = test_data / "totalseg" / "example_seg.nii.gz"
+    dicom = test_data / "totalseg" / "example_ct_dicom"
+    image = sitk.ReadImage(str(ct))
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(np.asarray(image.GetSize()) / 2 - 0.5))
+    f = {"ct": ct, "seg": seg, "dicom": dicom, "one_slice": sorted(dicom.iterdir())[0]}
+    f["trunc_gz"] = d / "truncated.nii.gz"
+    f["trunc_gz"].write_bytes(ct.read_bytes()[:10240])
+    raw = gzip.decompress(ct.read_bytes())
+    f["trunc_nii"] = d / "short.nii"
+    f["trunc_nii"].write_bytes(raw[: len(raw) // 2])
+    zero_spacing = bytearray(raw)
+    pixdim = list(struct.unpack("<8f", zero_spacing[76:108]))
+    pixdim[3] = 0.0
+    zero_spacing[76:108] = struct.pack("<8f", *pixdim)
+    f["zero_spacing"] = d / "zero_spacing.nii"
+    f["zero_spacing"].write_bytes(bytes(zero_spacing))
+    f["empty"] = d / "empty.nii.gz"
+    f["empty"].write_bytes(b"")
+    f["text_image"] = d / "notes.nii.gz"
+    f["text_image"].write_bytes(gzip.compress(b"not an image at all\n" * 40))
+    f["image2d"] = d / "slice2d.nii.gz"
+    sitk.WriteImage(sitk.Image(20, 20, sitk.sitkInt16), str(f["image2d"]))
+    labels = sitk.ReadImage(str(seg))
+    shifted = sitk.Image(labels)
+    shifted.SetOrigin(tuple(np.add(labels.GetOrigin(), (100.0, 0.0, 0.0))))
+    for name, volume in (("seg_shifted", shifted), ("seg_zero", labels * 0),
+                         ("seg_x1000", sitk.Cast(labels, sitk.sitkInt32) * 1000)):
+        f[name] = d / f"{name}.nii.gz"
+        sitk.WriteImage(volume, str(f[name]))
+
+    inside = [[f"L{k}", *(centre + offset)] for k, offset in enumerate(([-20.0, 0, 0], [20.0, 0, 0]))]
+    f["points"] = _points(d / "points.csv", inside)
+    f["points_text"] = _points(d / "points_text.csv", [inside[0], ["L1", "2,5", 0.0, 0.0]])
+    f["points_zero_bytes"] = d / "points_zero_bytes.csv"
+    f["points_zero_bytes"].write_text("")
+    f["points_no_z"] = _points(d / "points_no_z.csv", [row[:3] for row in inside], ("lesion_id", "x", "y"))
+    f["points_duplicate"] = _points(d / "points_duplicate.csv", [inside[0], inside[0]])
+    f["points_negative_radius"] = _points(d / "points_negative_radius.csv", [[*inside[0], 5.0], [*inside[1], -3.0]],
+                                          ("lesion_id", "x", "y", "z", "radius_mm"))
+    f["points_radius"] = _points(d / "points_radius.csv", [[*inside[0], 5.0], [*inside[1], 6.0]],
+                                 ("lesion_id", "x", "y", "z", "radius_mm"))
+    f["points_inf"] = _points(d / "points_inf.csv", [inside[0], ["L1", np.inf, 0.0, 0.0]])
+    f["points_header_only"] = _points(d / "points_header_only.csv", [])
+    f["points_outside"] = _points(d / "points_outside.csv", [inside[0], ["far", *np.add(centre, (0.0, 0.0, 5000.0))]])
+
+    f["ckpt_truncated"] = d / "truncated.pt"
+    f["ckpt_truncated"].write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    f["ckpt_text"] = d / "notes.pt"
+    f["ckpt_text"].write_text("this is not a checkpoint\n")
+    f["calibration_truncated"] = d / "calibration.json"
+    f["calibration_truncated"].write_text('{"calibrated": true, "thresh')
+    f["bad_yaml"] = d / "bad.yaml"
+    f["bad_yaml"].write_text("track:\n  context_mm: 24\n   refine_mm: [1, 2\n")
+    f["unknown_key"] = d / "unknown.yaml"
+    f["unknown_key"].write_text("track:\n  contextmm: 24\n")
+    f["wrong_type"] = d / "wrong_type.yaml"
+    f["wrong_type"].write_text("track:\n  refine_mm: twenty\n")
+    f["processes"] = d / "processes.yaml"
+    f["processes"].write_text("train:\n  processes: 3\n  batch_size: 4\n")
+
+    # tables of the workflow form and of the evaluation
+    pairs = pd.DataFrame({"pair_id": ["p1", "p1", "p2", "p2"], "lesion_id": ["a", "a", "b", "b"],
+                          "direction": ["forward", "backward"] * 2, "source_image": ["ct"] * 4,
+                          "target_image": ["ct"] * 4, "source_x": centre[0], "source_y": centre[1],
+                          "source_z": centre[2], "target_x": centre[0], "target_y": centre[1], "target_z": centre[2],
+                          "target_radius_mm": 5.0, "split": ["test", "test", "train", "train"]})
+    f["pairs"] = d / "pairs.csv"
+    pairs.to_csv(f["pairs"], index=False)
+    f["pairs_text"] = d / "pairs_text.csv"
+    pairs.assign(source_x=["1.5", "x", "2", "3"]).to_csv(f["pairs_text"], index=False)
+    f["pairs_duplicate"] = d / "pairs_duplicate.csv"
+    pd.concat([pairs, pairs.iloc[:1]]).to_csv(f["pairs_duplicate"], index=False)
+    f["pairs_negative_radius"] = d / "pairs_negative_radius.csv"
+    pairs.assign(target_radius_mm=[5.0, -2.0, 5.0, 5.0]).to_csv(f["pairs_negative_radius"], index=False)
+    f["pairs_outside"] = d / "pairs_outside.csv"
+    pairs.assign(target_z=centre[2] + 5000.0).to_csv(f["pairs_outside"], index=False)
+    predictions = pairs[["pair_id", "direction"]].assign(pred_x=centre[0], pred_y=centre[1], pred_z=centre[2])
+    f["predictions_test"] = d / "predictions_test.csv"
+    predictions.iloc[:2].to_csv(f["predictions_test"], index=False)
+    f["predictions_text"] = d / "predictions_text.csv"
+    predictions.assign(pred_x=["a", "1", "2", "3"]).to_csv(f["predictions_text"], index=False)
+    f["predictions_unknown"] = d / "predictions_unknown.csv"
+    pd.concat([predictions, predictions.iloc[:1].assign(pair_id="p9")]).to_csv(f["predictions_unknown"],
+                                                                                 index=False)
+    f["volumes_other"] = d / "volumes_other.csv"
+    pd.DataFrame({"image_id": ["other"], "path": [str(ct)]}).to_csv(f["volumes_other"], index=False)
+    f["volumes"] = d / "volumes.csv"
+    pd.DataFrame({"image_id": ["ct"], "path": [str(ct)]}).to_csv(f["volumes"], index=False)
+    f["images_no_path"] = d / "images_no_path.csv"
+    pd.DataFrame({"image_id": ["ct"]}).to_csv(f["images_no_path"], index=False)
+    entry = {"target center": [60, 50, 15], "target spacing": [3.0, 3.0, 3.0], "target recist diameter": [4, 3],
+             "target box": [55, 45, 12, 10, 10, 6], "predict target center": [61, 50, 15]}
+    f["dls_truncated"] = d / "dls_truncated.json"
+    f["dls_truncated"].write_text(json.dumps({"0001": entry, "0002": entry})[:70])
+    f["dls_string_centre"] = d / "dls_string_centre.json"
+    f["dls_string_centre"].write_text(json.dumps({"0001": entry, "0002": {**entry, "target center": "60,50,15"}}))
+    f["landmarks_unknown"] = d / "landmarks_unknown.csv"
+    pd.DataFrame({"name": ["carina", "belly_button"], "x": [0.0, 1.0], "y": 0.0, "z": 0.0}).to_csv(
+        f["landmarks_unknown"], index=False)
+    f["lesions_no_status"] = d / "lesions_no_status.csv"
+    pd.DataFrame({"lesion_id": ["a"], "image_id": ["ct"], "x": [0.0], "y": 0.0, "z": 0.0, "radius_mm": 4.0}).to_csv(
+        f["lesions_no_status"], index=False)
+    f["a_file"] = d / "a_file.txt"
+    f["a_file"].write_text("a file where a folder is expected\n")
+    return f
+
+
+OWN = ["track", "--source", "{ct}", "--target", "{ct}", "--points", "{points}", "--method", "identity",
+       "--out", "{o}/tracked.csv"]
+
+
+def _own(**replace: str) -> list[str]:
+    args = list(OWN)
+    for flag, value in replace.items():
+        flag = "--" + flag.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return args
+
+
+CASES = [
+    # own-data tracking: the volumes
+    ("truncated gzip source", _own(source="{trunc_gz}"), "truncated.nii.gz: damaged or truncated gzip"),
+    ("truncated NIfTI target", _own(target="{trunc_nii}"), "short.nii: truncated"),
+    ("zero-byte source", _own(source="{empty}"), "empty.nii.gz"),
+    ("text file as source", _own(source="{text_image}"), "notes.nii.gz"),
+    ("2D image as source", _own(source="{image2d}"), "slice2d.nii.gz: a 2D image"),
+    ("one-slice source", _own(source="{one_slice}"), "at least 3 along every axis"),
+    ("zero voxel size", _own(target="{zero_spacing}"), "zero_spacing.nii: NIfTI header gives voxel sizes"),
+    ("missing source", _own(source="{o}/nowhere.nii.gz"), "nowhere.nii.gz: no such file"),
+    ("DICOM folder without DICOM", _own(target="{o}"), "{o}"),
+    # own-data tracking: the points
+    ("non-numeric x", _own(points="{points_text}"), "row 2 (L1): x = '2,5' is not a number"),
+    ("zero-byte points", _own(points="{points_zero_bytes}"), "points_zero_bytes.csv: empty file"),
+    ("points without z", _own(points="{points_no_z}"), "points_no_z.csv: missing column(s) ['z']"),
+    ("duplicate lesion id", _own(points="{points_duplicate}"), "row 2 (L0): duplicate lesion_id"),
+    ("negative radius", _own(points="{points_negative_radius}"), "radius_mm = -3 must be > 0"),
+    ("infinite coordinate", _own(points="{points_inf}"), "x = inf is not a finite number"),
+    ("no points", _own(points="{points_header_only}"), "points_header_only.csv: no points"),
+    ("point outside the source", _own(points="{points_outside}"), "row 2 (far)"),
+    ("missing points file", _own(points="{o}/none.csv"), "none.csv: no such file"),
+    # own-data tracking: outputs, device, model, presence, config
+    ("--out is a folder", _own(out="{a_folder}"), "is a folder, expected a file"),
+    ("--out under a file", _own(out="{a_file}/tracked.csv"), "cannot be written"),
+    ("--qa-dir under a file", _own(qa_dir="{a_file}/qa"), "cannot be written"),
+    ("--qa-dir is a file", _own(qa_dir="{a_file}"), "is a file, expected a folder"),
+    ("--device cuda without CUDA", _own(device="cuda"), "--device cuda: no CUDA device"),
+    ("--device unknown", _own(device="tpu"), "--device tpu: expected cpu or cuda"),
+    ("embedding method without checkpoint", _own(method="multiscale"), "method multiscale: needs --checkpoint"),
+    ("truncated checkpoint", _own(method="multiscale", checkpoint="{ckpt_truncated}"), "truncated.pt: not a readable"),
+    ("text checkpoint", _own(method="multiscale", checkpoint="{ckpt_text}"), "notes.pt: not a readable"),
+    ("missing checkpoint", _own(method="multiscale", checkpoint="{o}/no.pt"), "no.pt: no such checkpoint"),
+    ("--presence without radius", _own(presence="{calibration_truncated}"), "needs a radius_mm column"),
+    ("damaged presence calibration", _own(points="{points_radius}", presence="{calibration_truncated}"),
+     "calibration.json: not a presence calibration"),
+    ("invalid YAML overlay", _own(config="{bad_yaml}"), "bad.yaml: line 3"),
+    ("unknown config key", _own(config="{unknown_key}"), "unknown key 'track.contextmm'"),
+    ("config value of a wrong type", _own(config="{wrong_type}"), "track.refine_mm = 'twenty'"),
+    ("own data without a target", ["track", "--source", "{ct}", "--points", "{points}", "--out", "{o}/t.csv"],
+     "own data needs --source, --target and --points"),
+    ("unknown method", _own(method="magic"), "invalid choice: 'magic'"),
+    # tracking a pairs table
+    ("missing pairs file", ["track", "--pairs", "{o}/pairs.csv", "--method", "identity", "--out", "{o}/p.csv"],
+     "pairs.csv: no such file"),
+    ("non-numeric source_x", ["track", "--pairs", "{pairs_text}", "--method", "identity", "--out", "{o}/p.csv"],
+     "pairs_text.csv: row 2 (p1 backward): source_x = 'x' is not a number"),
+    ("duplicate pair", ["track", "--pairs", "{pairs_duplicate}", "--method", "identity", "--out", "{o}/p.csv"],
+     "duplicate pair_id/direction"),
+    ("unknown split", ["track", "--pairs", "{pairs}", "--method", "identity", "--split", "valid", "--out",
+                       "{o}/p.csv"], "no pairs in split 'valid'"),
+    ("image in no volume table", ["track", "--pairs", "{pairs}", "--method", "affine", "--volumes", "{volumes_other}",
+                                  "--out", "{o}/p.csv"], "image(s) ['ct'] not in the volume tables"),
+    # resampling
+    ("negative spacing", ["resample", "--input", "{ct}", "--output", "{o}/r.nii.gz", "--spacing", "-2"],
+     "spacing -2 mm: must be a positive number"),
+    ("nan spacing", ["resample", "--input", "{ct}", "--output", "{o}/r.nii.gz", "--spacing", "nan"],
+     "spacing nan mm"),
+    ("zero spacing", ["resample", "--input", "{ct}", "--output", "{o}/r.nii.gz", "--spacing", "0"], "spacing 0 mm"),
+    ("tiny spacing", ["resample", "--input", "{ct}", "--output", "{o}/r.nii.gz", "--spacing", "0.01"],
+     "a spacing that small is not meant"),
+    ("huge spacing", ["resample", "--input", "{ct}", "--output", "{o}/r.nii.gz", "--spacing", "1000"],
+     "at least 3 per axis"),
+    ("truncated input", ["resample", "--input", "{trunc_gz}", "--output", "{o}/r.nii.gz"], "truncated.nii.gz"),
+    ("missing input", ["resample", "--input", "{o}/none.nii.gz", "--output", "{o}/r.nii.gz"], "no such file"),
+    ("output is a folder", ["resample", "--input", "{ct}", "--output", "{a_folder}"], "is a folder"),
+    ("images table without path", ["resample", "--images", "{images_no_path}", "--out-dir", "{o}/r", "--table",
+                                   "{o}/r.csv"], "missing column(s) ['path']"),
+    # evaluation
+    ("truncated JSON", ["evaluate", "--predictions", "{dls_truncated}", "--out", "{o}/m.json"],
+     "dls_truncated.json: not valid JSON (line 1"),
+    ("centre given as a string", ["evaluate", "--predictions", "{dls_string_centre}", "--out", "{o}/m.json"],
+     "entry 2 field 'target center' = '60,50,15': expected 3 finite numbers"),
+    ("predictions CSV without pairs", ["evaluate", "--predictions", "{predictions_test}", "--out", "{o}/m.json"],
+     "needs the ground-truth pairs.csv (--pairs)"),
+    ("predictions of one split, no --split", ["evaluate", "--predictions", "{predictions_test}", "--pairs",
+                                              "{pairs}", "--out", "{o}/m.json"], "give --split"),
+    ("non-numeric prediction", ["evaluate", "--predictions", "{predictions_text}", "--pairs", "{pairs}", "--out",
+                                "{o}/m.json"], "pred_x = 'a' is not a number"),
+    ("missing predictions", ["evaluate", "--predictions", "{o}/none.csv", "--pairs", "{pairs}", "--out",
+                             "{o}/m.json"], "none.csv: no such file"),
+    ("prediction of an unknown pair", ["evaluate", "--predictions", "{predictions_unknown}", "--pairs", "{pairs}",
+                                       "--out", "{o}/m.json"], "prediction for unknown pair p9"),
+    ("negative target radius", ["evaluate", "--predictions", "{predictions_test}", "--pairs",
+                                "{pairs_negative_radius}", "--split", "test", "--out", "{o}/m.json"],
+     "target_radius_mm = -2 must be > 0"),
+    # landmarks
+    ("label map shifted from its image", ["landmarks", "--backend", "totalseg", "--image", "{ct}", "--labels",
+                                          "{seg_shifted}", "--out", "{o}/l.csv"], "seg_shifted.nii.gz: its origin"),
+    ("a CT as label map", ["landmarks", "--backend", "totalseg", "--labels", "{ct}", "--out", "{o}/l.csv"],
+     "not a label map: negative values"),
+    ("an all-zero label map", ["landmarks", "--backend", "totalseg", "--labels", "{seg_zero}", "--out", "{o}/l.csv"],
+     "seg_zero.nii.gz: an empty label map"),
+    ("label ids x 1000", ["landmarks", "--backend", "totalseg", "--labels", "{seg_x1000}", "--out", "{o}/l.csv"],
+     "none of its label ids"),
+    ("heuristic without image", ["landmarks", "--backend", "heuristic", "--out", "{o}/l.csv"], "needs the CT image"),
+    ("totalseg without labels", ["landmarks", "--backend", "totalseg", "--out", "{o}/l.csv"], "needs a label map"),
+    ("unknown landmark names", ["landmarks", "--backend", "file", "--file", "{landmarks_unknown}", "--out",
+                                "{o}/l.csv"], "['belly_button'] not in lesiontrack.vocabulary"),
+    ("truncated CT for heuristic", ["landmarks", "--backend", "heuristic", "--image", "{trunc_gz}", "--out",
+                                    "{o}/l.csv"], "truncated.nii.gz: damaged or truncated"),
+    # conversion and pairs of own data
+    ("one good and one bad volume", ["convert", "--dataset", "custom", "--inputs", "{ct}", "{trunc_gz}",
+                                     "--images-dir", "{o}/images", "--table", "{o}/images.csv"],
+     "truncated.nii.gz: damaged or truncated"),
+    ("pattern matching nothing", ["convert", "--dataset", "custom", "--inputs", "{o}/*.nii.gz", "--images-dir",
+                                  "{o}/images", "--table", "{o}/images.csv"], "matches no file"),
+    ("pair outside its volume", ["pairs", "--dataset", "custom", "--pairs-csv", "{pairs_outside}", "--images",
+                                 "{volumes}", "--out-dir", "{o}/custom"], "pairs_outside.csv: row 2"),
+    ("pairs without a table", ["pairs", "--dataset", "custom", "--pairs-csv", "{pairs}", "--out-dir", "{o}/c"],
+     "give --pairs-csv and one --images table"),
+    # the rest
+    ("embed without volumes", ["embed", "--checkpoint", "{ckpt_text}", "--out-dir", "{o}/e"],
+     "give --images TABLE or --volumes"),
+    ("embed with a damaged checkpoint", ["embed", "--checkpoint", "{ckpt_truncated}", "--volumes", "{ct}",
+                                         "--out-dir", "{o}/e"], "truncated.pt: not a readable"),
+    ("processes not dividing the batch", ["pretrain", "--volumes", "{ct}", "--validation", "{ct}", "--out-dir",
+                                          "{o}/m", "--config", "{processes}"],
+     "train.batch_size = 4: must be a multiple of train.processes = 3"),
+    ("lesions without status", ["presence-calibrate", "--lesions", "{lesions_no_status}", "--volumes", "{volumes}",
+                                "--out", "{o}/c.json"], "lesions_no_status.csv: missing column(s)"),
+    ("table of a missing metrics file", ["table", "--dataset", "synthetic", "--method", "m", "{o}/none.json",
+                                         "{o}/none.csv", "--reference", "m", "--out-dir", "{o}/t"], "none.json"),
+]
+
+
+def _snapshot(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(("argv", "culprit"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, capsys, monkeypatch, argv, culprit):
+    out = tmp_path / "o"
+    out.mkdir()
+    (tmp_path / "a_folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    values = {**{k: str(v) for k, v in files.items()}, "o": str(out), "a_folder": str(tmp_path / "a_folder")}
+    argv = [a.format(**values) for a in argv]
+    culprit = culprit.format(**values)
+    before = _snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(files["a_file"].parent)
+    try:
+        code = main(argv)
+    except SystemExit as exited:  # argparse's own usage errors
+        code = exited.code
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert culprit in stderr, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "Nifti"))]
+    assert len(lines) == 1 or lines[0].startswith("usage:"), lines  # one line (argparse adds its usage)
+    assert (_snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(files["a_file"].parent)) == before
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_the_real_files_still_work(files, tmp_path, capsys):
+    """The good inputs beside the bad ones track and convert (the catalogue's files are not all bad)."""
+    assert main([a.format(o=str(tmp_path), **{k: str(v) for k, v in files.items()}) for a in OWN]) == 0
+    tracked = pd.read_csv(tmp_path / "tracked.csv")
+    points = pd.read_csv(files["points"])
+    np.testing.assert_allclose(tracked[["x", "y", "z"]].to_numpy(), points[["x", "y", "z"]].to_numpy(), atol=1e-4)
+    assert main(["convert", "--dataset", "custom", "--inputs", str(files["ct"]), str(files["dicom"]), "--images-dir",
+                 str(tmp_path / "images"), "--table", str(tmp_path / "images.csv")]) == 0
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["example_ct_dicom.nii.gz",
+                                                                       "example_ct_sm.nii.gz"]
+    shutil.rmtree(tmp_path / "images")
