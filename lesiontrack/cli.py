@@ -549,13 +549,33 @@ def _parser_table(sub) -> None:
     p.set_defaults(func=cmd_table)
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    cfg = _config(args.files)
+    if not args.quiet:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    print(f"{', '.join(args.files) or 'the packaged defaults'}: valid", file=sys.stderr)
+
+
+def _parser_config(sub) -> None:
+    p = sub.add_parser("config", help="check config overlays and print the settings they give",
+                       description="Validate config files (later ones override earlier ones, over the packaged "
+                                   "defaults, as snakemake's --configfile does over config.yaml) and print the "
+                                   "merged settings. Where snakemake says only 'Config file is not valid JSON "
+                                   "or YAML', this names the file and line.")
+    p.add_argument("files", nargs="*", metavar="FILE", help="YAML overlays, in order")
+    p.add_argument("--quiet", action="store_true", help="only check; print nothing on success but the verdict")
+    p.set_defaults(func=cmd_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
                 _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track,
-                _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands):
+                _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_config):
         add(sub)
     return parser
 

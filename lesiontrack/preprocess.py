@@ -8,7 +8,18 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lesiontrack.io import Geometry, InputError, read_image, read_table, sha256, write_image, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    check_writable,
+    read_image,
+    read_table,
+    sha256,
+    staged_folder,
+    write_image,
+    write_table,
+)
+from lesiontrack.tables import validate_table
 
 AIR_HU = -1024.0
 MAX_VOXELS = 1_000_000_000  # a resampled volume larger than this (4 GB as float32) is a mistake, not a scan
@@ -58,18 +69,23 @@ def resample_file(source: str | Path, target: str | Path, spacing_mm: float) -> 
 
 def resample_table(images_table: str | Path, out_dir: str | Path, out_table: str | Path, spacing_mm: float,
                    progress: bool = True) -> pd.DataFrame:
-    """Resample every image listed in ``images_table`` (columns ``image_id, path``) into ``out_dir``."""
+    """Resample every image listed in ``images_table`` (columns ``image_id, path``) into ``out_dir``.
+
+    The volumes and the table appear together, on success only (a bad volume half-way leaves none)."""
     from tqdm import tqdm
 
-    images = read_table(images_table, required=["image_id", "path"])
+    images = validate_table(read_table(images_table, required=["image_id", "path"]), str(images_table),
+                            unique=["image_id"], ids=["image_id"])
+    check_writable(out_table)
     rows = []
-    for image_id, path in tqdm(list(zip(images["image_id"], images["path"], strict=True)), desc="resample",
-                               disable=not progress):
-        target = resample_file(path, Path(out_dir) / f"{image_id}.nii.gz", spacing_mm)
-        rows.append({"image_id": image_id, "path": str(target), "source_path": path, "spacing_mm": spacing_mm,
-                     "sha256": sha256(target)})
-    table = pd.DataFrame(rows)
-    write_table(table, out_table)
+    with staged_folder(out_dir) as staging:
+        for image_id, path in tqdm(list(zip(images["image_id"], images["path"], strict=True)), desc="resample",
+                                   disable=not progress):
+            staged = resample_file(path, staging / f"{image_id}.nii.gz", spacing_mm)
+            rows.append({"image_id": image_id, "path": str(Path(out_dir) / staged.name), "source_path": path,
+                         "spacing_mm": spacing_mm, "sha256": sha256(staged)})
+        table = pd.DataFrame(rows)
+        write_table(table, out_table)
     return table
 
 

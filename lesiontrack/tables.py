@@ -120,7 +120,8 @@ def _check_numeric(table: pd.DataFrame, columns: Sequence[str], source: str, id_
                              f"{_number(table[column].iloc[k])} {what}")
 
 
-def _check_positive(table: pd.DataFrame, columns: Sequence[str], source: str, id_columns: Sequence[str]) -> None:
+def _check_positive(table: pd.DataFrame, columns: Sequence[str], source: str, id_columns: Sequence[str],
+                    unit: str = "mm") -> None:
     for column in columns:
         if column not in table.columns:
             continue
@@ -129,7 +130,7 @@ def _check_positive(table: pd.DataFrame, columns: Sequence[str], source: str, id
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             raise InputError(f"{source}: {_label(table, k, id_columns)}: {column} = {_number(values[k])} "
-                             f"must be > 0 mm")
+                             f"must be > 0 {unit}".rstrip())
 
 
 def _check_unique(table: pd.DataFrame, key: Sequence[str], source: str) -> None:
@@ -145,6 +146,20 @@ def _check_columns(table: pd.DataFrame, required: Sequence[str], source: str) ->
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InputError(f"{source}: missing column(s) {missing}; found {list(table.columns)}")
+
+
+def validate_table(table: pd.DataFrame, source: str, *, required: Sequence[str] = (), numeric: Sequence[str] = (),
+                   positive: Sequence[str] = (), unit: str = "", unique: Sequence[str] = (),
+                   ids: Sequence[str] = ()) -> pd.DataFrame:
+    """The checks above for a table whose contract lives elsewhere (a dataset's own input format):
+    ``required`` columns present, ``numeric`` columns finite numbers, ``positive`` ones > 0 (in
+    ``unit``), one row per ``unique`` key; messages name the row by its ``ids``."""
+    _check_columns(table, required, source)
+    _check_numeric(table, [*numeric, *positive], source, ids)
+    _check_positive(table, positive, source, ids, unit)
+    if unique:
+        _check_unique(table, unique, source)
+    return table
 
 
 def validate_points(points: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -45,7 +45,15 @@ def forward_interrupts() -> None:
 
 @contextlib.contextmanager
 def logged(log_path: str | Path, rule: str) -> Iterator[logging.Logger]:
-    """Send stderr (tqdm progress, warnings, tracebacks) and a logger to the rule's log file."""
+    """Send stderr (tqdm progress, warnings, tracebacks) and a logger to the rule's log file.
+
+    Bad input (:class:`~lesiontrack.io.InputError`, a config or download error) ends the job with
+    one line, in the log and on snakemake's console, and exit status 1; anything else is a bug
+    and keeps its traceback in the log."""
+    from lesiontrack.config import ConfigError
+    from lesiontrack.download import DownloadError
+    from lesiontrack.io import InputError
+
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", buffering=1) as stream:
@@ -61,6 +69,10 @@ def logged(log_path: str | Path, rule: str) -> Iterator[logging.Logger]:
             logger.info("rule %s started", rule)
             yield logger
             logger.info("rule %s finished in %.1f s", rule, time.perf_counter() - start)
+        except (InputError, ConfigError, DownloadError) as error:
+            logger.error("rule %s failed: %s", rule, error)
+            print(f"lesiontrack rule {rule}: {error}", file=old_stderr)
+            raise SystemExit(1) from None
         except BaseException:
             logger.exception("rule %s failed", rule)
             raise

@@ -116,6 +116,11 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
     pd.DataFrame({"image_id": ["other"], "path": [str(ct)]}).to_csv(f["volumes_other"], index=False)
     f["volumes"] = d / "volumes.csv"
     pd.DataFrame({"image_id": ["ct"], "path": [str(ct)]}).to_csv(f["volumes"], index=False)
+    f["images_one_bad"] = d / "images_one_bad.csv"
+    pd.DataFrame({"image_id": ["ct", "broken"], "path": [str(ct), str(f["trunc_gz"])]}).to_csv(f["images_one_bad"],
+                                                                                               index=False)
+    f["images_duplicate"] = d / "images_duplicate.csv"
+    pd.DataFrame({"image_id": ["ct", "ct"], "path": [str(ct), str(ct)]}).to_csv(f["images_duplicate"], index=False)
     f["images_no_path"] = d / "images_no_path.csv"
     pd.DataFrame({"image_id": ["ct"]}).to_csv(f["images_no_path"], index=False)
     entry = {"target center": [60, 50, 15], "target spacing": [3.0, 3.0, 3.0], "target recist diameter": [4, 3],
@@ -124,6 +129,27 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
     f["dls_truncated"].write_text(json.dumps({"0001": entry, "0002": entry})[:70])
     f["dls_string_centre"] = d / "dls_string_centre.json"
     f["dls_string_centre"].write_text(json.dumps({"0001": entry, "0002": {**entry, "target center": "60,50,15"}}))
+    real = json.loads((test_data / "dls" / "test.json").read_text())
+    first, second = real["0001"], real["0002"]
+    for name, field, value in (("dls_string_recist", "target recist diameter", ["12", "x"]),
+                               ("dls_negative_recist", "target recist diameter", [-5.0, 3.0]),
+                               ("dls_string_spacing", "source spacing", "0.8,0.8,5"),
+                               ("dls_zero_spacing", "target spacing", [0.8, 0.8, 0.0]),
+                               ("dls_bad_name", "target", "000001_01_01.nii.gz"),
+                               ("dls_short_box", "target box", [1, 2, 3])):
+        f[name] = d / f"{name}.json"
+        f[name].write_text(json.dumps({"0001": first, "0002": {**second, field: value}}))
+    nlstx = pd.read_csv(test_data / "nlstx" / "nlstx_dataset.csv").head(6)
+    for name, column, value in (("nlstx_text_year", "study_yr", "T1"),
+                                ("nlstx_text_slice", "Slice number", "middle"),
+                                ("nlstx_zero_width", "Bounding box width (pixels)", 0.0),
+                                ("nlstx_text_nodule", "Abnormality UID", "first")):
+        f[name] = d / f"{name}.csv"
+        bad = nlstx.astype({column: object})
+        bad.loc[3, column] = value
+        bad.to_csv(f[name], index=False)
+    f["nlstx_duplicate"] = d / "nlstx_duplicate.csv"
+    pd.concat([nlstx, nlstx.iloc[[2]]]).to_csv(f["nlstx_duplicate"], index=False)
     f["landmarks_unknown"] = d / "landmarks_unknown.csv"
     pd.DataFrame({"name": ["carina", "belly_button"], "x": [0.0, 1.0], "y": 0.0, "z": 0.0}).to_csv(
         f["landmarks_unknown"], index=False)
@@ -148,6 +174,14 @@ def _own(**replace: str) -> list[str]:
         else:
             args += [flag, value]
     return args
+
+
+def _dls(annotations: str) -> list[str]:
+    return ["pairs", "--dataset", "dls", "--test", annotations, "--out-dir", "{o}/dls"]
+
+
+def _nlst(nlstx: str) -> list[str]:
+    return ["pairs", "--dataset", "nlst", "--nlstx", nlstx, "--dicom-dir", "{o}", "--out-dir", "{o}/nlst"]
 
 
 CASES = [
@@ -186,6 +220,8 @@ CASES = [
     ("damaged presence calibration", _own(points="{points_radius}", presence="{calibration_truncated}"),
      "calibration.json: not a presence calibration"),
     ("invalid YAML overlay", _own(config="{bad_yaml}"), "bad.yaml: line 3"),
+    ("invalid YAML for the workflow", ["config", "--quiet", "{bad_yaml}"], "bad.yaml: line 3: not valid YAML"),
+    ("unknown key for the workflow", ["config", "{unknown_key}"], "unknown key 'track.contextmm'"),
     ("unknown config key", _own(config="{unknown_key}"), "unknown key 'track.contextmm'"),
     ("config value of a wrong type", _own(config="{wrong_type}"), "track.refine_mm = 'twenty'"),
     ("own data without a target", ["track", "--source", "{ct}", "--points", "{points}", "--out", "{o}/t.csv"],
@@ -217,6 +253,10 @@ CASES = [
     ("output is a folder", ["resample", "--input", "{ct}", "--output", "{a_folder}"], "is a folder"),
     ("images table without path", ["resample", "--images", "{images_no_path}", "--out-dir", "{o}/r", "--table",
                                    "{o}/r.csv"], "missing column(s) ['path']"),
+    ("one good and one bad volume to resample", ["resample", "--images", "{images_one_bad}", "--out-dir", "{o}/r",
+                                                 "--table", "{o}/r.csv"], "truncated.nii.gz: damaged or truncated"),
+    ("one image id twice", ["resample", "--images", "{images_duplicate}", "--out-dir", "{o}/r", "--table",
+                            "{o}/r.csv"], "images_duplicate.csv: row 2 (ct): duplicate image_id"),
     # evaluation
     ("truncated JSON", ["evaluate", "--predictions", "{dls_truncated}", "--out", "{o}/m.json"],
      "dls_truncated.json: not valid JSON (line 1"),
@@ -235,6 +275,19 @@ CASES = [
     ("negative target radius", ["evaluate", "--predictions", "{predictions_test}", "--pairs",
                                 "{pairs_negative_radius}", "--split", "test", "--out", "{o}/m.json"],
      "target_radius_mm = -2 must be > 0"),
+    # the paper's datasets: DLS annotation files and the NLSTx table
+    ("DLS RECIST diameter as text", _dls("{dls_string_recist}"),
+     "dls_string_recist.json: entry 2 field 'target recist diameter' = ['12', 'x']"),
+    ("DLS negative RECIST diameter", _dls("{dls_negative_recist}"), "entry 2 field 'target recist diameter' = [-5.0"),
+    ("DLS spacing as text", _dls("{dls_string_spacing}"), "entry 2 field 'source spacing' = '0.8,0.8,5'"),
+    ("DLS zero slice spacing", _dls("{dls_zero_spacing}"), "entry 2 field 'target spacing' = [0.8, 0.8, 0.0]"),
+    ("DLS volume name without slices", _dls("{dls_bad_name}"), "entry 2 field 'target': volume name"),
+    ("DLS box of 3 numbers", _dls("{dls_short_box}"), "entry 2 field 'target box' = [1, 2, 3]: expected 6"),
+    ("NLSTx year as text", _nlst("{nlstx_text_year}"), "nlstx_text_year.csv: row 4 ("),
+    ("NLSTx slice as text", _nlst("{nlstx_text_slice}"), "slice_number = 'middle' is not a number"),
+    ("NLSTx box of zero width", _nlst("{nlstx_zero_width}"), "box_w = 0 must be > 0 pixels"),
+    ("NLSTx nodule id as text", _nlst("{nlstx_text_nodule}"), "nodule = 'first' is not a number"),
+    ("NLSTx nodule twice in a year", _nlst("{nlstx_duplicate}"), "row 7 ("),
     # landmarks
     ("label map shifted from its image", ["landmarks", "--backend", "totalseg", "--image", "{ct}", "--labels",
                                           "{seg_shifted}", "--out", "{o}/l.csv"], "seg_shifted.nii.gz: its origin"),
@@ -297,7 +350,8 @@ def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, caps
     assert code == 2, stderr
     assert culprit in stderr, stderr
     assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "Nifti"))]
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "Nifti"))
+             and "%|" not in line]  # progress bars
     assert len(lines) == 1 or lines[0].startswith("usage:"), lines  # one line (argparse adds its usage)
     assert (_snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(files["a_file"].parent)) == before
 
@@ -317,3 +371,19 @@ def test_the_real_files_still_work(files, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["example_ct_dicom.nii.gz",
                                                                        "example_ct_sm.nii.gz"]
     shutil.rmtree(tmp_path / "images")
+
+
+def test_a_workflow_job_with_bad_input_exits_1_with_one_line(files, tmp_path, capsys):
+    """In the workflow (a rule's script inside lesiontrack.workflow.logged) bad input ends the job with
+    exit status 1 and one line on the console and in the log, no traceback: an all-zero label map."""
+    from lesiontrack.landmarks import volume_landmarks
+    from lesiontrack.workflow import logged
+
+    log = tmp_path / "landmarks.log"
+    with pytest.raises(SystemExit) as exited, logged(log, "landmarks"):
+        volume_landmarks("totalseg", files["ct"], files["seg_zero"])
+    assert exited.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.strip() == f"lesiontrack rule landmarks: {files['seg_zero']}: an empty label map (every voxel 0)"
+    text = log.read_text()
+    assert "rule landmarks failed: " in text and "seg_zero.nii.gz" in text and "Traceback" not in text

@@ -88,7 +88,10 @@ def dls_geometry(name: str | VolumeName, spacing_mm: Sequence[float], inplane_si
                  ) -> Geometry:
     """Geometry of a DLS sub-volume (see the module docstring); ``inplane_size`` = (columns, rows)."""
     volume = name if isinstance(name, VolumeName) else VolumeName.parse(name)
-    spacing = tuple(float(s) for s in spacing_mm)
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        spacing = ()
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InputError(f"{volume.filename}: spacing {list(spacing_mm)} mm: expected 3 positive numbers")
     return Geometry(origin=(0.0, 0.0, -(volume.first - 1) * spacing[2]), spacing=spacing,  # type: ignore[arg-type]
@@ -336,12 +339,34 @@ def convert(index: str | Path, dl_info: str | Path, series_ids: Iterable[str], o
 
 # --- pairs ----------------------------------------------------------------------------------------
 
+def _numbers_field(entry: dict[str, Any], field: str, count: int, path: Path, number: int) -> np.ndarray:
+    """``count`` finite numbers of one field of a DLS entry, refused naming the file, entry and value."""
+    try:
+        value = np.asarray(entry[field], float)
+    except (TypeError, ValueError):
+        value = np.array([])
+    if value.shape != (count,) or not np.isfinite(value).all():
+        raise InputError(f"{path}: entry {number} field '{field}' = {entry[field]!r}: expected {count} finite numbers")
+    return value
+
+
 def _point(entry: dict[str, Any], end: str, path: Path, number: int) -> np.ndarray:
-    value = np.asarray(entry[f"{end} center"], float)
-    if value.shape != (3,) or not np.isfinite(value).all():
-        raise InputError(f"{path}: entry {number} field '{end} center' = {entry[f'{end} center']!r}: "
-                         "expected 3 finite numbers")
+    value = _numbers_field(entry, f"{end} center", 3, path, number)
     return dls_voxel_to_world(value, entry[end], entry[f"{end} spacing"])[0]
+
+
+def _radius_mm(entry: dict[str, Any], end: str, path: Path, number: int) -> float:
+    """The lesion radius in mm from ``<end> recist diameter`` (pixels), refused unless positive numbers."""
+    field = f"{end} recist diameter"
+    try:
+        diameters = np.asarray(entry[field], float).reshape(-1)
+    except (TypeError, ValueError):
+        diameters = np.array([])
+    if diameters.size == 0 or not np.isfinite(diameters).all() or diameters.max() <= 0 or diameters.min() < 0:
+        raise InputError(f"{path}: entry {number} field '{field}' = {entry[field]!r}: expected RECIST diameters "
+                         "in pixels (positive numbers)")
+    spacing = dls_geometry(entry[end], entry[f"{end} spacing"]).spacing
+    return recist_radius_mm(diameters, spacing[0])
 
 
 def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
@@ -360,14 +385,18 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
         missing = [k for k in required if k not in entry]
         if missing:
             raise InputError(f"{path}: entry {number} lacks field(s) {missing}")
+        for end in ("source", "target"):
+            volume = VolumeName.parse(entry[end], f"{path}: entry {number} field '{end}'")
+            try:
+                dls_geometry(volume, entry[f"{end} spacing"])
+            except InputError as error:
+                raise InputError(f"{path}: entry {number} field '{end} spacing' = {entry[f'{end} spacing']!r}: "
+                                 "expected 3 positive numbers (mm)") from error
         known = entry.get("lesion pair id")  # DLTMix.json has it; test.json and valid.json do not
         pair_id = str(int(known)) if known is not None else str((number + 1) // 2)
         source, target = _point(entry, "source", path, number), _point(entry, "target", path, number)
-        box = np.asarray(entry["target box"], float)
-        if box.shape != (6,) or not np.isfinite(box).all():
-            raise InputError(f"{path}: entry {number} field 'target box' = {entry['target box']!r}: expected 6 numbers")
+        box = _numbers_field(entry, "target box", 6, path, number)
         corners = dls_voxel_to_world(np.stack([box[:3], box[:3] + box[3:]]), entry["target"], entry["target spacing"])
-        source_spacing = np.asarray(entry["source spacing"], float)
         rows.append({
             "pair_id": pair_id, "lesion_id": f"dls-{split}-{pair_id}",
             "direction": "forward" if number % 2 else "backward",
@@ -375,11 +404,11 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
             "target_image": VolumeName.parse(entry["target"], str(path)).image_id,
             **dict(zip(SOURCE_POINT, source, strict=True)),
             **dict(zip(TARGET_POINT, target, strict=True)),
-            "target_radius_mm": recist_radius_mm(entry["target recist diameter"], entry["target spacing"][0]),
+            "target_radius_mm": _radius_mm(entry, "target", path, number),
             **{f"target_box_min_{a}": v for a, v in zip("xyz", corners.min(0), strict=True)},
             **{f"target_box_max_{a}": v for a, v in zip("xyz", corners.max(0), strict=True)},
             "subject_id": VolumeName.parse(entry["source"]).patient, "split": split, "lesion_type": "",
-            "source_radius_mm": (recist_radius_mm(entry["source recist diameter"], source_spacing[0])
+            "source_radius_mm": (_radius_mm(entry, "source", path, number)
                                  if "source recist diameter" in entry else np.nan),
             "dls_entry": keys[number - 1],
         })

@@ -38,7 +38,7 @@ from lesiontrack.io import (
     write_image,
     write_table,
 )
-from lesiontrack.tables import LESION_COLUMNS
+from lesiontrack.tables import LESION_COLUMNS, validate_table
 
 LABEL = "NLSTx"
 CONVENTIONS = ("instance_number", "index0", "index1")
@@ -60,16 +60,17 @@ INDEX_COLUMNS = ("SeriesInstanceUID", "PatientID", "StudyInstanceUID", "StudyDat
 
 # --------------------------------------------------------------------------- NLSTx table and pairs
 def read_nlstx(path: str | os.PathLike) -> pd.DataFrame:
-    """NLSTx CSV -> one row per (nodule, screening year), columns renamed (``NLSTX_COLUMNS``)."""
+    """NLSTx CSV -> one row per (nodule, screening year), columns renamed (``NLSTX_COLUMNS``).
+
+    Refused, naming the row and nodule: a position, box or year that is not a number, a box of
+    zero or negative size, two rows of one nodule in one screening year."""
     table = read_table(path, required=list(NLSTX_COLUMNS))
     table = table[list(NLSTX_COLUMNS)].rename(columns=NLSTX_COLUMNS)
-    for column in ("box_x", "box_y", "box_w", "box_h", "slice_number"):
-        bad = ~np.isfinite(pd.to_numeric(table[column], errors="coerce"))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{path}: row {row + 2}: {column} = {table[column].iloc[row]!r} is not a number")
+    validate_table(table, str(path), numeric=["study_yr", "nodule", "slice_number", "box_x", "box_y"],
+                   positive=["box_w", "box_h"], unit="pixels", unique=["pid", "nodule", "study_yr"],
+                   ids=["pid", "nodule", "study_yr"])
     table["pid"] = table["pid"].astype(str)
-    table["study_yr"] = table["study_yr"].astype(int)
+    table["study_yr"] = table["study_yr"].astype(float).astype(int)
     table["nodule"] = table["nodule"].map(lambda v: f"{float(v):g}")
     table["lesion_id"] = table["pid"] + "-" + table["nodule"]
     table["slice_number"] = table["slice_number"].astype(float).astype(int)
