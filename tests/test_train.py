@@ -358,3 +358,38 @@ def test_smoke_training_finds_held_out_landmarks_by_nearest_embedding(smoke_run)
         median[label] = float(np.median(errors)) / voxel_mm
     assert median["trained"] <= 2.0, median
     assert median["trained"] <= 0.5 * median["untrained"], median
+
+
+def test_a_thin_slab_is_padded_and_its_padding_never_valid():
+    """A DLS-like slab (13 slices at 5 mm: 33 slices at 2 mm, narrower than two shifted default crops
+    of 42 + 2 x 8 slices) gives exact pairs whose valid voxels all lie in the real data."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    volume = np.full((33, 150, 150), -100, np.int16)
+    marker = np.array([16.0, 70.0, 75.0])
+    volume[15:18, 69:72, 74:77] = 2000
+    cfg = PatchConfig(noise_std=0.0)  # the default patch size, (32, 96, 96)
+    for _ in range(3):
+        pair = sample_pair(volume, np.array([[16, 75, 75]]), cfg, 50, rng)
+        for view in (pair.view1, pair.view2):
+            voxels = np.argwhere(view.valid)
+            in_volume = voxels @ view.to_volume[:3, :3].T + view.to_volume[:3, 3]
+            assert in_volume.min(0)[0] >= -0.5 and in_volume.max(0)[0] <= 32.5  # never the padded slices
+            found = np.argwhere(view.image[0].numpy() > 0.5).mean(axis=0)
+            np.testing.assert_allclose(found, view.from_volume(marker[None])[0], atol=1.0)
+        back2 = pair.positives2 @ pair.view2.to_volume[:3, :3].T + pair.view2.to_volume[:3, 3]
+        np.testing.assert_allclose(back2, pair.positives_volume, atol=1e-6)
+        assert (pair.positives_volume[:, 0] >= -0.5).all() and (pair.positives_volume[:, 0] <= 32.5).all()
+
+
+def test_pretrain_runs_on_the_real_ct_at_2mm_with_the_default_patch_size(test_data, tmp_path):
+    """The real abdominal CT (300 mm field of view, 90 mm long) resampled to 2 mm is smaller than two
+    shifted default crops along z: pretraining pads it and trains."""
+    from lesiontrack.preprocess import resample_file
+
+    ct = resample_file(test_data / "totalseg" / "example_ct_sm.nii.gz", tmp_path / "ct_2mm.nii.gz", 2.0)
+    defaults = TrainConfig()
+    cfg = TrainConfig(**{**TINY, "patch_size": defaults.patch_size, "max_epochs": 1})
+    log = pretrain([ct], [ct], tmp_path / "model", cfg, ModelConfig(width=4, embedding_dim=8), progress=False)
+    assert cfg.patch_size == (32, 96, 96) and len(log) == 1 and np.isfinite(log.filter(like="loss")).all().all()
+    assert (tmp_path / "model" / "checkpoint_best.pt").exists()

@@ -17,7 +17,7 @@ import torch
 import torchio as tio
 from scipy import ndimage
 
-from lesiontrack.preprocess import window
+from lesiontrack.preprocess import AIR_HU, window
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ def _crop_size(cfg: PatchConfig) -> tuple[int, int, int]:
     return tuple(int(np.ceil(n * 1.3)) for n in cfg.patch_size)
 
 
-def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig) -> View:
+def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig,
+             inside: tuple[np.ndarray, np.ndarray] | None = None) -> View:
+    """One augmented view of a crop whose voxel 0 is volume voxel ``origin``; ``inside`` = (first,
+    last) volume voxels of real data (the rest is padding, never valid)."""
     shape = crop_hu.shape
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     subject = tio.Subject(
@@ -98,7 +101,12 @@ def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig) -> View:
     image = out["image"].data.float() - 1.0  # padding (0) becomes -1: air
     index = out["index"].data.numpy() - 1.0
     # voxels interpolated from padding lie within one voxel of the padded region: erode by two
-    valid = ndimage.binary_erosion(np.all(index > -0.5, axis=0), iterations=2)
+    valid = np.all(index > -0.5, axis=0)
+    if inside is not None:  # a padded volume: only voxels that map into the real data
+        where = index + origin.reshape(3, 1, 1, 1)
+        valid &= np.all((where >= inside[0].reshape(3, 1, 1, 1) - 0.5) & (where <= inside[1].reshape(3, 1, 1, 1) + 0.5),
+                        axis=0)
+    valid = ndimage.binary_erosion(valid, iterations=2)
     voxels = np.stack(np.nonzero(valid), axis=1)
     if len(voxels) < 1000:
         raise ValueError("augmented view has almost no valid voxels")
@@ -113,37 +121,57 @@ def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig) -> View:
     return View(image=image, to_volume=to_volume, valid=valid)
 
 
+def pad_to(volume_hu: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``volume_hu`` padded with air, centred, to at least ``shape``; returns it and the padding
+    before each axis (volume voxel v is padded voxel v + before)."""
+    missing = np.maximum(np.asarray(shape) - volume_hu.shape, 0)
+    before = missing // 2
+    if not missing.any():
+        return volume_hu, before
+    padded = np.pad(volume_hu, [(b, m - b) for b, m in zip(before, missing, strict=True)],
+                    constant_values=AIR_HU)
+    return padded, before
+
+
 def sample_pair(volume_hu: np.ndarray, body_voxels: np.ndarray, cfg: PatchConfig, n_positives: int,
                 rng: np.random.Generator, center: np.ndarray | None = None) -> PatchPair:
     """Two augmented views around a random body voxel (or ``center``) and ``n_positives``
     corresponding voxels.
 
     ``body_voxels``: (M, 3) candidate centres (e.g. voxels above -500 HU). TorchIO draws its
-    random parameters from torch's generator: seed both for a reproducible stream.
+    random parameters from torch's generator: seed both for a reproducible stream. A volume
+    smaller than two shifted crops along an axis (a thin slab, a small field of view) is padded
+    with air; padding is never valid, so positives and negatives come from the real voxels only.
     """
     crop = np.array(_crop_size(cfg))
     shape = np.array(volume_hu.shape)
-    if np.any(shape < crop + 2 * np.array(cfg.max_shift)):
-        raise ValueError(f"volume of shape {tuple(shape)} is smaller than two shifted crops {tuple(crop)}")
+    volume_hu, before = pad_to(volume_hu, crop + 2 * np.array(cfg.max_shift))
+    padded = volume_hu.shape != tuple(shape)
+    inside = (before.astype(float), (before + shape - 1).astype(float)) if padded else None
+    body_voxels = body_voxels + before
+    center = None if center is None else np.asarray(center) + before
+    padded_shape = np.array(volume_hu.shape)
     for _ in range(20):
         middle = body_voxels[rng.integers(len(body_voxels))] if center is None else np.rint(center).astype(int)
         shift = rng.integers(-np.array(cfg.max_shift), np.array(cfg.max_shift) + 1)
         origins = []
         for c in (middle, middle + shift):
-            origins.append(np.clip(c - crop // 2, 0, shape - crop))
+            origins.append(np.clip(c - crop // 2, 0, padded_shape - crop))
         views = []
         for origin in origins:
             z, y, x = origin
             crop_hu = volume_hu[z: z + crop[0], y: y + crop[1], x: x + crop[2]].astype(np.float32)
-            views.append(_augment(crop_hu, origin.astype(float), cfg))
+            view = _augment(crop_hu, origin.astype(float), cfg, inside)
+            view.to_volume[:3, 3] -= before  # padded voxel -> volume voxel
+            views.append(view)
         view1, view2 = views
         candidates = np.stack(np.nonzero(view1.valid), axis=1)
         volume_points = candidates @ view1.to_volume[:3, :3].T + view1.to_volume[:3, 3]
         in_view2 = view2.from_volume(volume_points)
         nearest = np.rint(in_view2).astype(int)
-        inside = np.all((nearest >= 0) & (nearest < np.array(cfg.patch_size)), axis=1)
-        inside[inside] = view2.valid[tuple(nearest[inside].T)]
-        overlap = np.flatnonzero(inside)
+        inside_view2 = np.all((nearest >= 0) & (nearest < np.array(cfg.patch_size)), axis=1)
+        inside_view2[inside_view2] = view2.valid[tuple(nearest[inside_view2].T)]
+        overlap = np.flatnonzero(inside_view2)
         if len(overlap) >= n_positives:
             chosen = rng.choice(overlap, size=n_positives, replace=False)
             return PatchPair(view1, view2, candidates[chosen], in_view2[chosen], volume_points[chosen])
