@@ -201,13 +201,13 @@ def _method(settings: RegistrationSettings, threads: int | None) -> sitk.ImageRe
 
 
 def _register_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings,
-                     threads: int | None) -> sitk.AffineTransform:
+                     threads: int | None, initial: sitk.AffineTransform | None = None) -> sitk.AffineTransform:
     """Affine stage: one single-level registration per pyramid level, coarse to fine, updating one transform.
 
     The pyramid is built here (``BinShrink`` + recursive Gaussian) rather than by ITK, whose
     per-level set-up on the full-size image costs more than the optimisation itself.
     """
-    transform = _initial_affine(fixed, moving, settings)
+    transform = _initial_affine(fixed, moving, settings) if initial is None else sitk.AffineTransform(initial)
     for shrink, sigma, percentage in zip(settings.shrink_factors, settings.smoothing_sigmas_mm,
                                          settings.sampling_percentages, strict=True):
         method = _method(settings, threads)
@@ -354,17 +354,18 @@ def resolve_settings(method: str, settings: RegistrationSettings | Mapping[str, 
 
 def register(fixed: sitk.Image, moving: sitk.Image, method: str,
              settings: RegistrationSettings | Mapping[str, Any] | None = None,
-             threads: int | None = None) -> sitk.Transform:
+             threads: int | None = None, initial: sitk.AffineTransform | None = None) -> sitk.Transform:
     """Register ``moving`` (target B) to ``fixed`` (source A); the result maps fixed points to moving points.
 
     ``method`` is ``affine`` (an ``AffineTransform``) or ``deformable`` (a ``CompositeTransform``
     applying the B-spline, then the affine). ``settings`` default to ``DEFAULT_AFFINE`` /
     ``DEFAULT_DEFORMABLE`` (a dict overrides fields of that default); ``threads`` (default:
-    SimpleITK's global default) sets the threads of each registration.
+    SimpleITK's global default) sets the threads of each registration. ``initial`` (fixed -> moving)
+    replaces the centred initialisation (the hybrid tracker starts from the embeddings' fit).
     """
     settings = resolve_settings(method, settings)
     fixed_pyramid, moving_pyramid = _Pyramid(fixed, settings), _Pyramid(moving, settings)
-    affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads)
+    affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads, initial)
     if method == "affine":
         return affine
     bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings, threads)

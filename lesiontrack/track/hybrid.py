@@ -1,0 +1,281 @@
+"""The ``hybrid`` tracker: the embeddings propose, registration disposes.
+
+Per (source, target) image pair:
+
+1. **Proposals.** ``multiscale`` matches every lesion (with the configured context points,
+   intensity refinement and reranking): its ranked candidates.
+2. **Registration.** ``deformable`` (``track.registration.deformable``) from its own centred
+   initialisation; where the B-spline cannot run (a slab too thin for it) its affine stage; a
+   registration that fails (ITK raises) is skipped, never stopping a run.
+3. **Anchoring, where registration is in doubt**: it failed, or at least ``min_agreement`` of the
+   pair's lesions land farther than ``inlier_mm`` from their embedding match. Then ``anchors``
+   points inside the source body (farthest-point sampling, ``anchor_margin_mm`` deep) are matched
+   by the embeddings (coarse to fine), and with the lesions' matches fitted robustly (RANSAC over
+   similarity transforms, least squares on the inliers): a global initial transform that needs no
+   overlap of the fields of view, nor frames that agree. Registration runs again from it, on the
+   part of the source that it maps into the target.
+4. **Per lesion**, the candidates (each registration's mapped point, then the embedding
+   candidates) are scored by the normalised cross-correlation of a cube of half-width
+   ``local_mm`` around the source point with the target, at the best offset within
+   ``local_search_mm``. The first registration's point stands unless the anchored registration's
+   correlates better by more than ``switch_margin``; the embedding candidates are ranked after
+   them (the presence-aware choice may move to one) and stand alone only where no registration
+   ran. The confidence is the embedding similarity (mean cosine over the scales) at the chosen
+   point.
+
+The settings were chosen on the synthetic training subjects (docs/experiments.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from lesiontrack.config import settings_from
+from lesiontrack.io import Geometry
+from lesiontrack.tables import CANDIDATE_COLUMNS, SOURCE_POINT
+from lesiontrack.track.embedding import EmbeddingTracker, match_settings
+from lesiontrack.track.match import Match, MatchSettings, VolumeMaps, _intensity_match, match_candidates
+from lesiontrack.track.registration import map_points, register, registration_settings
+from lesiontrack.track.tracker import Context, Needs
+
+
+@dataclass(frozen=True)
+class HybridSettings:
+    anchors: int = 48  # source points matched by the embeddings for the global fit
+    anchor_margin_mm: float = 16.0  # anchors at least this far inside the source volume
+    body_hu: float = -500.0  # anchors lie in voxels above this
+    inlier_mm: float = 15.0  # an anchor agrees with a transform within this distance
+    ransac_iterations: int = 500
+    min_scale: float = 0.8  # the robust fit's similarity transforms scale by at most these
+    max_scale: float = 1.25
+    min_agreement: float = 0.5  # registration in doubt when this share of a pair's lesions disagree with the embeddings
+    crop_margin_mm: float = 30.0  # the second registration's source crop around the target's field of view
+    local_mm: float = 12.0  # half-width of the cube that compares candidates (NCC)
+    local_search_mm: float = 4.0  # the best offset within this distance of a candidate counts
+    switch_margin: float = 0.1  # the anchored registration's point must correlate this much better than the first
+    registration: str = "deformable"  # affine | deformable
+
+
+def hybrid_settings(track: dict[str, Any] | None) -> HybridSettings:
+    return settings_from((track or {}).get("hybrid"), HybridSettings, "track.hybrid")
+
+
+# --------------------------------------------------------------------------- anchors and the robust fit
+def anchor_points(image: sitk.Image, settings: HybridSettings) -> np.ndarray:
+    """``settings.anchors`` world points (N, 3) spread over the inside of the body of ``image``:
+    farthest-point sampling (deterministic) of the body voxels at least ``anchor_margin_mm`` inside
+    the body and the volume (where the embeddings see anatomy on every side), on a 4-voxel grid."""
+    from scipy import ndimage
+
+    array = sitk.GetArrayViewFromImage(image)
+    geometry = Geometry.of(image)
+    step = 4
+    grid = np.asarray(array[::step, ::step, ::step]) > settings.body_hu
+    depth_mm = ndimage.distance_transform_edt(np.pad(grid, 1), sampling=np.asarray(geometry.spacing)[::-1] * step)
+    inside = depth_mm[1:-1, 1:-1, 1:-1]
+    voxels = np.argwhere(inside >= min(settings.anchor_margin_mm, float(inside.max()) * 0.5)) * step
+    if len(voxels) == 0:  # no body: the volume's grid itself
+        voxels = np.argwhere(np.ones(grid.shape, bool)) * step
+    points = geometry.index_to_world(voxels[:, ::-1].astype(float))
+    chosen = [int(np.argmin(np.linalg.norm(points - points.mean(0), axis=1)))]
+    distance = np.linalg.norm(points - points[chosen[0]], axis=1)
+    for _ in range(min(settings.anchors, len(points)) - 1):
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(points - points[chosen[-1]], axis=1))
+    return points[chosen]
+
+
+def similarity_fit(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama): scale s, rotation R, translation t with target ~ s R source + t."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    a, b = source - mu_s, target - mu_t
+    u, d, vt = np.linalg.svd(b.T @ a / len(source))
+    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ sign @ vt
+    variance = (a**2).sum() / len(source)
+    scale = float(np.trace(np.diag(d) @ sign) / variance) if variance > 0 else 1.0
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def robust_fit(source: np.ndarray, target: np.ndarray, settings: HybridSettings, seed: int = 0
+               ) -> tuple[sitk.AffineTransform, np.ndarray]:
+    """RANSAC over similarity transforms of point correspondences; returns the transform refitted on
+    its inliers (as a SimpleITK affine: source point -> target point) and the inlier mask."""
+    rng = np.random.default_rng(seed)
+    n = len(source)
+    best = np.zeros(n, bool)
+    if n >= 3:
+        for _ in range(settings.ransac_iterations):
+            sample = rng.choice(n, 3, replace=False)
+            if np.linalg.matrix_rank(source[sample] - source[sample].mean(0), tol=1.0) < 2:
+                continue
+            scale, rotation, shift = similarity_fit(source[sample], target[sample])
+            if not settings.min_scale <= scale <= settings.max_scale:
+                continue
+            inliers = np.linalg.norm(source @ (scale * rotation).T + shift - target, axis=1) < settings.inlier_mm
+            if inliers.sum() > best.sum():
+                best = inliers
+    if best.sum() >= 3:
+        for _ in range(2):  # refit on the inliers, then take the inliers of the refit
+            scale, rotation, shift = similarity_fit(source[best], target[best])
+            refit = np.linalg.norm(source @ (scale * rotation).T + shift - target, axis=1) < settings.inlier_mm
+            if refit.sum() < 3:
+                break
+            best = refit
+        matrix = scale * rotation
+    else:  # too few agreeing anchors: the median shift
+        matrix, shift = np.eye(3), np.median(target - source, axis=0)
+        best = np.linalg.norm(source + shift - target, axis=1) < settings.inlier_mm
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in matrix.ravel()))
+    transform.SetTranslation(tuple(float(v) for v in shift))
+    return transform, best
+
+
+def agreement(transform: sitk.Transform | None, source: np.ndarray, target: np.ndarray, tolerance_mm: float) -> float:
+    """The share of correspondences that ``transform`` maps within ``tolerance_mm`` (0 for none)."""
+    if transform is None or len(source) == 0:
+        return 0.0
+    return float(np.mean(np.linalg.norm(map_points(transform, source) - target, axis=1) < tolerance_mm))
+
+
+def crop_to_target(source: sitk.Image, target: sitk.Image, initial: sitk.AffineTransform, margin_mm: float
+                   ) -> sitk.Image:
+    """The part of ``source`` that ``initial`` (source -> target) maps into the target's field of view,
+    plus a margin."""
+    target_geometry = Geometry.of(target)
+    size = np.asarray(target_geometry.size, float)
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    inverse = initial.GetInverse()
+    in_source = map_points(inverse, target_geometry.index_to_world(corners))
+    geometry = Geometry.of(source)
+    index = geometry.world_to_index(in_source)
+    grow = margin_mm / np.asarray(geometry.spacing)
+    low = np.clip(np.floor(index.min(0) - grow), 0, np.asarray(geometry.size) - 1).astype(int)
+    high = np.clip(np.ceil(index.max(0) + grow) + 1, 1, np.asarray(geometry.size)).astype(int)
+    if np.any(high - low < 8):
+        return source
+    return sitk.RegionOfInterest(source, [int(v) for v in high - low], [int(v) for v in low])
+
+
+def _register_safely(fixed: sitk.Image, moving: sitk.Image, method: str, settings, initial=None
+                     ) -> sitk.Transform | None:
+    """``register``, falling back to its affine stage where the B-spline cannot run (a slab too thin
+    for its field-of-view mask) and to None where registration cannot start at all."""
+    for attempt in dict.fromkeys((method, "affine")):
+        try:
+            return register(fixed, moving, attempt, settings, initial=initial)
+        except RuntimeError:  # ITK: "All samples map outside moving image buffer", no sampled points, ...
+            continue
+    return None
+
+
+def anchored_transform(source: sitk.Image, target: sitk.Image, correspondences: tuple[np.ndarray, np.ndarray],
+                       settings: HybridSettings, registration) -> sitk.Transform:
+    """Registration started from the robust fit of embedding correspondences (source points, their
+    target matches), on the part of the source that the fit maps into the target; the fit itself
+    where registration cannot run."""
+    initial, _ = robust_fit(*correspondences, settings)
+    cropped = crop_to_target(source, target, initial, settings.crop_margin_mm)
+    registered = _register_safely(cropped, target, settings.registration, registration, initial=initial)
+    return initial if registered is None else registered
+
+
+def needs_anchoring(standard: sitk.Transform | None, points: np.ndarray, proposals: np.ndarray,
+                    settings: HybridSettings) -> bool:
+    """Whether the standard registration is in doubt: it failed, or it maps at least
+    ``min_agreement`` of the pair's lesions farther than ``inlier_mm`` from their embedding match."""
+    if standard is None:
+        return True
+    disagree = np.linalg.norm(map_points(standard, points) - proposals, axis=1) > settings.inlier_mm
+    return bool(disagree.mean() >= settings.min_agreement)
+
+
+# --------------------------------------------------------------------------- the choice per lesion
+def local_correlation(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, candidate_mm: np.ndarray,
+                      settings: HybridSettings) -> float:
+    """NCC of the source cube around ``point_mm`` with the target, best offset within
+    ``local_search_mm`` of ``candidate_mm`` (-1 where the cube leaves a volume or is flat)."""
+    index = target.geometry.world_to_index(np.asarray(candidate_mm, float).reshape(1, 3))[0]
+    match = Match(np.asarray(candidate_mm, float), float("nan"), index)
+    local = MatchSettings(refine_mm=settings.local_mm, refine_search_mm=settings.local_search_mm)
+    correlation = _intensity_match(source, target, np.asarray(point_mm, float), match, local)[1]
+    return float(correlation) if np.isfinite(correlation) else -1.0
+
+
+def embedding_confidence(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, candidate_mm: np.ndarray
+                         ) -> float:
+    """Mean cosine similarity over the scales between the source point's and the candidate's embeddings."""
+    scales = sorted(source.maps)
+    return float(np.mean([float(source.vector(point_mm, k) @ target.vector(candidate_mm, k)) for k in scales]))
+
+
+NEEDS = Needs(embeddings=True, volumes=True)
+
+
+@dataclass(frozen=True)
+class HybridTracker:
+    name: str = "hybrid"
+    needs: Needs = NEEDS
+    decides_presence: bool = True
+
+    def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
+        """Per query row: rank 0 the chosen point, then the other candidates (the registrations' points
+        and the embedding candidates) by correlation; ``seconds``: the row's share of its image pair's
+        registrations plus its own matching and choice."""
+        if context.scans.maps is None or context.scans.image is None:
+            raise ValueError(f"method {self.name}: needs embeddings and the resampled volumes")
+        settings = hybrid_settings(context.track)
+        registration = registration_settings(settings.registration, context.track)
+        anchor_matching = replace(match_settings("multiscale", context.track), refine_mm=0.0, rerank_peaks=1,
+                                  coarse_to_fine=True)
+        file_rows = queries.index.to_numpy()
+        queries = queries.reset_index(drop=True)
+        proposals = EmbeddingTracker("multiscale").candidates(queries.set_axis(file_rows),
+                                                              replace(context, progress=False))
+        best = proposals[proposals["rank"] == 0].set_index("row")
+        records = []
+        groups = queries.groupby(["source_image", "target_image"], sort=True).indices
+        for (source_id, target_id), rows in tqdm(groups.items(), desc=self.name, disable=not context.progress):
+            began = time.perf_counter()
+            src, dst = context.scans.maps(source_id, True), context.scans.maps(target_id, True)
+            source_image, target_image = context.scans.image(source_id), context.scans.image(target_id)
+            points = queries.loc[rows, SOURCE_POINT].to_numpy(float)
+            proposed = best.loc[rows, ["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+            standard = _register_safely(source_image, target_image, settings.registration, registration)
+            transforms = [standard]
+            if needs_anchoring(standard, points, proposed, settings):
+                anchors = anchor_points(source_image, settings)
+                matched = np.array([match_candidates(src, dst, a, anchor_matching)[0].point_mm for a in anchors])
+                correspondences = (np.vstack([anchors, points]), np.vstack([matched, proposed]))
+                transforms.append(anchored_transform(source_image, target_image, correspondences, settings,
+                                                     registration))
+            registered = [map_points(t, points) for t in transforms if t is not None]
+            shared = (time.perf_counter() - began) / len(rows)
+            for k, (row, point) in enumerate(zip(rows, points, strict=True)):
+                began = time.perf_counter()
+                mine = proposals[proposals["row"] == row]
+                options = [r[k] for r in registered] + list(mine[["pred_x", "pred_y", "pred_z"]].to_numpy(float))
+                scores = np.array([local_correlation(src, dst, point, c, settings) for c in options])
+                order = sorted(range(len(options)), key=lambda j: -scores[j])
+                # registration disposes: the first registration's point (where none ran, the embedding's
+                # best) unless the anchored one correlates better by switch_margin
+                preferred = 0
+                if len(registered) == 2 and scores[1] > scores[0] + settings.switch_margin:
+                    preferred = 1
+                order = [preferred, *[j for j in order if j != preferred]]
+                seconds = shared + float(mine["seconds"].iloc[0]) + time.perf_counter() - began
+                for rank, j in enumerate(order):
+                    confidence = embedding_confidence(src, dst, point, options[j]) if rank == 0 else float("nan")
+                    records.append((int(row), rank, *options[j], confidence, seconds))
+        return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
+
+
+TRACKERS = (HybridTracker(),)
