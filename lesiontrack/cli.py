@@ -483,7 +483,7 @@ def _parser_track(sub) -> None:
                                    "A and B NIfTI files or DICOM series folders and points.csv holding "
                                    "lesion_id,x,y,z in world mm (LPS; optional radius_mm); writes lesion_id,x,y,z,"
                                    "confidence,found.")
-    p.add_argument("--method", default="multiscale", choices=METHODS, help="(default: %(default)s)")
+    p.add_argument("--method", default="hybrid", choices=METHODS, help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="predictions CSV")
     p.add_argument("--config", action="append", default=[], metavar="YAML",
                    help="config file(s) for the track section (default: the packaged defaults)")

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import psutil
 
+from lesiontrack.config import ConfigError
+from lesiontrack.download import DownloadError
+from lesiontrack.io import InputError
+
 
 def forward_interrupts() -> None:
     """Make ``kill -INT`` (or ``-TERM``) of the snakemake process reach the jobs it runs.
@@ -50,9 +54,6 @@ def logged(log_path: str | Path, rule: str) -> Iterator[logging.Logger]:
     Bad input (:class:`~lesiontrack.io.InputError`, a config or download error) ends the job with
     one line, in the log and on snakemake's console, and exit status 1; anything else is a bug
     and keeps its traceback in the log."""
-    from lesiontrack.config import ConfigError
-    from lesiontrack.download import DownloadError
-    from lesiontrack.io import InputError
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,5 +47,5 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
 
 
 def test_reference_method_must_be_tracked():
-    with pytest.raises(config.ConfigError, match=r"evaluate\.reference_method = 'multiscale': must be one of"):
+    with pytest.raises(config.ConfigError, match=r"evaluate\.reference_method = 'hybrid': must be one of"):
         config.validate(config.merge(_default(), {"track": {"methods": ["identity", "affine"]}}))

@@ -149,11 +149,15 @@ def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
     assert not (tmp_path / "no.csv").exists()
     with_radius = read_table(points).assign(radius_mm=[8.0, 12.0])
     write_table(with_radius, points)
-    decided = track_points(dicom, target, points, checkpoint, tmp_path / "decided.csv",
+    decided = track_points(dicom, target, points, checkpoint, tmp_path / "decided.csv", method="multiscale",
                            track={**track, "presence_rerank": True}, presence_calibration=calibration)
     assert decided["found"].all()
     np.testing.assert_allclose(decided[["x", "y", "z"]].to_numpy(float), result[["x", "y", "z"]].to_numpy(float),
                                atol=1e-3)  # mm; the scans are embedded again
+    # the own-data default, hybrid: the known translation recovered (registration disposes)
+    hybrid = track_points(dicom, target, points, checkpoint, tmp_path / "hybrid.csv", track=track)
+    truth = read_table(points)[["x", "y", "z"]].to_numpy(float) + shift
+    assert np.linalg.norm(hybrid[["x", "y", "z"]].to_numpy(float) - truth, axis=1).max() < 1.0
 
 
 def _maps(smoke_run, smoke_model, image_id: str) -> VolumeMaps:

@@ -160,9 +160,9 @@ def test_default_run_ends_with_the_table_of_every_method(smoke_run):
     results = smoke_run / "results"
     table = read_table(results / "tables" / "synthetic.csv")
     assert list(table["method"]) == ["identity", "affine", "deformable", "single-scale-fine", "two-scale",
-                                     "multiscale"]
-    # paired tests of multiscale (the reference) against every other row
-    assert table.set_index("method")["p_vs_reference"].drop("multiscale").astype(float).between(0, 1).all()
+                                     "multiscale", "hybrid"]
+    # paired tests of hybrid (the reference) against every other row
+    assert table.set_index("method")["p_vs_reference"].drop("hybrid").astype(float).between(0, 1).all()
     assert (results / "tables" / "synthetic.md").exists() and (results / "tables" / "synthetic.tex").exists()
     metrics = json.loads((results / "synthetic" / "metrics" / "identity.json").read_text())
     pairs = read_table(results / "synthetic" / "pairs.csv")

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from lesiontrack.config import settings_from
 from lesiontrack.io import Geometry
-from lesiontrack.tables import CANDIDATE_COLUMNS, SOURCE_POINT
+from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
 from lesiontrack.track.embedding import EmbeddingTracker, match_settings
 from lesiontrack.track.match import Match, MatchSettings, VolumeMaps, _intensity_match, match_candidates
 from lesiontrack.track.registration import map_points, register, registration_settings
@@ -248,7 +248,7 @@ class HybridTracker:
             src, dst = context.scans.maps(source_id, True), context.scans.maps(target_id, True)
             source_image, target_image = context.scans.image(source_id), context.scans.image(target_id)
             points = queries.loc[rows, SOURCE_POINT].to_numpy(float)
-            proposed = best.loc[rows, ["pred_x", "pred_y", "pred_z"]].to_numpy(float)
+            proposed = best.loc[rows, PRED_POINT].to_numpy(float)
             standard = _register_safely(source_image, target_image, settings.registration, registration)
             transforms = [standard]
             if needs_anchoring(standard, points, proposed, settings):
@@ -262,7 +262,7 @@ class HybridTracker:
             for k, (row, point) in enumerate(zip(rows, points, strict=True)):
                 began = time.perf_counter()
                 mine = proposals[proposals["row"] == row]
-                options = [r[k] for r in registered] + list(mine[["pred_x", "pred_y", "pred_z"]].to_numpy(float))
+                options = [r[k] for r in registered] + list(mine[PRED_POINT].to_numpy(float))
                 scores = np.array([local_correlation(src, dst, point, c, settings) for c in options])
                 order = sorted(range(len(options)), key=lambda j: -scores[j])
                 # registration disposes: the first registration's point (where none ran, the embedding's

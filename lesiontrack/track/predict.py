@@ -164,7 +164,7 @@ def own_scans(source_image, target_image, method: str, checkpoint: str | Path | 
 
 
 def track_points(source: str | Path, target: str | Path, points_csv: str | Path, checkpoint: str | Path | None,
-                 out: str | Path | None, method: str = "multiscale", track: dict[str, Any] | None = None,
+                 out: str | Path | None, method: str = "hybrid", track: dict[str, Any] | None = None,
                  device: str = "cpu", registration_spacing_mm: float = 2.0,
                  presence_calibration: str | Path | None = None) -> pd.DataFrame:
     """Track the points of ``points_csv`` (``lesion_id, x, y, z`` in world mm, optional
