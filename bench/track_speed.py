@@ -10,6 +10,12 @@ scales), seconds per lesion to match (full and coarse-to-fine, each with the pap
 with the configured ``track`` settings: context points and intensity refinement; and how often
 coarse-to-fine lands within one voxel of full), seconds per
 registration for ``affine`` and ``deformable``. Peak memory is the process's max RSS.
+
+``--own-data N`` also times the own-data command end to end, as a user runs it, for ``affine``,
+``deformable`` and ``hybrid`` in the same run: ``lesiontrack track --source --target --points``
+on the original (not resampled) volumes of the first N image pairs, ``--lesions`` points each
+(load, resample, embed where the method needs it, match, refine, register, write), wall-clock
+seconds of the whole command per pair and the distance of its points to the generator's truth.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import dataclasses
 import json
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +53,11 @@ def main() -> None:
     parser.add_argument("--lesions", type=int, default=20, help="points matched per image pair")
     parser.add_argument("--out", default="bench/out/track_speed.json")
     parser.add_argument("--config", default="config.yaml", help="its track section: the configured matching")
+    parser.add_argument("--own-data", type=int, default=0, metavar="N",
+                        help="also time the own-data command on N image pairs (affine, deformable, hybrid)")
     args = parser.parse_args()
+    if args.own_data:
+        own_data(Path(args.results), args.model, args.own_data, args.lesions, Path(args.out).with_suffix(".own.json"))
     results = Path(args.results)
     track = yaml.safe_load(Path(args.config).read_text()).get("track") or {}
     configured = match_settings("multiscale", {**track, "coarse_to_fine": False})
@@ -104,6 +117,47 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"summary": summary, "pairs": frame.astype(str).to_dict("records")},
                                          indent=1))
+
+
+OWN_METHODS = ("affine", "deformable", "hybrid")
+
+
+def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, out: Path) -> None:
+    """``lesiontrack track`` on own-data files, end to end, per method on the same pairs and points."""
+    pairs = read_table(results / "synthetic" / "pairs.csv")
+    pairs = pairs[pairs["split"] == "test"]
+    images = read_table(results / "synthetic" / "images.csv").set_index("image_id")["path"]
+    checkpoint = results / "models" / model / "checkpoint_best.pt"
+    rows = []
+    for (source_id, target_id), group in list(pairs.groupby(["source_image", "target_image"], sort=True))[:n_pairs]:
+        group = pd.concat([group] * (n_lesions // len(group) + 1)).head(n_lesions)  # lesions repeated up to N
+        with tempfile.TemporaryDirectory() as tmp:
+            points = Path(tmp) / "points.csv"
+            frame = group[["source_x", "source_y", "source_z"]].set_axis(["x", "y", "z"], axis=1)
+            frame.insert(0, "lesion_id", [f"L{k:02d}" for k in range(len(frame))])
+            frame.to_csv(points, index=False)
+            truth = group[["target_x", "target_y", "target_z"]].to_numpy(float)
+            row = {"source": source_id, "target": target_id, "lesions": len(frame)}
+            for method in OWN_METHODS:
+                command = [str(Path(sys.executable).parent / "lesiontrack"), "track",  # the installed command
+                           "--source", str(images[source_id]), "--target", str(images[target_id]),
+                           "--points", str(points), "--method", method,
+                           "--checkpoint", str(checkpoint), "--out", f"{tmp}/{method}.csv"]
+                began = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{method}: {done.stderr.strip()}")
+                row[f"{method}_s"] = time.perf_counter() - began
+                tracked = read_table(f"{tmp}/{method}.csv")[["x", "y", "z"]].to_numpy(float)
+                row[f"{method}_median_mm"] = float(np.median(np.linalg.norm(tracked - truth, axis=1)))
+        rows.append(row)
+        print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    frame = pd.DataFrame(rows)
+    summary = {"machine": f"{platform.processor() or platform.machine()}", "pairs": len(frame),
+               "lesions_per_pair": n_lesions, **{c: float(frame[c].mean()) for c in frame.columns if c.endswith("_s")}}
+    print(json.dumps(summary, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "pairs": frame.to_dict("records")}, indent=1))
 
 
 if __name__ == "__main__":
