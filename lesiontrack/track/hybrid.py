@@ -139,13 +139,6 @@ def robust_fit(source: np.ndarray, target: np.ndarray, settings: HybridSettings,
     return transform, best
 
 
-def agreement(transform: sitk.Transform | None, source: np.ndarray, target: np.ndarray, tolerance_mm: float) -> float:
-    """The share of correspondences that ``transform`` maps within ``tolerance_mm`` (0 for none)."""
-    if transform is None or len(source) == 0:
-        return 0.0
-    return float(np.mean(np.linalg.norm(map_points(transform, source) - target, axis=1) < tolerance_mm))
-
-
 def crop_to_target(source: sitk.Image, target: sitk.Image, initial: sitk.AffineTransform, margin_mm: float
                    ) -> sitk.Image:
     """The part of ``source`` that ``initial`` (source -> target) maps into the target's field of view,
@@ -241,6 +234,7 @@ class HybridTracker:
         proposals = EmbeddingTracker("multiscale").candidates(queries.set_axis(file_rows),
                                                               replace(context, progress=False))
         best = proposals[proposals["rank"] == 0].set_index("row")
+        by_row = dict(tuple(proposals.groupby("row", sort=False)))  # each query's candidates, split once
         records = []
         groups = queries.groupby(["source_image", "target_image"], sort=True).indices
         for (source_id, target_id), rows in tqdm(groups.items(), desc=self.name, disable=not context.progress):
@@ -261,7 +255,7 @@ class HybridTracker:
             shared = (time.perf_counter() - began) / len(rows)
             for k, (row, point) in enumerate(zip(rows, points, strict=True)):
                 began = time.perf_counter()
-                mine = proposals[proposals["row"] == row]
+                mine = by_row[row]
                 options = [r[k] for r in registered] + list(mine[PRED_POINT].to_numpy(float))
                 scores = np.array([local_correlation(src, dst, point, c, settings) for c in options])
                 order = sorted(range(len(options)), key=lambda j: -scores[j])
