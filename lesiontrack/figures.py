@@ -232,12 +232,14 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
     pairs = read_table(dataset_dir / "pairs.csv", required=QUERY_COLUMNS)
     test = images[images["split"] == "test"].sort_values(["subject_id", "timepoint"])
     subject = test["subject_id"].iloc[0]
-    scans = test[test["subject_id"] == subject].iloc[:2]
-    baseline, followup = scans["image_id"].tolist()
-    tracked = pairs[(pairs["source_image"] == baseline) & (pairs["target_image"] == followup)]
+    scans = test[test["subject_id"] == subject]
+    timepoint = scans.set_index("image_id")["timepoint"]
+    first, second = sorted(set(scans["timepoint"]))[:2]
+    tracked = pairs[(pairs["source_image"].map(timepoint) == first) & (pairs["target_image"].map(timepoint) == second)]
     if tracked.empty:
-        raise ValueError(f"{dataset_dir / 'pairs.csv'}: no lesion pair from {baseline} to {followup}")
-    tracked_id = tracked.sort_values("target_radius_mm", ascending=False)["lesion_id"].iloc[0]
+        raise ValueError(f"{dataset_dir / 'pairs.csv'}: no lesion pair of {subject} from timepoint {first} to {second}")
+    largest = tracked.sort_values("target_radius_mm", ascending=False).iloc[0]
+    tracked_id, baseline, followup = largest["lesion_id"], largest["source_image"], largest["target_image"]
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 9), constrained_layout=True)
     for row, image_id in enumerate((baseline, followup)):

@@ -12,6 +12,7 @@ phase, noise and blur are drawn per scan.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from scipy import ndimage
 
 from lesiontrack import tables
 from lesiontrack.config import settings_from
+from lesiontrack.data import dls
 from lesiontrack.data import phantom as ph
 from lesiontrack.io import Geometry, sha256, write_image, write_table
 from lesiontrack.vocabulary import LANDMARKS, LUNG_LABELS, TOTALSEG_V2
@@ -39,6 +41,13 @@ _RADIUS_CAP = {"lung": 15.0, "liver": 28.0, "kidney": 14.0, "node": 15.0}
 _LESION_HU = {"lung": ((15.0, 50.0), 20.0), "liver": ((10.0, 35.0), 8.0),
               "kidney": ((0.0, 40.0), 15.0), "node": ((30.0, 50.0), 15.0)}
 _CANONICAL_BOUNDS = (np.array([-240.0, -190.0, -440.0]), np.array([240.0, 190.0, 360.0]))
+# DLS sub-volumes, measured from the DLS test split (960 entries of dls/test.json): z extent 61 / 84 /
+# 155 mm at the 5th / 50th / 95th percentile; 5 mm slices in 70 % of them, 1 mm in the rest; the
+# lesion's slice at 0.25 / 0.50 / 0.74 of the sub-volume (5th / 50th / 95th percentile).
+DLS_EXTENT_MM = (61.0, 84.0, 155.0)
+DLS_SLICE_SPACINGS_MM = (5.0, 1.0)
+DLS_THICK_FRACTION = 0.7
+DLS_KEY_POSITION = (0.5, 0.13)  # mean, sd of the lesion's relative slice position
 
 
 @dataclass
@@ -63,6 +72,11 @@ class SyntheticConfig:
     disappear_probability: float = 0.1
     noise_hu: tuple[float, float] = (8.0, 20.0)
     canonical_spacing_mm: float = 1.5
+    region: str = "chest-abdomen"  # or chest (chest-only fields of view, as in lung screening)
+    lesion_types: tuple[str, ...] = LESION_TYPES
+    lesion_radii: str = "dls"  # radius distribution: dls or nlst
+    coverage: str = "full"  # full, partial (follow-ups cover 40-60 % of the baseline) or slab
+    export: str = "volumes"  # or dls-subvolumes (one DeepLesion-style slab per lesion and scan)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SyntheticConfig:
@@ -171,15 +185,9 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
     levels = anatomy.vertebra_levels()
     apex_z = levels["T1"][0] + 22.0 * anatomy.height_scale
     protocol = "chest-abdomen-pelvis" if rng.uniform() < cfg.pelvis_fraction else "chest-abdomen"
-    fovs: list[tuple[float, float]] = []
-    while len(fovs) < n_scans:  # fields of view differ in length by >= fov_min_difference_mm
-        top = apex_z + rng.uniform(5.0, 45.0)
-        if protocol == "chest-abdomen":
-            bottom = top - _pick(rng, cfg.fov_z_mm)
-        else:  # down to below the pubic symphysis
-            bottom = anatomy.pubic_symphysis_z() - rng.uniform(15.0, 60.0)
-        if all(abs((top - bottom) - (t - b)) >= cfg.fov_min_difference_mm for b, t in fovs):
-            fovs.append((bottom, top))
+    if cfg.region == "chest":
+        protocol = "chest"
+    fovs = _fields_of_view(cfg, rng, anatomy, apex_z, protocol, n_scans)
     body_center = np.array([0.0, 0.0, apex_z - 200.0])
     table_offset = np.array([rng.uniform(-20, 20), rng.uniform(-30, 30), rng.uniform(-900, -300)])
     for tp, fov_z in enumerate(fovs):
@@ -190,6 +198,8 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
             delta = signs * rng.uniform(*cfg.translation_mm, size=3)
             rotation = ph.rotation_matrix(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg, size=3))
             translation = table_offset + delta
+            if cfg.coverage == "slab":  # the slab in a frame of its own, hundreds of mm away
+                translation = translation + np.array([0.0, 0.0, rng.choice([-1.0, 1.0]) * rng.uniform(200, 600)])
             deformation = _sample_deformation(rng, anatomy, apex_z, _pick(rng, cfg.deformation_peak_mm))
         length = fov_z[1] - fov_z[0]
         inplane = _pick(rng, cfg.inplane_spacing_mm)
@@ -220,6 +230,51 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
         )
         subject.scans.append(scan)
     return subject
+
+
+def _fields_of_view(cfg: SyntheticConfig, rng: np.random.Generator, anatomy: ph.Anatomy, apex_z: float,
+                    protocol: str, n_scans: int) -> list[tuple[float, float]]:
+    """(bottom, top) anatomical z of each scan's field of view, baseline first.
+
+    Full coverage: every scan of the protocol, lengths differing by >= fov_min_difference_mm.
+    Partial: follow-ups from the baseline's bottom over 40-60 % of its length (abdomen only against
+    chest-abdomen). Slab: follow-ups DLS-like slabs (:func:`dls_extent`) about one level of the baseline.
+    """
+    fovs: list[tuple[float, float]] = []
+    while len(fovs) < n_scans:  # fields of view differ in length by >= fov_min_difference_mm
+        top = apex_z + rng.uniform(5.0, 45.0)
+        if protocol == "chest":  # apex to below the lung bases
+            bottom = min(anatomy.dome_left_z, anatomy.dome_right_z) - rng.uniform(60.0, 90.0)
+        elif protocol == "chest-abdomen":
+            bottom = top - _pick(rng, cfg.fov_z_mm)
+        else:  # down to below the pubic symphysis
+            bottom = anatomy.pubic_symphysis_z() - rng.uniform(15.0, 60.0)
+        if all(abs((top - bottom) - (t - b)) >= cfg.fov_min_difference_mm for b, t in fovs):
+            fovs.append((bottom, top))
+        if cfg.coverage != "full":
+            break
+    if cfg.coverage == "full":
+        return fovs
+    bottom0, top0 = fovs[0]
+    length0 = top0 - bottom0
+    level = bottom0 + rng.uniform(0.25, 0.75) * length0
+    for _ in range(1, n_scans):
+        if cfg.coverage == "partial":
+            fovs.append((bottom0, bottom0 + rng.uniform(0.4, 0.6) * length0))
+            continue
+        extent = dls_extent(rng)
+        centre = float(np.clip(level + rng.uniform(-10.0, 10.0), bottom0 + extent / 2, top0 - extent / 2))
+        fovs.append((centre - extent / 2, centre + extent / 2))
+    return fovs
+
+
+def dls_extent(rng: np.random.Generator) -> float:
+    """A sub-volume's z extent (mm) with the DLS 5th / 50th / 95th percentiles (a log-normal with
+    its own spread on either side of the median)."""
+    p5, p50, p95 = DLS_EXTENT_MM
+    z = float(rng.standard_normal())
+    sigma = np.log(p50 / p5) / 1.645 if z < 0 else np.log(p95 / p50) / 1.645
+    return float(p50 * np.exp(sigma * z))
 
 
 def _sample_deformation(rng, anatomy: ph.Anatomy, apex_z: float, peak_mm: float) -> Deformation:
@@ -293,9 +348,12 @@ def _smooth_texture(shape, rng: np.random.Generator) -> np.ndarray:
     return fine[: shape[0], : shape[1], : shape[2]].contiguous().numpy()
 
 
-def _sample_radius(rng: np.random.Generator) -> float:
-    """Lesion long semi-axis like DLS: ~8 % under 5 mm, 37 % 5-10 mm, 55 % over 10 mm."""
+def _sample_radius(rng: np.random.Generator, distribution: str = "dls") -> float:
+    """Lesion long semi-axis like DLS: ~8 % under 5 mm, 37 % 5-10 mm, 55 % over 10 mm; like NLST
+    (lung nodules): 68 % under 5 mm (2-5 mm), the rest 5 mm plus an exponential of mean 3 mm."""
     u = rng.uniform()
+    if distribution == "nlst":
+        return float(rng.uniform(2.0, 5.0)) if u < 0.68 else float(min(5.0 + rng.exponential(3.0), 15.0))
     if u < 0.08:
         return float(rng.uniform(2.5, 5.0))
     if u < 0.45:
@@ -331,13 +389,19 @@ def _place_lesions(cfg: SyntheticConfig, subject: Subject, canvas: ph.Canvas, st
     n_scans = len(subject.scans)
     z_lo = max(s.fov_anatomy_z[0] for s in subject.scans)
     z_hi = min(s.fov_anatomy_z[1] for s in subject.scans)
-    sites = {kind: _lesion_sites(canvas, structures, kind) for kind in LESION_TYPES}
+    margin = 10.0 if cfg.coverage == "full" else 3.0  # between the lesion's edge and the field's ends
+    sites = {kind: _lesion_sites(canvas, structures, kind) if kind in cfg.lesion_types else np.zeros(0, int)
+             for kind in LESION_TYPES}
+    if cfg.coverage != "full":  # only sites inside every field of view
+        for kind, flat in sites.items():
+            z = canvas.origin[2] + canvas.spacing * np.unravel_index(flat, canvas.shape_zyx)[0]
+            sites[kind] = flat[(z >= z_lo + margin) & (z <= z_hi - margin)]
     lesions: list[Lesion] = []
     births = [0] * int(rng.integers(cfg.lesions_per_subject[0], cfg.lesions_per_subject[1] + 1))
     for tp in range(1, n_scans):
         births += [tp] * int(rng.integers(cfg.new_lesions_per_followup[0], cfg.new_lesions_per_followup[1] + 1))
     for birth in births:
-        radius = _sample_radius(rng)
+        radius = _sample_radius(rng, cfg.lesion_radii)
         kinds = [k for k in LESION_TYPES if _RADIUS_CAP[k] >= radius and sites[k].size]
         if not kinds:
             continue
@@ -347,7 +411,7 @@ def _place_lesions(cfg: SyntheticConfig, subject: Subject, canvas: ph.Canvas, st
             flat = int(rng.choice(sites[kind]))
             zyx = np.array(np.unravel_index(flat, canvas.shape_zyx))
             candidate = canvas.origin + canvas.spacing * zyx[::-1]
-            if not (z_lo + radius + 10 <= candidate[2] <= z_hi - radius - 10):
+            if not (z_lo + radius + margin <= candidate[2] <= z_hi - radius - margin):
                 continue
             if all(np.linalg.norm(candidate - other.center) > radius + max(other.radii) + 8 for other in lesions):
                 center = candidate
@@ -607,6 +671,61 @@ def image_row(scan: Scan, image_path: Path, label_path: Path) -> dict[str, Any]:
                                 "contrast": round(scan.contrast, 4), "noise_hu": round(scan.noise_hu, 3)})}
 
 
+def dls_series(scan: Scan, series_id: str, rng: np.random.Generator) -> Scan:
+    """The scan as a DeepLesion series ``series_id``: slices of 5 mm (70 %) or 1 mm numbered from the
+    top of its field of view, in the frame :func:`lesiontrack.data.dls.dls_geometry` gives every
+    sub-volume of a series (columns and rows from 0, slice n at z = -(n - 1) * sz)."""
+    geo = scan.geometry
+    if geo.direction != Geometry.direction:  # the generator's scans are axis-aligned
+        raise ValueError(f"{scan.image_id}: dls_series needs an identity direction, not {geo.direction}")
+    thick = rng.uniform() < DLS_THICK_FRACTION
+    sz = DLS_SLICE_SPACINGS_MM[0] if thick else DLS_SLICE_SPACINGS_MM[1]
+    length = (geo.size[2] - 1) * geo.spacing[2]
+    n_slices = int(np.floor(length / sz)) + 1
+    top = geo.origin[2] + length
+    shift = np.array([geo.origin[0], geo.origin[1], top])  # scan world -> series world
+    name = dls.VolumeName(series_id, 1, n_slices)
+    geometry = dls.dls_geometry(name, (geo.spacing[0], geo.spacing[1], sz), (geo.size[0], geo.size[1]))
+    return dataclasses.replace(scan, image_id=name.image_id, geometry=geometry,
+                               translation=scan.translation - shift)
+
+
+def dls_subvolume(series: Scan, row: dict[str, Any], rng: np.random.Generator) -> Scan:
+    """A DLS-style sub-volume of ``series`` around one lesion row: z extent :func:`dls_extent`, the
+    lesion's slice at a relative position drawn like DLS's, named ``PPPPPP_SS_SS_FFF-LLL``."""
+    whole = dls.VolumeName.parse(series.image_id)
+    sz = series.geometry.spacing[2]
+    n_sub = min(max(2, int(round(dls_extent(rng) / sz)) + 1), whole.n_slices)
+    extent = (n_sub - 1) * sz
+    keep = min(max(row["radius_mm"], 1.0), 10.0) + sz  # lesion centre this far inside the slab's ends
+    low, high = max(0.2, keep / extent), min(0.8, 1.0 - keep / extent)
+    position = float(np.clip(rng.normal(*DLS_KEY_POSITION), low, high)) if low <= high else 0.5
+    lesion_slice = 1.0 - row["z"] / sz  # 1-based continuous slice number in the series
+    first = int(np.clip(round(lesion_slice - position * (n_sub - 1)), 1, whole.n_slices - n_sub + 1))
+    name = dls.VolumeName(whole.series_id, first, first + n_sub - 1)
+    geo = series.geometry
+    geometry = dls.dls_geometry(name, geo.spacing, (geo.size[0], geo.size[1]))
+    return dataclasses.replace(series, image_id=name.image_id, geometry=geometry)
+
+
+def exported_scans(cfg: SyntheticConfig, rendered: RenderedSubject, scan: Scan, index: int
+                   ) -> list[tuple[Scan, set[str] | None]]:
+    """The volumes a scan is written as, each with the lesions it holds the truth of (None: all).
+
+    ``export: volumes``: the scan itself. ``export: dls-subvolumes``: the scan as DeepLesion series
+    ``PPPPPP_SS_01`` (patient = subject index + 1, study = timepoint + 1) cut into one sub-volume per
+    lesion it shows, as DLS pairs lesions; sub-volumes that come out the same are written once."""
+    if cfg.export == "volumes":
+        return [(scan, None)]
+    rng = np.random.default_rng([rendered.subject.seed, 13, scan.timepoint])
+    series = dls_series(scan, f"{index + 1:06d}_{scan.timepoint + 1:02d}_01", rng)
+    volumes: dict[str, tuple[Scan, set[str]]] = {}
+    for row in lesion_rows(rendered, series):
+        sub = dls_subvolume(series, row, rng)
+        volumes.setdefault(sub.image_id, (sub, set()))[1].add(row["lesion_id"])
+    return list(volumes.values())
+
+
 def generate_shard(cfg: SyntheticConfig, subject_indices: list[int], out_dir: str | Path,
                    images_table: str | Path, lesions_table: str | Path, pairs_table: str | Path,
                    progress: bool = True) -> pd.DataFrame:
@@ -618,13 +737,16 @@ def generate_shard(cfg: SyntheticConfig, subject_indices: list[int], out_dir: st
     for index in tqdm(subject_indices, desc="subjects", disable=not progress):
         subject = plan_subject(cfg, index)
         rendered = render_subject(cfg, subject)
-        for scan in subject.scans:
-            image, label = render_scan(rendered, scan)
-            image_path = write_image(image, out_dir / "images" / f"{scan.image_id}.nii.gz")
-            label_path = write_image(label, out_dir / "labels" / f"{scan.image_id}.nii.gz")
-            write_table(landmark_table(rendered, scan), out_dir / "truth" / f"{scan.image_id}.csv")
-            image_rows.append(image_row(scan, image_path, label_path))
-            lesion_records.extend(lesion_rows(rendered, scan))
+        for planned in subject.scans:
+            tissue = _timepoint_tissue(rendered, planned.timepoint)
+            for scan, owners in exported_scans(cfg, rendered, planned, index):
+                image, label = render_scan(rendered, scan, tissue)
+                image_path = write_image(image, out_dir / "images" / f"{scan.image_id}.nii.gz")
+                label_path = write_image(label, out_dir / "labels" / f"{scan.image_id}.nii.gz")
+                write_table(landmark_table(rendered, scan), out_dir / "truth" / f"{scan.image_id}.csv")
+                image_rows.append(image_row(scan, image_path, label_path))
+                rows = lesion_rows(rendered, scan)
+                lesion_records.extend(r for r in rows if owners is None or r["lesion_id"] in owners)
     lesions = pd.DataFrame(lesion_records, columns=tables.SYNTHETIC_LESION_COLUMNS)
     write_table(lesions, lesions_table)
     write_table(pair_rows(lesions), pairs_table)
