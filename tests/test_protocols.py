@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from lesiontrack.data import dls
 from lesiontrack.data import phantom as ph
 from lesiontrack.data import synthetic as sy

@@ -695,7 +695,7 @@ def dls_subvolume(series: Scan, row: dict[str, Any], rng: np.random.Generator) -
     lesion's slice at a relative position drawn like DLS's, named ``PPPPPP_SS_SS_FFF-LLL``."""
     whole = dls.VolumeName.parse(series.image_id)
     sz = series.geometry.spacing[2]
-    n_sub = min(max(2, int(round(dls_extent(rng) / sz)) + 1), whole.n_slices)
+    n_sub = min(max(2, round(dls_extent(rng) / sz) + 1), whole.n_slices)
     extent = (n_sub - 1) * sz
     keep = min(max(row["radius_mm"], 1.0), 10.0) + sz  # lesion centre this far inside the slab's ends
     low, high = max(0.2, keep / extent), min(0.8, 1.0 - keep / extent)
