@@ -139,7 +139,7 @@ def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypat
         sitk.WriteImage(image, str(paths[name]))
     calls = []
 
-    def fake_register(fixed, moving, method, settings=None, threads=None):
+    def fake_register(fixed, moving, method, settings=None, threads=None, initial=None):
         calls.append((fixed.GetOrigin()[0], moving.GetOrigin()[0], method))
         # maps fixed to moving: shift by the difference of the origins
         return sitk.TranslationTransform(3, (moving.GetOrigin()[0] - fixed.GetOrigin()[0], 0.0, 0.0))
@@ -166,3 +166,40 @@ def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypat
     assert out["seconds"].iloc[0] == out["seconds"].iloc[2] == out["seconds"].iloc[4]
     with pytest.raises(ValueError, match="method"):
         track_table(pairs, "rigid", volume_tables=[volumes], progress=False)
+
+
+def test_registration_tracker_survives_a_registration_that_cannot_start(tmp_path, monkeypatch, capsys):
+    """ITK raising inside the B-spline stage leaves the affine stage's points, with a line on stderr;
+    raising in both stages leaves the centred initialisation: a run never stops on a failed pair."""
+    paths = {}
+    for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (100.0, 0.0, 0.0))):
+        image = sitk.Image(4, 4, 4, sitk.sitkInt16)
+        image.SetOrigin(origin)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    volumes = tmp_path / "volumes.csv"
+    pd.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]}).to_csv(volumes, index=False)
+    pairs = pd.DataFrame({"pair_id": ["p1"], "lesion_id": ["l1"], "direction": ["forward"],
+                          "source_image": ["a"], "target_image": ["b"],
+                          "source_x": [1.0], "source_y": [2.0], "source_z": [3.0]})
+
+    def affine_only(fixed, moving, method, settings=None, threads=None, initial=None):
+        if method == "deformable":
+            raise RuntimeError("All samples map outside moving image buffer")
+        return sitk.TranslationTransform(3, (50.0, 0.0, 0.0))
+
+    monkeypatch.setattr(registration, "register", affine_only)
+    out = track_table(pairs, "deformable", volume_tables=[volumes], progress=False)
+    np.testing.assert_allclose(out[["pred_x", "pred_y", "pred_z"]].to_numpy(), [[51.0, 2.0, 3.0]])
+    assert "a -> b: registration failed; its affine stage stands" in capsys.readouterr().err
+
+    def never(fixed, moving, method, settings=None, threads=None, initial=None):
+        raise RuntimeError("All samples map outside moving image buffer")
+
+    monkeypatch.setattr(registration, "register", never)
+    out = track_table(pairs, "deformable", volume_tables=[volumes], progress=False)
+    initial = registration.initial_transform(sitk.ReadImage(str(paths["a"])), sitk.ReadImage(str(paths["b"])),
+                                             "deformable")
+    np.testing.assert_allclose(out[["pred_x", "pred_y", "pred_z"]].to_numpy(),
+                               [initial.TransformPoint((1.0, 2.0, 3.0))], atol=1e-9)
+    assert "the initialisation stands" in capsys.readouterr().err

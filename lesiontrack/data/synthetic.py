@@ -695,8 +695,8 @@ def dls_subvolume(series: Scan, row: dict[str, Any], rng: np.random.Generator) -
     lesion's slice at a relative position drawn like DLS's, named ``PPPPPP_SS_SS_FFF-LLL``."""
     whole = dls.VolumeName.parse(series.image_id)
     sz = series.geometry.spacing[2]
-    n_sub = min(max(2, round(dls_extent(rng) / sz) + 1), whole.n_slices)
-    extent = (n_sub - 1) * sz
+    n_sub = min(max(2, round(dls_extent(rng) / sz)), whole.n_slices)  # extent = slices x sz, as measured
+    extent = (n_sub - 1) * sz  # first to last slice centre
     keep = min(max(row["radius_mm"], 1.0), 10.0) + sz  # lesion centre this far inside the slab's ends
     low, high = max(0.2, keep / extent), min(0.8, 1.0 - keep / extent)
     position = float(np.clip(rng.normal(*DLS_KEY_POSITION), low, high)) if low <= high else 0.5

@@ -42,7 +42,7 @@ from lesiontrack.io import Geometry
 from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
 from lesiontrack.track.embedding import EmbeddingTracker, match_settings
 from lesiontrack.track.match import Match, MatchSettings, VolumeMaps, _intensity_match, match_candidates
-from lesiontrack.track.registration import map_points, register, registration_settings
+from lesiontrack.track.registration import map_points, register_safely, registration_settings
 from lesiontrack.track.tracker import Context, Needs
 
 
@@ -160,14 +160,8 @@ def crop_to_target(source: sitk.Image, target: sitk.Image, initial: sitk.AffineT
 
 def _register_safely(fixed: sitk.Image, moving: sitk.Image, method: str, settings, initial=None
                      ) -> sitk.Transform | None:
-    """``register``, falling back to its affine stage where the B-spline cannot run (a slab too thin
-    for its field-of-view mask) and to None where registration cannot start at all."""
-    for attempt in dict.fromkeys((method, "affine")):
-        try:
-            return register(fixed, moving, attempt, settings, initial=initial)
-        except RuntimeError:  # ITK: "All samples map outside moving image buffer", no sampled points, ...
-            continue
-    return None
+    """``registration.register_safely``'s transform (None where registration cannot start)."""
+    return register_safely(fixed, moving, method, settings, initial=initial)[0]
 
 
 def anchored_transform(source: sitk.Image, target: sitk.Image, correspondences: tuple[np.ndarray, np.ndarray],

@@ -39,6 +39,7 @@ computes gradient images of both at every level.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -372,6 +373,28 @@ def register(fixed: sitk.Image, moving: sitk.Image, method: str,
     return sitk.CompositeTransform([affine, bspline])
 
 
+def register_safely(fixed: sitk.Image, moving: sitk.Image, method: str,
+                    settings: RegistrationSettings | Mapping[str, Any] | None = None, threads: int | None = None,
+                    initial: sitk.AffineTransform | None = None) -> tuple[sitk.Transform | None, str]:
+    """``register``, falling back to its affine stage where the B-spline cannot run (a slab too thin
+    for its field-of-view mask) and to ``(None, "failed")`` where registration cannot start at all
+    (ITK raises, e.g. "All samples map outside moving image buffer"). Returns the transform and the
+    stage that produced it (``method``, ``"affine"`` or ``"failed"``)."""
+    for attempt in dict.fromkeys((method, "affine")):
+        try:
+            return register(fixed, moving, attempt, settings, threads=threads, initial=initial), attempt
+        except RuntimeError:  # ITK: "All samples map outside moving image buffer", no sampled points, ...
+            continue
+    return None, "failed"
+
+
+def initial_transform(fixed: sitk.Image, moving: sitk.Image, method: str,
+                      settings: RegistrationSettings | Mapping[str, Any] | None = None) -> sitk.AffineTransform:
+    """The centred initialisation that registration starts from (what stands where it fails)."""
+    settings = resolve_settings(method, settings)
+    return _initial_affine(_Pyramid(fixed, settings), _Pyramid(moving, settings), settings)
+
+
 def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     """Map (N, 3) world-mm points through ``transform`` (fixed -> moving); returns (N, 3) world mm."""
     points = np.asarray(points_mm, dtype=float).reshape(-1, 3)
@@ -385,7 +408,9 @@ def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sit
 
     The rows are grouped by (source_image, target_image); each group is registered once
     (fixed = source, moving = target, images from ``image_of(image_id)``) and its source points are
-    mapped. ``confidence`` is NaN and ``seconds`` is the group's registration plus mapping time
+    mapped; where registration fails (ITK raises) the affine stage, or else the centred
+    initialisation, stands, with a line on stderr. ``confidence`` is NaN and ``seconds`` is the
+    group's registration plus mapping time
     (not reading) divided by its number of rows. Rows keep the input order.
     """
     settings = resolve_settings(method, settings)
@@ -396,7 +421,13 @@ def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sit
     for (source, target), rows in tqdm(groups.items(), desc=f"register ({method})", disable=not progress):
         fixed, moving = image_of(str(source)), image_of(str(target))
         start = time.perf_counter()
-        transform = register(fixed, moving, method, settings, threads=threads)
+        transform, stage = register_safely(fixed, moving, method, settings, threads=threads)
+        if stage != method:
+            tqdm.write(f"{method}: {source} -> {target}: registration failed"
+                       + ("; its affine stage stands" if stage == "affine" else "; the initialisation stands"),
+                       file=sys.stderr)
+        if transform is None:
+            transform = initial_transform(fixed, moving, method, settings)
         pred[rows] = map_points(transform, queries.loc[rows, SOURCE_POINT].to_numpy(float))
         seconds[rows] = (time.perf_counter() - start) / len(rows)
     return single_candidates(pred, seconds=seconds)
