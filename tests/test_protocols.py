@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from lesiontrack.data import dls
 from lesiontrack.data import phantom as ph
@@ -103,6 +106,22 @@ def test_nlst_like_radii_and_chest_only_fields():
     assert max(lengths) < 380.0  # shorter than any chest-abdomen field
     rendered = sy.render_subject(cfg, subject)
     assert rendered.lesions and {lesion.kind for lesion in rendered.lesions} == {"lung"}
+
+
+def test_every_nlst_like_subject_is_planned():
+    """Chest fields vary over a short range of lengths: three scans whose lengths differ pairwise by
+    20 mm are still drawn (the greedy draw could wait forever for a length that no longer fitted).
+    In a child process with a time limit, so that a regression fails instead of hanging."""
+    code = ("from lesiontrack import config as C; from lesiontrack.data import synthetic as sy\n"
+            "cfg = sy.SyntheticConfig.from_dict(C.load(['config.yaml', 'configs/nlst-like.yaml'])['synthetic'])\n"
+            "for i in range(cfg.n_train_subjects + cfg.n_test_subjects):\n"
+            "    lengths = [b - a for a, b in (s.fov_anatomy_z for s in sy.plan_subject(cfg, i).scans)]\n"
+            "    print(len(lengths), min(abs(x - y) for x in lengths for y in lengths if x is not y))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    planned = [line.split() for line in done.stdout.splitlines()]
+    assert len(planned) == 12 and any(n == "3" for n, _ in planned)
+    assert all(float(gap) >= 20.0 for _, gap in planned)
 
 
 @pytest.mark.parametrize("coverage", ["partial", "slab"])

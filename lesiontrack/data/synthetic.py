@@ -232,6 +232,9 @@ def plan_subject(cfg: SyntheticConfig, index: int) -> Subject:
     return subject
 
 
+MAX_FOV_DRAWS = 1000  # draws of a field of view before its subject's lengths are drawn again
+
+
 def _fields_of_view(cfg: SyntheticConfig, rng: np.random.Generator, anatomy: ph.Anatomy, apex_z: float,
                     protocol: str, n_scans: int) -> list[tuple[float, float]]:
     """(bottom, top) anatomical z of each scan's field of view, baseline first.
@@ -241,7 +244,10 @@ def _fields_of_view(cfg: SyntheticConfig, rng: np.random.Generator, anatomy: ph.
     chest-abdomen). Slab: follow-ups DLS-like slabs (:func:`dls_extent`) about one level of the baseline.
     """
     fovs: list[tuple[float, float]] = []
+    misses = 0
     while len(fovs) < n_scans:  # fields of view differ in length by >= fov_min_difference_mm
+        if misses == MAX_FOV_DRAWS:  # the lengths kept leave no room for another (a short range: chest)
+            fovs, misses = [], 0
         top = apex_z + rng.uniform(5.0, 45.0)
         if protocol == "chest":  # apex to below the lung bases
             bottom = min(anatomy.dome_left_z, anatomy.dome_right_z) - rng.uniform(60.0, 90.0)
@@ -251,6 +257,9 @@ def _fields_of_view(cfg: SyntheticConfig, rng: np.random.Generator, anatomy: ph.
             bottom = anatomy.pubic_symphysis_z() - rng.uniform(15.0, 60.0)
         if all(abs((top - bottom) - (t - b)) >= cfg.fov_min_difference_mm for b, t in fovs):
             fovs.append((bottom, top))
+            misses = 0
+        else:
+            misses += 1
         if cfg.coverage != "full":
             break
     if cfg.coverage == "full":
