@@ -21,7 +21,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "figures": ("numpy", "pandas", "SimpleITK", "matplotlib"),
     "evaluate": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm"),  # tqdm: downloads
     "nlst": ("numpy", "pandas", "scipy", "SimpleITK", "tqdm", "idc-index", "idc-index-data", "duckdb"),
-    "pretrain": ("torch", "torchio", "numpy", "pandas", "scipy", "SimpleITK", "matplotlib", "tqdm"),
+    # itk-elastix: the elastix baseline (rule track)
+    "pretrain": ("torch", "torchio", "numpy", "pandas", "scipy", "SimpleITK", "itk-elastix", "matplotlib", "tqdm"),
 }
 
 

@@ -123,7 +123,7 @@ def test_common_smk_asks_the_registries():
 
 def test_registries_say_what_each_entry_needs():
     assert list(TRACKERS) == ["identity", "multiscale", "single-scale-fine", "two-scale", "multiscale-paper",
-                              "affine", "deformable", "hybrid"]
+                              "affine", "deformable", "elastix", "hybrid"]
     assert TRACKERS["hybrid"].needs.embeddings and TRACKERS["hybrid"].needs.volumes
     assert not TRACKERS["identity"].needs.embeddings and not TRACKERS["identity"].decides_presence
     assert TRACKERS["multiscale"].needs.embeddings and TRACKERS["deformable"].needs.volumes

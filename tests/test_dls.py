@@ -230,8 +230,8 @@ def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
     assert rules["download_dlt_predictions"] == 1
     # after the checkpoint's jobs: pretraining on the DLS training volumes, tracking with every
     # method, their evaluation and the table beside DLT's published rows
-    assert rules["pretrain"] == 1 and rules["track"] == 7
-    assert rules["evaluate"] == 7 and rules["evaluate_published"] == 2 and rules["table"] == 1
+    assert rules["pretrain"] == 1 and rules["track"] == 8
+    assert rules["evaluate"] == 8 and rules["evaluate_published"] == 2 and rules["table"] == 1
     assert rules["figures"] == 1 and rules["training_figure"] == 1 and rules["landmark_figure"] == 1
     assert urls == sorted(dls.archive_urls())
     assert annotation_urls == [f"https://raw.githubusercontent.com/JimmyCai91/DLT/master/data/{s}.json"

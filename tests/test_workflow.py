@@ -159,8 +159,8 @@ def test_readme_is_short_and_starts_with_the_two_commands():
 def test_default_run_ends_with_the_table_of_every_method(smoke_run):
     results = smoke_run / "results"
     table = read_table(results / "tables" / "synthetic.csv")
-    assert list(table["method"]) == ["identity", "affine", "deformable", "single-scale-fine", "two-scale",
-                                     "multiscale", "hybrid"]
+    assert list(table["method"]) == ["identity", "affine", "deformable", "elastix", "single-scale-fine",
+                                     "two-scale", "multiscale", "hybrid"]
     # paired tests of hybrid (the reference) against every other row
     assert table.set_index("method")["p_vs_reference"].drop("hybrid").astype(float).between(0, 1).all()
     assert (results / "tables" / "synthetic.md").exists() and (results / "tables" / "synthetic.tex").exists()
@@ -186,7 +186,7 @@ def test_default_run_decides_presence_for_every_method_but_identity(smoke_run):
     assert calibration["calibrated"] == bool(train_gone.any())
     pairs = read_table(results / "pairs.csv")
     n_test = int((pairs["split"] == "test").sum())
-    for method in ("affine", "deformable", "single-scale-fine", "two-scale", "multiscale"):
+    for method in ("affine", "deformable", "elastix", "single-scale-fine", "two-scale", "multiscale", "hybrid"):
         report = json.loads((results / "presence" / f"{method}.json").read_text())
         table = read_table(results / "presence" / f"{method}.csv")
         # every test pair is a present query; the gone queries come on top

@@ -23,7 +23,8 @@ from lesiontrack.tables import CANDIDATE_COLUMNS, SOURCE_POINT
 from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, match_candidates
 from lesiontrack.track.tracker import Context, Needs, check_inside
 
-TRACK_WORKFLOW_KEYS = ("methods", "min_slices", "presence_datasets", "presence_rerank", "registration", "hybrid")
+TRACK_WORKFLOW_KEYS = ("methods", "min_slices", "presence_datasets", "presence_rerank", "registration", "elastix",
+                      "hybrid")
 
 
 def match_settings(method: str, track: dict[str, Any] | None = None) -> MatchSettings:

@@ -401,19 +401,30 @@ def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points], dtype=float).reshape(-1, 3)
 
 
+def registered_pair(fixed: sitk.Image, moving: sitk.Image, method: str,
+                    settings: RegistrationSettings | Mapping[str, Any] | None = None, threads: int | None = None
+                    ) -> tuple[sitk.Transform, str]:
+    """(transform, stage) for one image pair: ``register_safely``'s result, or the centred
+    initialisation (stage ``initialisation``) where registration cannot start."""
+    transform, stage = register_safely(fixed, moving, method, settings, threads=threads)
+    if transform is None:
+        return initial_transform(fixed, moving, method, settings), "initialisation"
+    return transform, stage
+
+
 def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image], method: str,
-                            settings: RegistrationSettings | Mapping[str, Any] | None = None, progress: bool = True,
-                            threads: int | None = None) -> pd.DataFrame:
+                            register_pair: Callable[[sitk.Image, sitk.Image], tuple[Any, str]],
+                            progress: bool = True, full_stage: str | None = None) -> pd.DataFrame:
     """Candidates (``tables.CANDIDATE_COLUMNS``, one per row) of a registration for ``queries``.
 
-    The rows are grouped by (source_image, target_image); each group is registered once
-    (fixed = source, moving = target, images from ``image_of(image_id)``) and its source points are
-    mapped; where registration fails (ITK raises) the affine stage, or else the centred
-    initialisation, stands, with a line on stderr. ``confidence`` is NaN and ``seconds`` is the
-    group's registration plus mapping time
-    (not reading) divided by its number of rows. Rows keep the input order.
+    The rows are grouped by (source_image, target_image); each group is registered once by
+    ``register_pair(fixed, moving)`` (fixed = source, moving = target, images from
+    ``image_of(image_id)``; it returns a transform with ``TransformPoint`` and the stage that made
+    it) and its source points are mapped. Where the stage is not ``full_stage`` (default ``method``:
+    registration failed and a fallback stands) a line on stderr says so. ``confidence`` is NaN and
+    ``seconds`` is the group's registration plus mapping time (not reading) divided by its number
+    of rows. Rows keep the input order.
     """
-    settings = resolve_settings(method, settings)
     queries = queries.reset_index(drop=True)
     pred = np.full((len(queries), 3), np.nan)
     seconds = np.full(len(queries), np.nan)
@@ -421,13 +432,11 @@ def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sit
     for (source, target), rows in tqdm(groups.items(), desc=f"register ({method})", disable=not progress):
         fixed, moving = image_of(str(source)), image_of(str(target))
         start = time.perf_counter()
-        transform, stage = register_safely(fixed, moving, method, settings, threads=threads)
-        if stage != method:
+        transform, stage = register_pair(fixed, moving)
+        if stage != (full_stage or method):
             tqdm.write(f"{method}: {source} -> {target}: registration failed"
                        + ("; its affine stage stands" if stage == "affine" else "; the initialisation stands"),
                        file=sys.stderr)
-        if transform is None:
-            transform = initial_transform(fixed, moving, method, settings)
         pred[rows] = map_points(transform, queries.loc[rows, SOURCE_POINT].to_numpy(float))
         seconds[rows] = (time.perf_counter() - start) / len(rows)
     return single_candidates(pred, seconds=seconds)
@@ -454,8 +463,10 @@ class RegistrationTracker:
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
+        settings = registration_settings(self.name, context.track)
         return registration_candidates(queries, context.scans.image, self.name,
-                                       registration_settings(self.name, context.track), context.progress)
+                                       lambda fixed, moving: registered_pair(fixed, moving, self.name, settings),
+                                       context.progress)
 
 
 TRACKERS = tuple(RegistrationTracker(name) for name in METHODS)

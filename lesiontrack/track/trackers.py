@@ -8,11 +8,12 @@ is one module with a class implementing the protocol, and one entry in ``TRACKER
 
 from __future__ import annotations
 
-from lesiontrack.track import embedding, hybrid, identity, registration
+from lesiontrack.track import elastix, embedding, hybrid, identity, registration
 from lesiontrack.track.tracker import Tracker
 
 TRACKERS: dict[str, Tracker] = {t.name: t for t in (*identity.TRACKERS, *embedding.TRACKERS,
-                                                    *registration.TRACKERS, *hybrid.TRACKERS)}
+                                                    *registration.TRACKERS, *elastix.TRACKERS,
+                                                    *hybrid.TRACKERS)}
 
 
 def get(name: str) -> Tracker:
