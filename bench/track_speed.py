@@ -12,10 +12,13 @@ coarse-to-fine lands within one voxel of full), seconds per
 registration for ``affine`` and ``deformable``. Peak memory is the process's max RSS.
 
 ``--own-data N`` also times the own-data command end to end, as a user runs it, for ``affine``,
-``deformable`` and ``hybrid`` in the same run: ``lesiontrack track --source --target --points``
-on the original (not resampled) volumes of the first N image pairs, ``--lesions`` points each
-(load, resample, embed where the method needs it, match, refine, register, write), wall-clock
-seconds of the whole command per pair and the distance of its points to the generator's truth.
+``deformable``, ``elastix`` and ``hybrid`` in the same run: ``lesiontrack track --source --target
+--points`` on the original (not resampled) volumes of the first N image pairs, ``--lesions`` points
+each (load, resample, embed where the method needs it, match, refine, register, write), wall-clock
+seconds of the whole command per pair (the median of ``--repeats`` runs, the methods taking turns)
+and the distance of its points to the generator's truth; and ``hybrid`` on the same points with the
+workflow's cached embeddings and resampled volumes (``track_table``, as the ``track`` rule runs it):
+seconds per lesion, reading included.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from lesiontrack.track import registration
 from lesiontrack.track.embed import embed_volume, load_model
 from lesiontrack.track.embedding import match_settings, windowed_voxels
 from lesiontrack.track.match import MatchSettings, VolumeMaps, match_point
+from lesiontrack.track.predict import track_table
 
 MIN_SIZE = (175, 175, 150)
 
@@ -54,10 +58,12 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/track_speed.json")
     parser.add_argument("--config", default="config.yaml", help="its track section: the configured matching")
     parser.add_argument("--own-data", type=int, default=0, metavar="N",
-                        help="also time the own-data command on N image pairs (affine, deformable, hybrid)")
+                        help="also time the own-data command on N image pairs (affine, deformable, elastix, hybrid)")
+    parser.add_argument("--repeats", type=int, default=1, help="own-data runs per method and pair (median)")
     args = parser.parse_args()
     if args.own_data:
-        own_data(Path(args.results), args.model, args.own_data, args.lesions, Path(args.out).with_suffix(".own.json"))
+        own_data(Path(args.results), args.model, args.own_data, args.lesions, args.repeats,
+                 Path(args.out).with_suffix(".own.json"), yaml.safe_load(Path(args.config).read_text()))
     results = Path(args.results)
     track = yaml.safe_load(Path(args.config).read_text()).get("track") or {}
     configured = match_settings("multiscale", {**track, "coarse_to_fine": False})
@@ -119,10 +125,21 @@ def main() -> None:
                                          indent=1))
 
 
-OWN_METHODS = ("affine", "deformable", "hybrid")
+OWN_METHODS = ("affine", "deformable", "elastix", "hybrid")
 
 
-def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, out: Path) -> None:
+def _cached_hybrid(results: Path, model: str, queries: pd.DataFrame, config: dict) -> float:
+    """Seconds of ``hybrid`` on ``queries`` with the workflow's cached embeddings and resampled
+    volumes (reading included), as the ``track`` rule runs it."""
+    volumes = sorted((results / "synthetic" / "shards").glob("resampled-*.csv"))
+    began = time.perf_counter()
+    track_table(queries, "hybrid", results / "synthetic" / "embeddings" / model, volumes,
+                config.get("track") or {}, progress=False)
+    return time.perf_counter() - began
+
+
+def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, repeats: int, out: Path, config: dict
+             ) -> None:
     """``lesiontrack track`` on own-data files, end to end, per method on the same pairs and points."""
     pairs = read_table(results / "synthetic" / "pairs.csv")
     pairs = pairs[pairs["split"] == "test"]
@@ -138,23 +155,29 @@ def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, out: Path)
             frame.to_csv(points, index=False)
             truth = group[["target_x", "target_y", "target_z"]].to_numpy(float)
             row = {"source": source_id, "target": target_id, "lesions": len(frame)}
-            for method in OWN_METHODS:
-                command = [str(Path(sys.executable).parent / "lesiontrack"), "track",  # the installed command
-                           "--source", str(images[source_id]), "--target", str(images[target_id]),
-                           "--points", str(points), "--method", method,
-                           "--checkpoint", str(checkpoint), "--out", f"{tmp}/{method}.csv"]
-                began = time.perf_counter()
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(f"{method}: {done.stderr.strip()}")
-                row[f"{method}_s"] = time.perf_counter() - began
-                tracked = read_table(f"{tmp}/{method}.csv")[["x", "y", "z"]].to_numpy(float)
-                row[f"{method}_median_mm"] = float(np.median(np.linalg.norm(tracked - truth, axis=1)))
+            seconds = {method: [] for method in OWN_METHODS}
+            for _ in range(repeats):
+                for method in OWN_METHODS:
+                    command = [str(Path(sys.executable).parent / "lesiontrack"), "track",  # the installed command
+                               "--source", str(images[source_id]), "--target", str(images[target_id]),
+                               "--points", str(points), "--method", method,
+                               "--checkpoint", str(checkpoint), "--out", f"{tmp}/{method}.csv"]
+                    began = time.perf_counter()
+                    done = subprocess.run(command, capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(f"{method}: {done.stderr.strip()}")
+                    seconds[method].append(time.perf_counter() - began)
+                    tracked = read_table(f"{tmp}/{method}.csv")[["x", "y", "z"]].to_numpy(float)
+                    row[f"{method}_median_mm"] = float(np.median(np.linalg.norm(tracked - truth, axis=1)))
+            row.update({f"{method}_s": float(np.median(s)) for method, s in seconds.items()})
+            row["hybrid_cached_s_per_lesion"] = _cached_hybrid(results, model, group.reset_index(drop=True),
+                                                               config) / len(group)
         rows.append(row)
         print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     frame = pd.DataFrame(rows)
     summary = {"machine": f"{platform.processor() or platform.machine()}", "pairs": len(frame),
-               "lesions_per_pair": n_lesions, **{c: float(frame[c].mean()) for c in frame.columns if c.endswith("_s")}}
+               "lesions_per_pair": n_lesions, "repeats": repeats,
+               **{c: float(frame[c].mean()) for c in frame.columns if c.endswith(("_s", "_s_per_lesion"))}}
     print(json.dumps(summary, indent=1))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "pairs": frame.to_dict("records")}, indent=1))

@@ -16,7 +16,7 @@ import struct
 import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,10 +383,10 @@ class LoadCache:
     """The last few loaded volumes by image id (embedding maps: float32 maps of a 2 mm CT take
     about 1 GB)."""
 
-    def __init__(self, load: Callable[[str], Any], size: int = 3) -> None:
+    def __init__(self, load: Callable[[Any], Any], size: int = 3) -> None:
         self.load, self.size, self.items = load, size, OrderedDict()
 
-    def __call__(self, image_id: str) -> Any:
+    def __call__(self, image_id: Hashable) -> Any:
         if image_id in self.items:
             self.items.move_to_end(image_id)
         else:

@@ -66,3 +66,57 @@ def test_a_thin_slab_in_an_unrelated_frame_is_registered_from_the_anchors(ct_2mm
 def test_hybrid_is_a_registered_tracker():
     tracker = trackers.get("hybrid")
     assert tracker.needs.embeddings and tracker.needs.volumes and tracker.decides_presence
+
+
+def _test_pairs(smoke_run):
+    from lesiontrack.io import read_table
+
+    pairs = read_table(smoke_run / "results" / "synthetic" / "pairs.csv")
+    return pairs[pairs["split"] == "test"].reset_index(drop=True)
+
+
+def _volumes(smoke_run):
+    return sorted((smoke_run / "results" / "synthetic" / "shards").glob("resampled-*.csv"))
+
+
+def test_trusted_registration_reads_no_embedding(smoke_run, tmp_path, monkeypatch):
+    """Where the images trust registration, hybrid's points are deformable's and no embedding is
+    read (the embeddings folder here is empty)."""
+    from lesiontrack.io import read_table
+    from lesiontrack.track.predict import track_table
+
+    monkeypatch.chdir(smoke_run)  # the volume tables' paths are relative to the run
+    pairs = _test_pairs(smoke_run)
+    out = track_table(pairs, "hybrid", tmp_path, _volumes(smoke_run), progress=False)
+    deformable = read_table(smoke_run / "results" / "synthetic" / "predictions" / "deformable.csv")
+    both = out.merge(deformable, on=["pair_id", "direction"], suffixes=("", "_deformable"), validate="1:1")
+    assert len(both) == len(pairs)
+    np.testing.assert_allclose(both[["pred_x", "pred_y", "pred_z"]].to_numpy(float),
+                               both[["pred_x_deformable", "pred_y_deformable", "pred_z_deformable"]].to_numpy(float),
+                               atol=1.5)  # mm: ITK's threaded metric may differ a little between processes
+    assert out["confidence"].between(hybrid.HybridSettings().trust_correlation - 1, 1).all()
+
+
+def test_failed_registration_is_restarted_from_the_embeddings(smoke_run, monkeypatch, capsys):
+    """The standard registration of every image pair fails: the embeddings are consulted, and the
+    registration restarted from their robust fit finds the lesions (within their radius)."""
+    from lesiontrack.evaluate import per_pair
+    from lesiontrack.track.predict import track_table
+
+    real = hybrid.register_safely
+    calls = []
+
+    def first_fails(fixed, moving, method, settings=None, threads=None, initial=None):
+        calls.append(initial is not None)
+        return (None, "failed") if initial is None else real(fixed, moving, method, settings, threads, initial)
+
+    monkeypatch.setattr(hybrid, "register_safely", first_fails)
+    monkeypatch.chdir(smoke_run)
+    pairs = _test_pairs(smoke_run)
+    embeddings = smoke_run / "results" / "synthetic" / "embeddings" / "default"
+    out = track_table(pairs, "hybrid", embeddings, _volumes(smoke_run), progress=False)
+    image_pairs = pairs.groupby(["source_image", "target_image"]).ngroups
+    assert calls.count(False) == image_pairs and calls.count(True) == image_pairs  # each restarted once
+    assert capsys.readouterr().err.count("registration failed; the embeddings consulted") == image_pairs
+    scored = per_pair(pairs, out)
+    assert (scored["distance_mm"] < scored["target_radius_mm"]).mean() >= 0.9, scored["distance_mm"].describe()

@@ -16,6 +16,7 @@ from scipy import ndimage
 from lesiontrack import config as lt_config
 from lesiontrack.figures import tracking_qa_images
 from lesiontrack.io import Geometry, InputError, read_image, read_table, write_image, write_table
+from lesiontrack.track import predict
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model, scale_geometry
 from lesiontrack.track.match import VolumeMaps
 from lesiontrack.track.predict import track_points
@@ -118,7 +119,7 @@ def test_point_outside_the_source_is_rejected_naming_the_row(smoke_run, tmp_path
     assert not out.exists()
 
 
-def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
+def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path, monkeypatch):
     dicom = test_data / "totalseg" / "example_ct_dicom"
     image = read_image(dicom)
     # the follow-up: the same scan moved by a known translation, written as NIfTI
@@ -154,10 +155,16 @@ def test_own_data_on_a_dicom_folder_with_qa(smoke_run, test_data, tmp_path):
     assert decided["found"].all()
     np.testing.assert_allclose(decided[["x", "y", "z"]].to_numpy(float), result[["x", "y", "z"]].to_numpy(float),
                                atol=1e-3)  # mm; the scans are embedded again
-    # the own-data default, hybrid: the known translation recovered (registration disposes)
+    # the own-data default, hybrid: the known translation recovered by registration, which the
+    # images trust (correlation near 1 at every point): neither scan is embedded
+    def never(*args, **kwargs):
+        raise AssertionError("hybrid embedded a scan although registration was trusted")
+
+    monkeypatch.setattr(predict, "embed_volume", never)
     hybrid = track_points(dicom, target, points, checkpoint, tmp_path / "hybrid.csv", track=track)
     truth = read_table(points)[["x", "y", "z"]].to_numpy(float) + shift
     assert np.linalg.norm(hybrid[["x", "y", "z"]].to_numpy(float) - truth, axis=1).max() < 1.0
+    assert (hybrid["confidence"] > 0.9).all()  # the correlation at the registered points
 
 
 def _maps(smoke_run, smoke_model, image_id: str) -> VolumeMaps:

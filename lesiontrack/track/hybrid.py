@@ -1,33 +1,38 @@
-"""The ``hybrid`` tracker: the embeddings propose, registration disposes.
+"""The ``hybrid`` tracker: registration disposes, the embeddings propose where it is in doubt.
 
 Per (source, target) image pair:
 
-1. **Proposals.** ``multiscale`` matches every lesion (with the configured context points,
-   intensity refinement and reranking): its ranked candidates.
-2. **Registration.** ``deformable`` (``track.registration.deformable``) from its own centred
+1. **Registration.** ``deformable`` (``track.registration.deformable``) from its own centred
    initialisation; where the B-spline cannot run (a slab too thin for it) its affine stage; a
    registration that fails (ITK raises) is skipped, never stopping a run.
-3. **Anchoring, where registration is in doubt**: it failed, or at least ``min_agreement`` of the
-   pair's lesions land farther than ``inlier_mm`` from their embedding match. Then ``anchors``
-   points inside the source body (farthest-point sampling, ``anchor_margin_mm`` deep) are matched
-   by the embeddings (coarse to fine), and with the lesions' matches fitted robustly (RANSAC over
-   similarity transforms, least squares on the inliers): a global initial transform that needs no
-   overlap of the fields of view, nor frames that agree. Registration runs again from it, on the
-   part of the source that it maps into the target.
-4. **Per lesion**, the candidates (each registration's mapped point, then the embedding
-   candidates) are scored by the normalised cross-correlation of a cube of half-width
-   ``local_mm`` around the source point with the target, at the best offset within
-   ``local_search_mm``. The first registration's point stands unless the anchored registration's
-   correlates better by more than ``switch_margin``; the embedding candidates are ranked after
-   them (the presence-aware choice may move to one) and stand alone only where no registration
-   ran. The confidence is the embedding similarity (mean cosine over the scales) at the chosen
-   point.
+2. **The images check it.** Each lesion's registered point is scored by the normalised
+   cross-correlation of a cube of half-width ``local_mm`` around the source point with the target,
+   at the best offset within ``local_search_mm`` (intensities in ``window_hu``). Where the full
+   registration ran and the median over the pair's lesions reaches ``trust_correlation``, its
+   points stand and nothing else is computed: no embedding, no matching.
+3. **Otherwise the embeddings are consulted.** ``multiscale`` matches the pair's lesions (with the
+   configured context points, refinement and reranking). Registration is in doubt when it failed,
+   or at least ``min_agreement`` of the lesions land farther than ``inlier_mm`` from their
+   embedding match; then ``anchors`` points inside the source body (farthest-point sampling,
+   ``anchor_margin_mm`` deep) are matched by the embeddings (coarse to fine) and, with the lesions'
+   matches, fitted robustly (RANSAC over similarity transforms, least squares on the inliers): a
+   global initial transform that needs no overlap of the fields of view, nor frames that agree.
+   Registration runs again from it, on the part of the source that it maps into the target.
+4. **Per lesion**, the candidates (each registration's point, then the embedding candidates) are
+   scored by the same correlation. The first registration's point stands unless the anchored
+   registration's correlates better by more than ``switch_margin``; where the embeddings' best
+   match lies farther than ``inlier_mm`` from the point so chosen, their best-correlating candidate
+   replaces it if it correlates better by more than ``embedding_margin``. The other candidates are
+   ranked after it (the presence-aware choice may move to one); the embedding candidates stand
+   alone only where no registration ran.
 
-The settings were chosen on the synthetic training subjects (docs/experiments.md).
+The confidence is the correlation at the chosen point. The settings were chosen on the synthetic
+training subjects (docs/experiments.md).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,15 +40,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+import torch
 from tqdm import tqdm
 
 from lesiontrack.config import settings_from
-from lesiontrack.io import Geometry
+from lesiontrack.io import Geometry, LoadCache
 from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
-from lesiontrack.track.embedding import EmbeddingTracker, match_settings
-from lesiontrack.track.match import Match, MatchSettings, VolumeMaps, _intensity_match, match_candidates
-from lesiontrack.track.registration import map_points, register_safely, registration_settings
-from lesiontrack.track.tracker import Context, Needs
+from lesiontrack.track.embedding import EmbeddingTracker, match_settings, windowed_voxels
+from lesiontrack.track.match import Match, MatchSettings, _intensity_match, match_candidates
+from lesiontrack.track.registration import RegistrationSettings, map_points, register_safely, registration_settings
+from lesiontrack.track.tracker import Context, Needs, check_inside
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class HybridSettings:
     local_mm: float = 12.0  # half-width of the cube that compares candidates (NCC)
     local_search_mm: float = 4.0  # the best offset within this distance of a candidate counts
     switch_margin: float = 0.1  # the anchored registration's point must correlate this much better than the first
+    embedding_margin: float = 0.0  # an embedding candidate farther than inlier_mm must correlate this much better
+    trust_correlation: float = 0.7  # registration stands unchecked by the embeddings from this median NCC on
+    window_hu: tuple[float, float] = (-1000.0, 400.0)  # intensity window of the correlations
     registration: str = "deformable"  # affine | deformable
 
 
@@ -158,12 +167,6 @@ def crop_to_target(source: sitk.Image, target: sitk.Image, initial: sitk.AffineT
     return sitk.RegionOfInterest(source, [int(v) for v in high - low], [int(v) for v in low])
 
 
-def _register_safely(fixed: sitk.Image, moving: sitk.Image, method: str, settings, initial=None
-                     ) -> sitk.Transform | None:
-    """``registration.register_safely``'s transform (None where registration cannot start)."""
-    return register_safely(fixed, moving, method, settings, initial=initial)[0]
-
-
 def anchored_transform(source: sitk.Image, target: sitk.Image, correspondences: tuple[np.ndarray, np.ndarray],
                        settings: HybridSettings, registration) -> sitk.Transform:
     """Registration started from the robust fit of embedding correspondences (source points, their
@@ -171,7 +174,7 @@ def anchored_transform(source: sitk.Image, target: sitk.Image, correspondences: 
     where registration cannot run."""
     initial, _ = robust_fit(*correspondences, settings)
     cropped = crop_to_target(source, target, initial, settings.crop_margin_mm)
-    registered = _register_safely(cropped, target, settings.registration, registration, initial=initial)
+    registered = register_safely(cropped, target, settings.registration, registration, initial=initial)[0]
     return initial if registered is None else registered
 
 
@@ -186,7 +189,20 @@ def needs_anchoring(standard: sitk.Transform | None, points: np.ndarray, proposa
 
 
 # --------------------------------------------------------------------------- the choice per lesion
-def local_correlation(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, candidate_mm: np.ndarray,
+@dataclass(frozen=True)
+class Voxels:
+    """A volume's voxels (z, y, x) in the correlation window, and its geometry."""
+
+    geometry: Geometry
+    image: torch.Tensor
+
+    @classmethod
+    def of(cls, image: sitk.Image, window_hu: tuple[float, float]) -> Voxels:
+        return cls(Geometry.of(image), torch.from_numpy(np.ascontiguousarray(windowed_voxels(image, window_hu),
+                                                                              dtype=np.float32)))
+
+
+def local_correlation(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_mm: np.ndarray,
                       settings: HybridSettings) -> float:
     """NCC of the source cube around ``point_mm`` with the target, best offset within
     ``local_search_mm`` of ``candidate_mm`` (-1 where the cube leaves a volume or is flat)."""
@@ -197,11 +213,41 @@ def local_correlation(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarr
     return float(correlation) if np.isfinite(correlation) else -1.0
 
 
-def embedding_confidence(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, candidate_mm: np.ndarray
-                         ) -> float:
-    """Mean cosine similarity over the scales between the source point's and the candidate's embeddings."""
-    scales = sorted(source.maps)
-    return float(np.mean([float(source.vector(point_mm, k) @ target.vector(candidate_mm, k)) for k in scales]))
+def trusted(stage: str, correlations: list[float], settings: HybridSettings) -> bool:
+    """Whether the standard registration stands without the embeddings: its full stage ran and the
+    median correlation of the pair's lesions at its points reaches ``trust_correlation``."""
+    return stage == settings.registration and float(np.median(correlations)) >= settings.trust_correlation
+
+
+@dataclass
+class _Pair:
+    """One image pair's lesions as the tracker sees them."""
+
+    source_id: str
+    target_id: str
+    points: np.ndarray  # (N, 3) source points
+    source: Voxels
+    target: Voxels
+
+
+def _consult_embeddings(pair: _Pair, queries: pd.DataFrame, standard: sitk.Transform | None,
+                        context: Context, settings: HybridSettings, registration: RegistrationSettings
+                        ) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """The registrations' points (the standard one where it ran, the anchored one where the
+    embeddings doubt it) and the lesions' embedding candidates (``row`` = position in ``queries``)."""
+    proposals = EmbeddingTracker("multiscale").candidates(queries, replace(context, progress=False))
+    best = proposals[proposals["rank"] == 0].sort_values("row")[PRED_POINT].to_numpy(float)
+    transforms = [standard]
+    if needs_anchoring(standard, pair.points, best, settings):
+        src, dst = context.scans.maps(pair.source_id, False), context.scans.maps(pair.target_id, False)
+        anchor_matching = replace(match_settings("multiscale", context.track), refine_mm=0.0, rerank_peaks=1,
+                                  coarse_to_fine=True)
+        source_image, target_image = context.scans.image(pair.source_id), context.scans.image(pair.target_id)
+        anchors = anchor_points(source_image, settings)
+        matched = np.array([match_candidates(src, dst, a, anchor_matching)[0].point_mm for a in anchors])
+        correspondences = (np.vstack([anchors, pair.points]), np.vstack([matched, best]))
+        transforms.append(anchored_transform(source_image, target_image, correspondences, settings, registration))
+    return [map_points(t, pair.points) for t in transforms if t is not None], proposals
 
 
 NEEDS = Needs(embeddings=True, volumes=True)
@@ -215,55 +261,70 @@ class HybridTracker:
 
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         """Per query row: rank 0 the chosen point, then the other candidates (the registrations' points
-        and the embedding candidates) by correlation; ``seconds``: the row's share of its image pair's
-        registrations plus its own matching and choice."""
-        if context.scans.maps is None or context.scans.image is None:
-            raise ValueError(f"method {self.name}: needs embeddings and the resampled volumes")
+        and, where the embeddings were consulted, their candidates) by correlation; ``seconds``: the
+        row's share of its image pair's registrations and checks plus its own matching and choice."""
+        if context.scans.image is None:
+            raise ValueError(f"method {self.name}: needs the resampled volumes")
         settings = hybrid_settings(context.track)
         registration = registration_settings(settings.registration, context.track)
-        anchor_matching = replace(match_settings("multiscale", context.track), refine_mm=0.0, rerank_peaks=1,
-                                  coarse_to_fine=True)
+        voxels = LoadCache(lambda image_id: Voxels.of(context.scans.image(image_id), settings.window_hu))
         file_rows = queries.index.to_numpy()
         queries = queries.reset_index(drop=True)
-        proposals = EmbeddingTracker("multiscale").candidates(queries.set_axis(file_rows),
-                                                              replace(context, progress=False))
-        best = proposals[proposals["rank"] == 0].set_index("row")
-        by_row = dict(tuple(proposals.groupby("row", sort=False)))  # each query's candidates, split once
         records = []
         groups = queries.groupby(["source_image", "target_image"], sort=True).indices
         for (source_id, target_id), rows in tqdm(groups.items(), desc=self.name, disable=not context.progress):
             began = time.perf_counter()
-            src, dst = context.scans.maps(source_id, True), context.scans.maps(target_id, True)
             source_image, target_image = context.scans.image(source_id), context.scans.image(target_id)
-            points = queries.loc[rows, SOURCE_POINT].to_numpy(float)
-            proposed = best.loc[rows, PRED_POINT].to_numpy(float)
-            standard = _register_safely(source_image, target_image, settings.registration, registration)
-            transforms = [standard]
-            if needs_anchoring(standard, points, proposed, settings):
-                anchors = anchor_points(source_image, settings)
-                matched = np.array([match_candidates(src, dst, a, anchor_matching)[0].point_mm for a in anchors])
-                correspondences = (np.vstack([anchors, points]), np.vstack([matched, proposed]))
-                transforms.append(anchored_transform(source_image, target_image, correspondences, settings,
-                                                     registration))
-            registered = [map_points(t, points) for t in transforms if t is not None]
+            pair = _Pair(source_id, target_id, queries.loc[rows, SOURCE_POINT].to_numpy(float),
+                         voxels(source_id), voxels(target_id))
+            if context.scans.check_inside:
+                check_inside(pair.points, pair.source.geometry, queries.loc[rows].set_axis(file_rows[rows]),
+                             context.source, f"source {source_id}")
+            standard, stage = register_safely(source_image, target_image, settings.registration, registration)
+            registered, proposals = [], None
+            if standard is not None:
+                registered = [map_points(standard, pair.points)]
+                correlations = [local_correlation(pair.source, pair.target, p, q, settings)
+                                for p, q in zip(pair.points, registered[0], strict=True)]
+            if standard is None or not trusted(stage, correlations, settings):
+                if context.scans.maps is None:
+                    raise ValueError(f"method {self.name}: needs embeddings")
+                doubt = ("registration failed" if standard is None else f"registration stopped at its {stage} stage"
+                         if stage != settings.registration else
+                         f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}")
+                tqdm.write(f"{self.name}: {source_id} -> {target_id}: {doubt}; the embeddings consulted",
+                           file=sys.stderr)
+                registered, proposals = _consult_embeddings(
+                    pair, queries.loc[rows].set_axis(file_rows[rows]), standard, context, settings, registration)
             shared = (time.perf_counter() - began) / len(rows)
-            for k, (row, point) in enumerate(zip(rows, points, strict=True)):
-                began = time.perf_counter()
-                mine = by_row[row]
-                options = [r[k] for r in registered] + list(mine[PRED_POINT].to_numpy(float))
-                scores = np.array([local_correlation(src, dst, point, c, settings) for c in options])
-                order = sorted(range(len(options)), key=lambda j: -scores[j])
-                # registration disposes: the first registration's point (where none ran, the embedding's
-                # best) unless the anchored one correlates better by switch_margin
-                preferred = 0
-                if len(registered) == 2 and scores[1] > scores[0] + settings.switch_margin:
-                    preferred = 1
-                order = [preferred, *[j for j in order if j != preferred]]
-                seconds = shared + float(mine["seconds"].iloc[0]) + time.perf_counter() - began
-                for rank, j in enumerate(order):
-                    confidence = embedding_confidence(src, dst, point, options[j]) if rank == 0 else float("nan")
-                    records.append((int(row), rank, *options[j], confidence, seconds))
+            for k, row in enumerate(rows):
+                records += self._choose(pair, k, int(row), registered, proposals, shared, settings)
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
+
+    @staticmethod
+    def _choose(pair: _Pair, k: int, row: int, registered: list[np.ndarray], proposals: pd.DataFrame | None,
+                shared: float, settings: HybridSettings) -> list[tuple]:
+        """The ranked candidates of the pair's ``k``-th lesion (query ``row``)."""
+        began = time.perf_counter()
+        point = pair.points[k]
+        mine = proposals[proposals["row"] == k] if proposals is not None else None
+        options = [r[k] for r in registered] + ([] if mine is None else list(mine[PRED_POINT].to_numpy(float)))
+        scores = np.array([local_correlation(pair.source, pair.target, point, c, settings) for c in options])
+        order = sorted(range(len(options)), key=lambda j: -scores[j])
+        # registration disposes: the first registration's point (where none ran, the embedding's
+        # best) unless the anchored one correlates better by switch_margin
+        preferred = 1 if len(registered) == 2 and scores[1] > scores[0] + settings.switch_margin else 0
+        if registered and mine is not None and len(mine):
+            # the embeddings' best lies elsewhere: their best-correlating candidate may replace it
+            first = len(registered)
+            if np.linalg.norm(options[preferred] - options[first]) > settings.inlier_mm:
+                best = first + int(np.argmax(scores[first:]))
+                if scores[best] > scores[preferred] + settings.embedding_margin:
+                    preferred = best
+        order = [preferred, *[j for j in order if j != preferred]]
+        seconds = shared + (0.0 if mine is None else float(mine["seconds"].iloc[0])) + time.perf_counter() - began
+        return [(row, rank, *options[j], float(scores[j]) if rank == 0 else float("nan"), seconds)
+                for rank, j in enumerate(order)]
 
 
 TRACKERS = (HybridTracker(),)

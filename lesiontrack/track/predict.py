@@ -144,22 +144,25 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
 
 def own_scans(source_image, target_image, method: str, checkpoint: str | Path | None, device: str,
               registration_spacing_mm: float) -> Scans:
-    """The scans of an own-data run, as image ids ``source`` and ``target``: embedded with the
-    checkpoint (resampled to its spacing) for the embedding trackers, resampled to
-    ``registration_spacing_mm`` (when first asked for) for the others."""
+    """The scans of an own-data run, as image ids ``source`` and ``target``, each computed when a
+    tracker first asks for it: resampled to ``registration_spacing_mm`` (``image``), embedded with
+    the checkpoint at its spacing (``maps``, the embedding trackers; ``hybrid`` asks only where the
+    images put registration in doubt). The checkpoint is loaded (and so checked) at once."""
     tracker = trackers.get(method)
     originals = {"source": source_image, "target": target_image}
-    scans = Scans(image=LoadCache(lambda image_id: resample_isotropic(originals[image_id], registration_spacing_mm)),
+    resampled = LoadCache(lambda key: resample_isotropic(originals[key[0]], key[1]), size=4)
+    scans = Scans(image=lambda image_id: resampled((image_id, registration_spacing_mm)),
                   check_inside=False)  # the points were checked against the original scan
     if tracker.needs.embeddings:
         if checkpoint is None:
             raise InputError(f"method {method}: needs --checkpoint")
         model, config = load_model(checkpoint, device)
-        window_hu = tuple(config["window_hu"])
-        resampled = {k: resample_isotropic(image, float(config["spacing_mm"])) for k, image in originals.items()}
-        embedded = {k: embed_volume(model, image, window_hu, device=device) for k, image in resampled.items()}
-        scans.maps = lambda image_id, voxels: VolumeMaps(
-            embedded[image_id], image=windowed_voxels(resampled[image_id], window_hu) if voxels else None)
+        window_hu, spacing = tuple(config["window_hu"]), float(config["spacing_mm"])
+        embedded = LoadCache(lambda image_id: embed_volume(model, resampled((image_id, spacing)), window_hu,
+                                                           device=device))
+        maps = LoadCache(lambda key: VolumeMaps(embedded(key[0]), image=windowed_voxels(
+            resampled((key[0], spacing)), window_hu) if key[1] else None), size=4)
+        scans.maps = lambda image_id, voxels: maps((image_id, voxels))
     return scans
 
 

@@ -1,0 +1,101 @@
+"""Score a tracker on the **training** subjects' lesion pairs of a finished run (or every pair of a
+tuning run made with another ``synthetic.seed``), with setting variants: the way to choose tracker
+settings without looking at the test split.
+
+    python bench/tune_on_training.py --results results --method elastix \\
+        --variant g40:elastix.grid_spacing_mm=40 g20:elastix.grid_spacing_mm=20 [--image-pairs 12]
+    python bench/tune_on_training.py --results runs/dls-like/results --method hybrid \\
+        --embeddings runs/dls-like/emb_train --config configs/dls-like.yaml \\
+        --variant t05:hybrid.trust_correlation=0.5 t07:hybrid.trust_correlation=0.7
+
+Each variant is ``NAME:KEY=VALUE,KEY=VALUE`` with dotted keys into the ``track`` section of the
+config (``config.yaml`` plus ``--config`` overlays), e.g. ``registration.deformable.iterations``.
+The embedding trackers and ``hybrid`` need the pairs' volumes embedded (``lesiontrack embed
+--images <run>/results/synthetic/shards/resampled-*.csv --out-dir DIR``, run in the run's folder).
+Prints, per variant, CPM@Radius, MED, the median, the share over 20 mm and the seconds per image
+pair (tracking only, reading excluded), and writes them as JSON with ``--out``.
+``--image-pairs N`` takes the first N image pairs (sorted) for a quicker look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from lesiontrack import config as lt_config
+from lesiontrack.evaluate import metrics, per_pair
+from lesiontrack.io import read_table
+from lesiontrack.track.predict import track_table
+
+
+def variant_track(track: dict, values: dict) -> dict:
+    """``track`` with the dotted keys of ``values`` set."""
+    track = copy.deepcopy(track)
+    for key, value in values.items():
+        *path, last = key.split(".")
+        section = track
+        for part in path:
+            section = section.setdefault(part, {})
+        section[last] = value
+    return track
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, assignments = text.partition(":")
+    values = {}
+    for item in filter(None, assignments.split(",")):
+        key, _, value = item.partition("=")
+        values[key] = yaml.safe_load(value)
+    return name, values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", type=Path)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--config", nargs="*", default=[], help="config overlays (the run's)")
+    parser.add_argument("--embeddings", type=Path, default=None, help="folder of the pairs' embeddings")
+    parser.add_argument("--splits", nargs="+", default=["train"], help="splits scored (a tuning run: train test)")
+    parser.add_argument("--variant", nargs="*", default=["default:"])
+    parser.add_argument("--image-pairs", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    track = lt_config.load(["config.yaml", *args.config])["track"]
+    embeddings = args.embeddings.resolve() if args.embeddings else None
+    out = args.out.resolve() if args.out else None
+    os.chdir(args.results.resolve().parent)  # the volume tables' paths are relative to the run
+    results = Path(args.results.resolve().name)
+    pairs = read_table(results / args.dataset / "pairs.csv")
+    pairs = pairs[pairs["split"].isin(args.splits)].reset_index(drop=True)
+    image_pairs = sorted(set(zip(pairs["source_image"], pairs["target_image"], strict=True)))
+    if args.image_pairs:
+        keep = set(image_pairs[: args.image_pairs])
+        pairs = pairs[[p in keep for p in zip(pairs["source_image"], pairs["target_image"], strict=True)]]
+        image_pairs = sorted(keep)
+    volumes = sorted((results / args.dataset / "shards").glob("resampled-*.csv"))
+    report = {}
+    for text in args.variant:
+        name, values = parse_variant(text)
+        predictions = track_table(pairs, args.method, embeddings, volumes, variant_track(track, values),
+                                  progress=False)
+        summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
+        seconds = float(predictions["seconds"].sum()) / len(image_pairs)
+        row = {k: summary[k] for k in ("n", "cpm_radius", "med", "median", "over_20mm")}
+        row["seconds_per_image_pair"] = seconds
+        report[name] = {"settings": values, **row}
+        print(f"{name:>16}: n {row['n']}  CPM@Radius {row['cpm_radius']:.1f} %  MED {row['med']:.2f} mm  "
+              f"median {row['median']:.2f} mm  >20 mm {row['over_20mm']:.1f} %  {seconds:.1f} s per image pair",
+              flush=True)
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
