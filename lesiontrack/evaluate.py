@@ -173,22 +173,26 @@ def metrics(pairs: pd.DataFrame, min_radius_mm: float = 0.0, bootstrap_samples: 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
     """Compare two methods on the same pairs: paired t-test on distances (as the paper), Wilcoxon
-    signed-rank on distances, exact McNemar on CPM@Radius hit/miss."""
+    signed-rank on distances, exact McNemar on CPM@Radius hit/miss. Two methods that placed every
+    lesion at the same distance (a hybrid that trusted its registration everywhere) differ by
+    nothing: t = 0 and p = 1 for every test, where the t-test alone would be 0 / 0."""
     joined = a.merge(b, on=KEY, suffixes=("_a", "_b"), how="outer", indicator=True)
     if (joined["_merge"] != "both").any():
         row = joined[joined["_merge"] != "both"].iloc[0]
         raise InputError(f"paired comparison: pair {row['pair_id']} ({row['direction']}) is scored by one method only")
     da, db = joined["distance_mm_a"].to_numpy(float), joined["distance_mm_b"].to_numpy(float)
-    t = stats.ttest_rel(da, db)
     diff = da - db
-    wilcoxon = stats.wilcoxon(da, db) if np.any(diff != 0) else None
+    same = not np.any(diff != 0)
+    t = stats.ttest_rel(da, db) if not same else None
+    t_statistic, t_p = (float(t.statistic), float(t.pvalue)) if t is not None else (0.0, 1.0)
+    wilcoxon = stats.wilcoxon(da, db) if not same else None
     wilcoxon_w = float(wilcoxon.statistic) if wilcoxon else 0.0
     wilcoxon_p = float(wilcoxon.pvalue) if wilcoxon else 1.0
     ha = hits_radius(da, joined["target_radius_mm_a"].to_numpy(float))
     hb = hits_radius(db, joined["target_radius_mm_b"].to_numpy(float))
     only_a, only_b = int((ha & ~hb).sum()), int((~ha & hb).sum())
     mcnemar_p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
-    return {"n": len(da), "t": float(t.statistic), "df": len(da) - 1, "p_ttest": float(t.pvalue),
+    return {"n": len(da), "t": t_statistic, "df": len(da) - 1, "p_ttest": t_p,
             "wilcoxon_w": wilcoxon_w, "p_wilcoxon": wilcoxon_p, "mcnemar_only_a": only_a,
             "mcnemar_only_b": only_b, "p_mcnemar": mcnemar_p}
 

@@ -79,6 +79,23 @@ def test_paired_tests_by_hand():
     assert result["p_mcnemar"] == pytest.approx(0.5)  # exact binomial: 2 * 0.5**2
 
 
+def test_identical_methods_differ_by_nothing():
+    # hybrid trusting its registration on every pair places each lesion where deformable does:
+    # the t statistic would be 0 / 0; the comparison says no difference (t = 0, every p = 1)
+    a = np.array([1.0, 4.0, 6.0, 2.0])
+    result = ev.paired_comparison(ev.per_pair(*_pairs(a)), ev.per_pair(*_pairs(a.copy())))
+    assert (result["t"], result["p_ttest"], result["p_wilcoxon"], result["p_mcnemar"]) == (0.0, 1.0, 1.0, 1.0)
+    table = ev.method_table({"deformable": ({"n": 4, "cpm_10mm": 100.0, "cpm_radius": 75.0,
+                                              **{f"med{s}": 1.0 for s in ("", "_x", "_y", "_z")},
+                                              **{f"med{s}_std": 0.5 for s in ("", "_x", "_y", "_z")}},
+                                             ev.per_pair(*_pairs(a))),
+                             "hybrid": ({"n": 4, "cpm_10mm": 100.0, "cpm_radius": 75.0,
+                                         **{f"med{s}": 1.0 for s in ("", "_x", "_y", "_z")},
+                                         **{f"med{s}_std": 0.5 for s in ("", "_x", "_y", "_z")}},
+                                        ev.per_pair(*_pairs(a)))}, reference="hybrid")
+    assert table.set_index("method").loc["deformable", "p_vs_reference"] == 1.0
+
+
 @pytest.mark.parametrize(("mutate", "message"), [
     (lambda t, p: (t, p.iloc[1:]), r"no prediction for pair 0 \(forward\); 1 pair\(s\) missing"),
     (lambda t, p: (t, pd.concat([p, p.iloc[:1].assign(pair_id="99")])), r"unknown pair 99 \(forward\)"),
