@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--config", nargs="*", default=[], help="config overlays (the run's)")
     parser.add_argument("--embeddings", type=Path, default=None, help="folder of the pairs' embeddings")
     parser.add_argument("--splits", nargs="+", default=["train"], help="splits scored (a tuning run: train test)")
+    parser.add_argument("--presence", action="store_true",
+                        help="decide found and choose among candidates with the run's presence calibration, as "
+                             "the workflow does (results/<dataset>/presence/calibration.json)")
     parser.add_argument("--variant", nargs="*", default=["default:"])
     parser.add_argument("--image-pairs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -83,8 +86,9 @@ def main() -> None:
     report = {}
     for text in args.variant:
         name, values = parse_variant(text)
+        calibration = results / args.dataset / "presence" / "calibration.json" if args.presence else None
         predictions = track_table(pairs, args.method, embeddings, volumes, variant_track(track, values),
-                                  progress=False)
+                                  progress=False, presence_calibration=calibration)
         summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
         seconds = float(predictions["seconds"].sum()) / len(image_pairs)
         row = {k: summary[k] for k in ("n", "cpm_radius", "med", "median", "over_20mm")}
