@@ -376,8 +376,10 @@ def table_files(dataset: str, methods: list[tuple[str, str | Path, str | Path]],
     against = (f"p: paired t-test on distances against {reference}" if present
                else f"no p-values: {reference} has not been run on {dataset}")
     relaxed = {relaxation(result) for result, _ in results.values()}
-    radius = f"max(r, {relaxed.pop():g} mm), the NLST relaxation" if len(relaxed) == 1 and 0.0 not in relaxed else "r"
-    caption = (f"{title or dataset}: tracking accuracy (DLT evaluator convention: CPM@Radius d < r_eff, "
-               f"CPM@10mm d <= min(r_eff, 10 mm) with r_eff = {radius}; MED in mm, mean ± std; {against})")
+    convention = ("CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm)" if len(relaxed) != 1 or 0.0 in relaxed else
+                  f"CPM@Radius d < r_eff, CPM@10mm d <= min(r_eff, 10 mm) with r_eff = max(r, {relaxed.pop():g} mm), "
+                  "the NLST relaxation")
+    caption = (f"{title or dataset}: tracking accuracy (DLT evaluator convention: {convention}; MED in mm, "
+               f"mean ± std; {against})")
     write_tables(table, Path(out_dir) / dataset, caption)
     return table

@@ -161,3 +161,6 @@ def test_table_reports_the_nlst_relaxation_where_it_was_scored(tmp_path):
     scored.to_csv(per_pair_path, index=False)
     ev.table_files("nlst-like", [("m", metrics_path, per_pair_path)], "m", tmp_path)
     assert "r_eff = max(r, 6 mm), the NLST relaxation" in (tmp_path / "nlst-like.md").read_text()
+    metrics_path.write_text(json.dumps(ev.metrics(scored, bootstrap_samples=0)))
+    ev.table_files("strict", [("m", metrics_path, per_pair_path)], "m", tmp_path)
+    assert "CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm);" in (tmp_path / "strict.md").read_text()

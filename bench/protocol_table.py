@@ -1,0 +1,48 @@
+"""The docs' form of a finished run's table: every method's CPM (the NLST-relaxed ones where the run
+was scored with ``evaluate.min_radius_mm``), MED, the median and the share over 20 mm beside it,
+the paired t-test against the reference, and the wall time of the method's ``track`` job (from its
+Snakemake benchmark file). Nothing is recomputed: the table, the metrics and the benchmarks are the
+run's own.
+
+    python bench/protocol_table.py runs/dls-like/results [--dataset synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lesiontrack.io import read_table
+
+TAB = "\t"
+
+
+def rows(results: Path, dataset: str) -> list[str]:
+    table = read_table(results / "tables" / f"{dataset}.csv")
+    out = ["| method | CPM@10mm | CPM@Radius | MED (mm) | median (mm) | > 20 mm | p vs reference | track job (s) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in table.to_dict("records"):
+        method = row["method"]
+        metrics = json.loads((results / dataset / "metrics" / f"{method}.json").read_text())
+        bench = results / "benchmarks" / "track" / f"{dataset}-{method}.tsv"
+        seconds = f"{pd.read_csv(bench, sep=TAB)['s'].iloc[-1]:.0f}" if bench.exists() else ""
+        p = float(row["p_vs_reference"])
+        p_text = "-" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
+        out.append(f"| {method} | {row['CPM@10mm']:.1f} | {row['CPM@Radius']:.1f} | {row['MED']} | "
+                   f"{metrics['median']:.1f} | {metrics['over_20mm']:.1f} % | {p_text} | {seconds} |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--dataset", default="synthetic")
+    args = parser.parse_args()
+    print("\n".join(rows(args.results, args.dataset)))
+
+
+if __name__ == "__main__":
+    main()
