@@ -4,11 +4,12 @@ rescued by it where the fields of view do not meet (a thin slab in an unrelated 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from lesiontrack.track import hybrid, trackers
+from lesiontrack.track import hybrid, predict, trackers
 from lesiontrack.track.registration import map_points, register, registration_settings
 
 
@@ -111,10 +112,24 @@ def test_failed_registration_is_restarted_from_the_embeddings(smoke_run, monkeyp
         return (None, "failed") if initial is None else real(fixed, moving, method, settings, threads, initial)
 
     monkeypatch.setattr(hybrid, "register_safely", first_fails)
+    offered = []
+
+    def choose(queries, candidates, *args):
+        offered.append(candidates)
+        return real_choose(queries, candidates, *args)
+
+    real_choose = predict.choose
+    monkeypatch.setattr(predict, "choose", choose)
     monkeypatch.chdir(smoke_run)
     pairs = _test_pairs(smoke_run)
     embeddings = smoke_run / "results" / "synthetic" / "embeddings" / "default"
     out = track_table(pairs, "hybrid", embeddings, _volumes(smoke_run), progress=False)
+    # every candidate, the embeddings' too, carries its own correlation: whichever the presence-aware
+    # choice picks, its confidence is a number in [-1, 1]
+    candidates = pd.concat(offered)
+    assert (candidates["rank"] > 0).any()
+    assert candidates["confidence"].between(-1, 1).all(), candidates["confidence"].describe()
+    assert out["confidence"].between(-1, 1).all()
     image_pairs = pairs.groupby(["source_image", "target_image"]).ngroups
     assert calls.count(False) == image_pairs and calls.count(True) == image_pairs  # each restarted once
     assert capsys.readouterr().err.count("registration failed; the embeddings consulted") == image_pairs

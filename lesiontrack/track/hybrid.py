@@ -323,8 +323,8 @@ class HybridTracker:
                     preferred = best
         order = [preferred, *[j for j in order if j != preferred]]
         seconds = shared + (0.0 if mine is None else float(mine["seconds"].iloc[0])) + time.perf_counter() - began
-        return [(row, rank, *options[j], float(scores[j]) if rank == 0 else float("nan"), seconds)
-                for rank, j in enumerate(order)]
+        # each candidate's confidence is its own correlation: the presence-aware choice may pick any
+        return [(row, rank, *options[j], float(scores[j]), seconds) for rank, j in enumerate(order)]
 
 
 TRACKERS = (HybridTracker(),)
