@@ -130,13 +130,19 @@ def test_settings_from_dict():
         register(sitk.Image(8, 8, 8, sitk.sitkFloat32), sitk.Image(8, 8, 8, sitk.sitkFloat32), "rigid")
 
 
-def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypatch):
+def _two_volumes(tmp_path):
+    """Two empty 4-voxel volumes, "b" 100 mm along x from "a"."""
     paths = {}
     for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (100.0, 0.0, 0.0))):
         image = sitk.Image(4, 4, 4, sitk.sitkInt16)
         image.SetOrigin(origin)
         paths[name] = tmp_path / f"{name}.nii.gz"
         sitk.WriteImage(image, str(paths[name]))
+    return paths
+
+
+def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypatch):
+    paths = _two_volumes(tmp_path)
     calls = []
 
     def fake_register(fixed, moving, method, settings=None, threads=None, initial=None):
@@ -171,12 +177,7 @@ def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypat
 def test_registration_tracker_survives_a_registration_that_cannot_start(tmp_path, monkeypatch, capsys):
     """ITK raising inside the B-spline stage leaves the affine stage's points, with a line on stderr;
     raising in both stages leaves the centred initialisation: a run never stops on a failed pair."""
-    paths = {}
-    for name, origin in (("a", (0.0, 0.0, 0.0)), ("b", (100.0, 0.0, 0.0))):
-        image = sitk.Image(4, 4, 4, sitk.sitkInt16)
-        image.SetOrigin(origin)
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        sitk.WriteImage(image, str(paths[name]))
+    paths = _two_volumes(tmp_path)
     volumes = tmp_path / "volumes.csv"
     pd.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]}).to_csv(volumes, index=False)
     pairs = pd.DataFrame({"pair_id": ["p1"], "lesion_id": ["l1"], "direction": ["forward"],
