@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lesiontrack import __version__, config, evaluate, figures, landmarks, preprocess
+from lesiontrack import __version__, config, evaluate, figures, follow, landmarks, preprocess
 from lesiontrack.config import ConfigError
 from lesiontrack.data import custom, dls, nlst, synthetic
 from lesiontrack.data.datasets import title
@@ -140,6 +140,18 @@ def cmd_track(args: argparse.Namespace) -> None:
     table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track,
                                   presence_calibration=args.presence)
     print(f"{args.method}: {len(table)} predictions -> {args.out}")
+
+
+def cmd_follow(args: argparse.Namespace) -> None:
+    cfg = _config(args.config)
+    check_writable(args.out, folder=True)
+    check_device(args.device)
+    history = follow.follow(args.scans, args.points, args.out, args.lesions, args.checkpoint, args.method,
+                            cfg["track"], args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+    counts = history["status"].value_counts()
+    print(f"{args.method}: {history['lesion_id'].nunique()} lesion(s) over {len(args.scans)} scans "
+          f"({counts.get('gone', 0)} gone, {counts.get('new', 0)} new, {int(history['inconsistent'].sum())} "
+          f"inconsistent row(s)) -> {Path(args.out) / 'history.csv'}")
 
 
 def cmd_presence_calibrate(args: argparse.Namespace) -> None:
@@ -507,6 +519,27 @@ def _parser_track(sub) -> None:
     p.set_defaults(func=cmd_track)
 
 
+def _parser_follow(sub) -> None:
+    p = sub.add_parser("follow", help="follow a patient's lesions through all their scans",
+                       description="Follow the lesions marked on the first scan through every later one (time "
+                                   "order), one id per lesion; lesions of a follow-up's own list (--lesions, one "
+                                   "CSV per follow-up) that no followed lesion reaches are new and followed from "
+                                   "there. Writes OUT/history.csv: lesion_id, timepoint, scan, x, y, z, confidence, "
+                                   "found, status (present, gone, new), consistency_mm (direct against chained "
+                                   "prediction), inconsistent.")
+    p.add_argument("--scans", nargs="+", required=True, help="scans in time order (NIfTI files or DICOM folders)")
+    p.add_argument("--points", required=True, help="the first scan's lesions: CSV lesion_id,x,y,z[,radius_mm]")
+    p.add_argument("--lesions", nargs="+", metavar="CSV",
+                   help="optional: each follow-up's own lesion list, one per scan after the first")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="hybrid", choices=METHODS, help="(default: %(default)s)")
+    p.add_argument("--checkpoint", help="pretraining checkpoint (embedding methods, hybrid)")
+    p.add_argument("--presence", metavar="JSON", help="presence calibration: found and gone by its appearance test")
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_follow)
+
+
 def _parser_presence_calibrate(sub) -> None:
     p = sub.add_parser("presence-calibrate", help="calibrate the appearance test that decides found/disappeared",
                        description="Fit the appearance test (lesiontrack.track.presence) on the ground-truth points "
@@ -574,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
-                _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track,
+                _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track, _parser_follow,
                 _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_config):
         add(sub)
     return parser

@@ -62,6 +62,11 @@ PRESENCE_QUERY_COLUMNS = [*QUERY_COLUMNS, "source_radius_mm", *TARGET_POINT, "ta
 # own data: points.csv in, the tracked points out
 POINT_COLUMNS = ["lesion_id", "x", "y", "z"]
 TRACKED_POINT_COLUMNS = [*POINT_COLUMNS, "confidence", "found"]
+# follow/history.csv: one row per lesion and timepoint; status present, gone or new (first seen
+# there); consistency_mm: the direct (first seen -> here) against the chained (previous -> here)
+# prediction, inconsistent where it exceeds the lesion's radius
+HISTORY_COLUMNS = ["lesion_id", "timepoint", "scan", "x", "y", "z", "confidence", "found", "status",
+                   "consistency_mm", "inconsistent"]
 
 # tables/<dataset>.csv
 RESULT_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]

@@ -142,15 +142,16 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
     return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__))
 
 
-def own_scans(source_image, target_image, method: str, checkpoint: str | Path | None, device: str,
+def own_scans(originals: dict[str, Any], method: str, checkpoint: str | Path | None, device: str,
               registration_spacing_mm: float) -> Scans:
-    """The scans of an own-data run, as image ids ``source`` and ``target``, each computed when a
-    tracker first asks for it: resampled to ``registration_spacing_mm`` (``image``), embedded with
-    the checkpoint at its spacing (``maps``, the embedding trackers; ``hybrid`` asks only where the
-    images put registration in doubt). The checkpoint is loaded (and so checked) at once."""
+    """The scans of an own-data run (``originals``: image id -> SimpleITK image), each computed
+    once, when a tracker first asks for it: resampled to ``registration_spacing_mm`` (``image``),
+    embedded with the checkpoint at its spacing (``maps``, the embedding trackers; ``hybrid`` asks
+    only where the images put registration in doubt). Every scan's results stay cached, so a
+    history of n scans embeds each once. The checkpoint is loaded (and so checked) at once."""
     tracker = trackers.get(method)
-    originals = {"source": source_image, "target": target_image}
-    resampled = LoadCache(lambda key: resample_isotropic(originals[key[0]], key[1]), size=4)
+    n = len(originals)
+    resampled = LoadCache(lambda key: resample_isotropic(originals[key[0]], key[1]), size=2 * n)
     scans = Scans(image=lambda image_id: resampled((image_id, registration_spacing_mm)),
                   check_inside=False)  # the points were checked against the original scan
     if tracker.needs.embeddings:
@@ -159,9 +160,9 @@ def own_scans(source_image, target_image, method: str, checkpoint: str | Path | 
         model, config = load_model(checkpoint, device)
         window_hu, spacing = tuple(config["window_hu"]), float(config["spacing_mm"])
         embedded = LoadCache(lambda image_id: embed_volume(model, resampled((image_id, spacing)), window_hu,
-                                                           device=device))
+                                                           device=device), size=n)
         maps = LoadCache(lambda key: VolumeMaps(embedded(key[0]), image=windowed_voxels(
-            resampled((key[0], spacing)), window_hu) if key[1] else None), size=4)
+            resampled((key[0], spacing)), window_hu) if key[1] else None), size=2 * n)
         scans.maps = lambda image_id, voxels: maps((image_id, voxels))
     return scans
 
@@ -195,7 +196,8 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
     minimum = int((track or {}).get("min_slices", 3))
     source_image, target_image = (check_slices(read_image(path), path, minimum) for path in (source, target))
     check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
-    scans = own_scans(source_image, target_image, method, checkpoint, device, registration_spacing_mm)
+    scans = own_scans({"source": source_image, "target": target_image}, method, checkpoint, device,
+                      registration_spacing_mm)
     candidates = tracker.candidates(queries, Context(scans, dict(track or {}), False, str(points_csv)))
     chosen, found = choose(queries, candidates, calibration, track, {"source": source, "target": target}.__getitem__)
     picked = candidates.iloc[chosen]

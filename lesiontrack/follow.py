@@ -1,0 +1,135 @@
+"""A patient's history in one call: every baseline lesion followed through the scans t0..tn, one
+id per lesion, new lesions of the follow-ups' own lists given ids and followed from where they
+appear (``lesiontrack follow``).
+
+At each follow-up tk a lesion first seen at ts (s < k) is tracked directly from its marked point
+(ts -> tk: the reported position) and, where k > s + 1, also chained from its position at t(k-1)
+(t(k-1) -> tk); the distance between the two is the row's consistency, and a row is flagged where
+it exceeds the lesion's radius (10 mm where no radius was given). Every query of one follow-up goes
+to the tracker in one call; each scan is read, resampled and (where the tracker asks) embedded
+once for the whole history (:func:`lesiontrack.track.predict.own_scans`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lesiontrack.evaluate_presence import flag_new
+from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, write_table
+from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
+from lesiontrack.track import trackers
+from lesiontrack.track.choose import choose
+from lesiontrack.track.predict import _calibration, own_scans
+from lesiontrack.track.tracker import Context, check_inside
+
+UNSIZED_RADIUS_MM = 10.0  # the consistency flag's bound for a lesion given without radius_mm
+
+
+def _scan_id(k: int) -> str:
+    return f"t{k}"
+
+
+def _new_ids(listed: pd.DataFrame, taken: set[str], k: int) -> list[str]:
+    """Ids of a follow-up's new lesions: the list's own id where no tracked lesion has it, else
+    ``<id>@t<k>``."""
+    ids = []
+    for lesion_id in listed["lesion_id"].astype(str):
+        new = lesion_id if lesion_id not in taken else f"{lesion_id}@t{k}"
+        taken.add(new)
+        ids.append(new)
+    return ids
+
+
+def _followed(ids: list[str], since: int, points: pd.DataFrame) -> pd.DataFrame:
+    """Followed lesions: id, the timepoint where each was first seen, its point there and radius."""
+    radius = points["radius_mm"].to_numpy(float) if "radius_mm" in points else np.nan
+    return pd.DataFrame({"lesion_id": ids, "since": since, "x": points["x"].to_numpy(float),
+                         "y": points["y"].to_numpy(float), "z": points["z"].to_numpy(float), "radius_mm": radius})
+
+
+def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
+           lesions: list[str | Path] | None = None, checkpoint: str | Path | None = None,
+           method: str = "hybrid", track: dict[str, Any] | None = None, device: str = "cpu",
+           registration_spacing_mm: float = 2.0, presence_calibration: str | Path | None = None) -> pd.DataFrame:
+    """Follow the lesions of ``points_csv`` (on ``scans[0]``) through ``scans`` (time order; NIfTI
+    files or DICOM folders); ``lesions``: optionally one list per follow-up (``lesions[k-1]`` on
+    ``scans[k]``, the same columns), whose lesions that no tracked lesion reaches are new. Writes
+    ``<out_dir>/history.csv`` (``tables.HISTORY_COLUMNS``) and returns it. Every input is read and
+    checked before anything is tracked."""
+    tracker = trackers.get(method)
+    if len(scans) < 2:
+        raise InputError(f"--scans: a history needs at least two scans, got {len(scans)}")
+    if lesions and len(lesions) != len(scans) - 1:
+        raise InputError(f"--lesions: one list per follow-up scan ({len(scans) - 1}), got {len(lesions)}")
+    out_dir = Path(out_dir)
+    check_writable(out_dir / "history.csv")
+    minimum = int((track or {}).get("min_slices", 3))
+    images = {_scan_id(k): check_slices(read_image(path), path, minimum) for k, path in enumerate(scans)}
+    path_of = {_scan_id(k): path for k, path in enumerate(scans)}
+    baseline = read_points(points_csv)
+    check_inside(baseline[["x", "y", "z"]].to_numpy(float), Geometry.of(images["t0"]), baseline,
+                 str(points_csv), f"scan {scans[0]}")
+    listed = {}
+    for k, path in enumerate(lesions or [], start=1):
+        table = read_points(path)
+        check_inside(table[["x", "y", "z"]].to_numpy(float), Geometry.of(images[_scan_id(k)]), table, str(path),
+                     f"scan {scans[k]}")
+        listed[k] = table
+    sized = "radius_mm" in baseline and all("radius_mm" in t for t in listed.values())
+    if presence_calibration is not None and not sized:
+        raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column in every list")
+
+    context = Context(own_scans(images, method, checkpoint, device, registration_spacing_mm), dict(track or {}),
+                      False, str(points_csv))
+    # the followed lesions: id, the timepoint and point where each was first seen, its radius
+    origin = _followed(list(baseline["lesion_id"].astype(str)), 0, baseline)
+    rows = [origin.assign(timepoint=0, scan=str(scans[0]), confidence=np.nan, found=True, status="present",
+                          consistency_mm=0.0, inconsistent=False)]
+    position = origin[["x", "y", "z"]].to_numpy(float)  # each lesion's reported position at t(k-1)
+    for k in range(1, len(scans)):
+        direct = origin.assign(source=origin["since"].map(_scan_id))
+        earlier = origin["since"].to_numpy() < k - 1
+        chained = origin[earlier].assign(source=_scan_id(k - 1), x=position[earlier, 0], y=position[earlier, 1],
+                                         z=position[earlier, 2])
+        both = pd.concat([direct.assign(kind="direct"), chained.assign(kind="chained")], ignore_index=True)
+        queries = pd.DataFrame({"pair_id": both["lesion_id"] + ":" + both["kind"], "lesion_id": both["lesion_id"],
+                                "direction": "forward", "source_image": both["source"],
+                                "target_image": _scan_id(k), "source_x": both["x"], "source_y": both["y"],
+                                "source_z": both["z"]})
+        if sized:
+            queries["source_radius_mm"] = both["radius_mm"].to_numpy(float)
+        calibration = _calibration(presence_calibration, queries, str(points_csv))
+        candidates = tracker.candidates(queries, context)
+        chosen, found = choose(queries, candidates, calibration, track, path_of.__getitem__)
+        predicted = candidates.iloc[chosen][PRED_POINT].to_numpy(float)
+        confidence = candidates.iloc[chosen]["confidence"].to_numpy(float)
+        is_direct = (both["kind"] == "direct").to_numpy()
+        now = predicted[is_direct]
+        consistency = np.zeros(len(origin))
+        consistency[earlier] = np.linalg.norm(predicted[~is_direct] - now[earlier], axis=1)
+        bound = origin["radius_mm"].fillna(UNSIZED_RADIUS_MM).to_numpy(float)
+        rows.append(origin[["lesion_id", "since", "radius_mm"]].assign(
+            timepoint=k, scan=str(scans[k]), x=now[:, 0], y=now[:, 1], z=now[:, 2],
+            confidence=confidence[is_direct], found=found[is_direct],
+            status=np.where(found[is_direct], "present", "gone"), consistency_mm=consistency,
+            inconsistent=consistency > bound))
+        position = now
+        if k in listed:
+            # a listed lesion without radius_mm matches a followed one within flag_new's tolerance
+            targets = listed[k] if "radius_mm" in listed[k] else listed[k].assign(radius_mm=0.0)
+            followed = pd.DataFrame(now, columns=PRED_POINT).assign(lesion_id=origin["lesion_id"].to_numpy())
+            new = listed[k][flag_new(targets, followed)["new"].to_numpy()]
+            if len(new):
+                appeared = _followed(_new_ids(new, set(origin["lesion_id"]), k), k, new)
+                rows.append(appeared.assign(timepoint=k, scan=str(scans[k]), confidence=np.nan, found=True,
+                                            status="new", consistency_mm=0.0, inconsistent=False))
+                origin = pd.concat([origin, appeared], ignore_index=True)
+                position = np.vstack([position, appeared[["x", "y", "z"]].to_numpy(float)])
+    history = pd.concat(rows, ignore_index=True).sort_values(["timepoint"], kind="stable")
+    history = history[HISTORY_COLUMNS].reset_index(drop=True)
+    write_table(history, out_dir / "history.csv")
+    return history

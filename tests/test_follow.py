@@ -1,0 +1,107 @@
+"""``lesiontrack follow``: a 3-scan synthetic subject followed end to end (ids, statuses, the
+consistency column), each scan embedded once, bad input stopped before any tracking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lesiontrack.follow import follow
+from lesiontrack.io import InputError, read_table
+from lesiontrack.tables import HISTORY_COLUMNS
+from lesiontrack.track import predict
+
+SUBJECT = "train001"  # the smoke run's subject with three scans: one lesion gone and one new at t2
+
+
+def _subject(smoke_run, tmp_path):
+    """The subject's scans (original volumes), its t0 lesions and each follow-up's own list (the
+    lesions visible there, as a reader would mark them), and the ground truth."""
+    synthetic = smoke_run / "results" / "synthetic"
+    lesions = read_table(synthetic / "lesions.csv")
+    mine = lesions[lesions["subject_id"] == SUBJECT]
+    scans = [synthetic / "images" / f"{SUBJECT}_t{k}.nii.gz" for k in range(3)]
+    lists = []
+    for k in range(3):
+        visible = mine[(mine["timepoint"] == k) & mine["status"].isin(["present", "new"])]
+        path = tmp_path / f"lesions_t{k}.csv"
+        visible[["lesion_id", "x", "y", "z", "radius_mm"]].to_csv(path, index=False)
+        lists.append(path)
+    return scans, lists, mine
+
+
+def test_a_three_scan_history_keeps_one_id_per_lesion(smoke_run, tmp_path):
+    scans, lists, truth = _subject(smoke_run, tmp_path)
+    history = follow(scans, lists[0], tmp_path / "out", lists[1:], method="deformable")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert read_table(tmp_path / "out" / "history.csv")["lesion_id"].tolist() == history["lesion_id"].tolist()
+    baseline = set(truth.loc[truth["timepoint"] == 0, "lesion_id"])
+    new = set(truth.loc[truth["status"] == "new", "lesion_id"])
+    assert new and not new & baseline
+    # every baseline lesion has a row at every timepoint; the new one from where it appears, as new
+    assert set(history["lesion_id"]) == baseline | new
+    for lesion_id in baseline:
+        assert history.loc[history["lesion_id"] == lesion_id, "timepoint"].tolist() == [0, 1, 2]
+    for lesion_id in new:
+        rows = history[history["lesion_id"] == lesion_id]
+        first = int(truth.loc[(truth["lesion_id"] == lesion_id) & (truth["status"] == "new"), "timepoint"].iloc[0])
+        assert rows["timepoint"].min() == first and rows.iloc[0]["status"] == "new"
+    # the id lands on its lesion wherever the lesion is there (within its radius)
+    visible = truth[truth["status"].isin(["present", "new"])]
+    joined = history.merge(visible, on=["lesion_id", "timepoint"], suffixes=("", "_truth"))
+    distance = np.linalg.norm(joined[["x", "y", "z"]].to_numpy(float)
+                              - joined[["x_truth", "y_truth", "z_truth"]].to_numpy(float), axis=1)
+    assert len(joined) >= 10 and (distance < joined["radius_mm"].to_numpy(float)).all(), distance
+    # consistency: zero where the direct and the chained prediction are the same call (first step);
+    # at t2 the distance to the chain t0 -> t1 -> t2, recomputed here, and flagged beyond the radius
+    at1 = history[history["timepoint"] == 1]
+    assert (at1["consistency_mm"] == 0).all()
+    at2 = history[(history["timepoint"] == 2) & history["lesion_id"].isin(baseline)].set_index("lesion_id")
+    step = at1[at1["lesion_id"].isin(baseline)][["lesion_id", "x", "y", "z"]]
+    step.to_csv(tmp_path / "at1.csv", index=False)
+    chained = predict.track_points(scans[1], scans[2], tmp_path / "at1.csv", None, None, "deformable")
+    chained = chained.set_index("lesion_id").loc[at2.index]
+    expected = np.linalg.norm(chained[["x", "y", "z"]].to_numpy(float) - at2[["x", "y", "z"]].to_numpy(float), axis=1)
+    np.testing.assert_allclose(at2["consistency_mm"].to_numpy(float), expected, atol=0.5)
+    radius = truth[truth["timepoint"] == 0].set_index("lesion_id").loc[at2.index, "radius_mm"].to_numpy(float)
+    assert (at2["inconsistent"].to_numpy() == (at2["consistency_mm"].to_numpy(float) > radius)).all()
+
+
+def test_each_scan_is_embedded_once_for_the_whole_history(smoke_run, tmp_path, monkeypatch):
+    scans, lists, _ = _subject(smoke_run, tmp_path)
+    embedded = []
+    real = predict.embed_volume
+
+    def counting(model, image, *args, **kwargs):
+        embedded.append(image.GetSize())
+        return real(model, image, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "embed_volume", counting)
+    checkpoint = smoke_run / "results" / "models" / "default" / "checkpoint_best.pt"
+    history = follow(scans, lists[0], tmp_path / "out", checkpoint=checkpoint, method="multiscale")
+    # three trackings (t0 -> t1, t0 -> t2, t1 -> t2) over three scans: each embedded once
+    assert len(embedded) == 3
+    assert history["timepoint"].value_counts().sort_index().tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda lists: (lists[1:2], None), r"--lesions: one list per follow-up scan \(2\), got 1"),
+    (lambda lists: (lists[1:], 1), r"lesions_t1\.csv.*outside"),
+])
+def test_bad_history_input_is_named_before_any_tracking(smoke_run, tmp_path, monkeypatch, mutate, message):
+    scans, lists, _ = _subject(smoke_run, tmp_path)
+    followups, broken = mutate(lists)
+    if broken is not None:
+        table = pd.read_csv(lists[broken])
+        table.loc[0, "z"] = 1e5
+        table.to_csv(lists[broken], index=False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("tracked before the input was checked")
+
+    monkeypatch.setattr(predict, "own_scans", never)
+    monkeypatch.setattr("lesiontrack.follow.own_scans", never)
+    with pytest.raises(InputError, match=message):
+        follow(scans, lists[0], tmp_path / "out", followups, method="deformable")
+    assert not (tmp_path / "out" / "history.csv").exists()
