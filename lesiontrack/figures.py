@@ -354,6 +354,50 @@ def tracking_qa(source: tuple[np.ndarray, Geometry], target: tuple[np.ndarray, G
     return out_png
 
 
+def history_picture(shown: list[tuple[np.ndarray, Geometry]], history: pd.DataFrame, lesion_id: str,
+                    out_base: str | Path, method: str, radius_mm: float = float("nan"), half_mm: float = 40.0
+                    ) -> list[Path]:
+    """One followed lesion at every timepoint (as the paper's Fig. 3): a column per scan (from
+    :func:`display_volume`, prepared once per scan), axial, coronal and sagittal views through its
+    position there, each the same ``half_mm`` field and window; the titles give the status and the
+    confidence. A scan before the lesion was first seen stays empty. ``history``: ``follow``'s;
+    ``radius_mm``: the lesion's where it was first seen (the circle drawn around it)."""
+    rows = history[history["lesion_id"].astype(str) == lesion_id].set_index("timepoint")
+    marker = radius_mm + 3.0 if np.isfinite(radius_mm) else 8.0  # a circle around the lesion (mm)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(_VIEWS), len(shown), figsize=(2.6 * len(shown), 7.6), squeeze=False,
+                                 constrained_layout=True)
+        for k, (volume, geometry) in enumerate(shown):
+            if k not in rows.index:
+                for ax in axes[:, k]:
+                    ax.set_axis_off()
+                axes[0, k].set_title(f"t{k}: not yet seen")
+                continue
+            row = rows.loc[k]
+            point = row[["x", "y", "z"]].to_numpy(float)
+            colour = PALETTE["truth"] if k == rows.index.min() else PALETTE["prediction"]
+            for r, (view, fixed) in enumerate(_VIEWS):
+                ax = axes[r, k]
+                plane, extent, (r_axis, c_axis) = _plane(volume, geometry, point, fixed)
+                ax.imshow(plane, cmap=CT_CMAP, vmin=0, vmax=1, extent=extent,
+                          origin="upper" if fixed == 2 else "lower", interpolation="bilinear")
+                ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), marker, fill=False, ec=colour, lw=1.4))
+                ax.set_xlim(point[c_axis] - half_mm, point[c_axis] + half_mm)
+                low, high = point[r_axis] - half_mm, point[r_axis] + half_mm
+                ax.set_ylim((high, low) if fixed == 2 else (low, high))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    ax.set_ylabel(view)
+            confidence = "" if not np.isfinite(row["confidence"]) else f", {row['confidence']:.2f}"
+            axes[0, k].set_title(f"t{k}: {row['status']}{confidence}")
+        handles = [Line2D([], [], ls="none", marker="o", mfc="none", mec=PALETTE[key], ms=10, label=label)
+                   for key, label in (("truth", "where first seen"), ("prediction", "where tracked"))]
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
+        fig.suptitle(f"{method}: lesion {lesion_id}")
+        return save(fig, out_base, formats=("png",), dpi=80)
+
+
 # --- figures of a tracked dataset ---------------------------------------------------------------
 
 def _axial_crop(volume: np.ndarray, geometry: Geometry, centre_mm: np.ndarray, half_mm: float

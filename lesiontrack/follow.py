@@ -12,6 +12,8 @@ once for the whole history (:func:`lesiontrack.track.predict.own_scans`).
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from lesiontrack.evaluate_presence import flag_new
-from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, write_table
+from lesiontrack.figures import display_volume, history_picture
+from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, staged_folder, write_table
 from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
 from lesiontrack.track import trackers
 from lesiontrack.track.choose import choose
@@ -54,19 +57,22 @@ def _followed(ids: list[str], since: int, points: pd.DataFrame) -> pd.DataFrame:
 def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
            lesions: list[str | Path] | None = None, checkpoint: str | Path | None = None,
            method: str = "hybrid", track: dict[str, Any] | None = None, device: str = "cpu",
-           registration_spacing_mm: float = 2.0, presence_calibration: str | Path | None = None) -> pd.DataFrame:
+           registration_spacing_mm: float = 2.0, presence_calibration: str | Path | None = None,
+           pictures_wanted: bool = True) -> pd.DataFrame:
     """Follow the lesions of ``points_csv`` (on ``scans[0]``) through ``scans`` (time order; NIfTI
     files or DICOM folders); ``lesions``: optionally one list per follow-up (``lesions[k-1]`` on
     ``scans[k]``, the same columns), whose lesions that no tracked lesion reaches are new. Writes
-    ``<out_dir>/history.csv`` (``tables.HISTORY_COLUMNS``) and returns it. Every input is read and
-    checked before anything is tracked."""
+    ``<out_dir>/history.csv`` (``tables.HISTORY_COLUMNS``), one picture per lesion
+    (``lesion_<id>.png``, unless ``pictures_wanted`` is false) and ``index.html`` (the table and the
+    pictures), and returns the table. Every input is read and checked before anything is tracked;
+    nothing is written where it fails."""
     tracker = trackers.get(method)
     if len(scans) < 2:
         raise InputError(f"--scans: a history needs at least two scans, got {len(scans)}")
     if lesions and len(lesions) != len(scans) - 1:
         raise InputError(f"--lesions: one list per follow-up scan ({len(scans) - 1}), got {len(lesions)}")
     out_dir = Path(out_dir)
-    check_writable(out_dir / "history.csv")
+    check_writable(out_dir, folder=True)
     minimum = int((track or {}).get("min_slices", 3))
     images = {_scan_id(k): check_slices(read_image(path), path, minimum) for k, path in enumerate(scans)}
     path_of = {_scan_id(k): path for k, path in enumerate(scans)}
@@ -131,5 +137,53 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
                 position = np.vstack([position, appeared[["x", "y", "z"]].to_numpy(float)])
     history = pd.concat(rows, ignore_index=True).sort_values(["timepoint"], kind="stable")
     history = history[HISTORY_COLUMNS].reset_index(drop=True)
-    write_table(history, out_dir / "history.csv")
+    with staged_folder(out_dir) as staged:  # the pictures and the page land only with the table
+        pictures = {}
+        if pictures_wanted:
+            shown = [display_volume(images[_scan_id(k)]) for k in range(len(scans))]
+            for lesion_id, radius in zip(origin["lesion_id"], origin["radius_mm"], strict=True):
+                name = picture_name(lesion_id)
+                history_picture(shown, history, lesion_id, staged / name, method, float(radius))
+                pictures[lesion_id] = f"{name}.png"
+        (staged / "index.html").write_text(history_page(history, [str(p) for p in scans], method, pictures))
+        write_table(history, staged / "history.csv")
     return history
+
+
+def picture_name(lesion_id: str) -> str:
+    """The file name (without .png) of a lesion's picture: its id with anything but letters,
+    digits, ``-``, ``_`` and ``.`` replaced."""
+    return "lesion_" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(lesion_id))
+
+
+def history_page(history: pd.DataFrame, scans: list[str], method: str, pictures: dict[str, str]) -> str:
+    """``index.html``: the patient's table and each lesion's picture, one static page."""
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if not np.isfinite(value) else f"{value:.2f}"
+        return html.escape(str(value))
+
+    shown = [c for c in HISTORY_COLUMNS if c != "scan"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+    body = "".join("<tr" + (' class="flag"' if row["inconsistent"] else "") + ">"
+                   + "".join(f"<td>{cell(row[c])}</td>" for c in shown) + "</tr>"
+                   for row in history.to_dict("records"))
+    listed = "".join(f"<li>t{k}: {html.escape(path)}</li>" for k, path in enumerate(scans))
+    figures = "".join(f'<h2 id="{html.escape(picture_name(i))}">{html.escape(i)}</h2>'
+                      f'<img src="{html.escape(src)}" alt="lesion {html.escape(i)} at every timepoint">'
+                      for i, src in pictures.items())
+    n_lesions, n_scans = history["lesion_id"].nunique(), len(scans)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>lesiontrack follow: {n_lesions} lesions over {n_scans} scans</title>
+<style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;}}
+td,th{{border:1px solid #999;padding:2px 6px;text-align:right;}} tr.flag{{background:#fde2c8;}}
+img{{max-width:100%;}}</style></head>
+<body><h1>{n_lesions} lesions over {n_scans} scans ({html.escape(method)})</h1>
+<ul>{listed}</ul>
+<p>status: present, gone, new (first seen there); consistency_mm: the direct prediction against the
+chained one; highlighted rows disagree by more than the lesion's radius.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{figures}
+</body></html>
+"""

@@ -69,6 +69,21 @@ class LocalHTTPServer:
         self.httpd.server_close()
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def chromium(tmp_path) -> list[str]:
+    """Headless Chromium's command line (its own profile under ``tmp_path``); skipped where it is
+    not installed, failed under CI=true (.ci/run installs the Debian package)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium not installed under CI=true (.ci/run installs the Debian package)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return [path, *CHROMIUM_FLAGS, "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     """``$LESIONTRACK_TEST_DATA`` (default ../shared/data); tests skip where it is absent."""

@@ -1,11 +1,15 @@
 """``lesiontrack follow``: a 3-scan synthetic subject followed end to end (ids, statuses, the
-consistency column), each scan embedded once, bad input stopped before any tracking."""
+consistency column), its page opened in Chromium, each scan embedded once, bad input stopped
+before any tracking."""
 
 from __future__ import annotations
+
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from lesiontrack.follow import follow
 from lesiontrack.io import InputError, read_table
@@ -66,6 +70,29 @@ def test_a_three_scan_history_keeps_one_id_per_lesion(smoke_run, tmp_path):
     np.testing.assert_allclose(at2["consistency_mm"].to_numpy(float), expected, atol=0.5)
     radius = truth[truth["timepoint"] == 0].set_index("lesion_id").loc[at2.index, "radius_mm"].to_numpy(float)
     assert (at2["inconsistent"].to_numpy() == (at2["consistency_mm"].to_numpy(float) > radius)).all()
+
+
+def test_the_history_page_opens_with_its_table_and_pictures(smoke_run, tmp_path, chromium):
+    """index.html in headless Chromium: one table row per history row, one picture per lesion, each
+    loaded (its natural width counted by a script added to a copy of the page), not blank."""
+    scans, lists, _ = _subject(smoke_run, tmp_path)
+    out = tmp_path / "out"
+    history = follow(scans, lists[0], out, lists[1:], method="affine")
+    lesions = sorted(history["lesion_id"].unique())
+    assert sorted(p.name for p in out.glob("lesion_*.png")) == sorted(f"lesion_{i}.png" for i in lesions)
+    for picture in out.glob("lesion_*.png"):
+        pixels = np.asarray(Image.open(picture).convert("L"), float)
+        assert pixels.shape[1] > 400 and pixels.std() > 10.0, picture
+    page = (out / "index.html").read_text()
+    probe = out / "probe.html"
+    probe.write_text(page.replace("</body>", "<script>window.addEventListener('load', () => {"
+                                  "document.body.dataset.loaded = [...document.images].filter("
+                                  "i => i.naturalWidth > 0).length; "
+                                  "document.body.dataset.rows = document.querySelectorAll('tbody tr').length;"
+                                  "});</script></body>"))
+    dom = subprocess.run([*chromium, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=300)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f'data-loaded="{len(lesions)}"' in dom.stdout and f'data-rows="{len(history)}"' in dom.stdout
 
 
 def test_each_scan_is_embedded_once_for_the_whole_history(smoke_run, tmp_path, monkeypatch):
