@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydicom.uid import generate_uid
 
+from lesiontrack.dicom_sr import series_headers, tracking_report
 from lesiontrack.evaluate_presence import flag_new
 from lesiontrack.figures import display_volume, history_picture
 from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, staged_folder, write_table
@@ -63,9 +65,10 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     files or DICOM folders); ``lesions``: optionally one list per follow-up (``lesions[k-1]`` on
     ``scans[k]``, the same columns), whose lesions that no tracked lesion reaches are new. Writes
     ``<out_dir>/history.csv`` (``tables.HISTORY_COLUMNS``), one picture per lesion
-    (``lesion_<id>.png``, unless ``pictures_wanted`` is false) and ``index.html`` (the table and the
-    pictures), and returns the table. Every input is read and checked before anything is tracked;
-    nothing is written where it fails."""
+    (``lesion_<id>.png``, unless ``pictures_wanted`` is false), ``index.html`` (the table and the
+    pictures) and, for each follow-up that is a DICOM series, ``sr_t<k>.dcm`` (its lesions' points as
+    a DICOM SR, :mod:`lesiontrack.dicom_sr`), and returns the table. Every input is read and checked
+    before anything is tracked; nothing is written where it fails."""
     tracker = trackers.get(method)
     if len(scans) < 2:
         raise InputError(f"--scans: a history needs at least two scans, got {len(scans)}")
@@ -85,6 +88,10 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
         check_inside(table[["x", "y", "z"]].to_numpy(float), Geometry.of(images[_scan_id(k)]), table, str(path),
                      f"scan {scans[k]}")
         listed[k] = table
+    # DICOM series get a structured report per follow-up: their headers checked now, before tracking
+    headers = {k: series_headers(path) for k, path in enumerate(scans) if Path(path).is_dir()}
+    baseline_uid = (str(headers[0][0].SeriesInstanceUID) if 0 in headers
+                    else generate_uid(entropy_srcs=[str(Path(scans[0]).resolve())]))
     sized = "radius_mm" in baseline and all("radius_mm" in t for t in listed.values())
     if presence_calibration is not None and not sized:
         raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column in every list")
@@ -145,6 +152,10 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
                 name = picture_name(lesion_id)
                 history_picture(shown, history, lesion_id, staged / name, method, float(radius))
                 pictures[lesion_id] = f"{name}.png"
+        for k in range(1, len(scans)):
+            if k in headers:
+                tracking_report(history[history["timepoint"] == k], headers[k], staged / f"sr_t{k}.dcm", baseline_uid,
+                                method)
         (staged / "index.html").write_text(history_page(history, [str(p) for p in scans], method, pictures))
         write_table(history, staged / "history.csv")
     return history

@@ -132,3 +132,37 @@ def test_bad_history_input_is_named_before_any_tracking(smoke_run, tmp_path, mon
     with pytest.raises(InputError, match=message):
         follow(scans, lists[0], tmp_path / "out", followups, method="deformable")
     assert not (tmp_path / "out" / "history.csv").exists()
+
+
+def test_dicom_follow_ups_get_a_structured_report_a_viewer_reads(test_data, tmp_path, capsys):
+    """The real DICOM series as baseline and two follow-ups: each follow-up's SR, read back with
+    highdicom, holds every lesion's point of history.csv (within 0.01 mm) in the series' frame of
+    reference, tracked under the lesion id with one tracking UID across the reports."""
+    import pydicom
+
+    from lesiontrack.dicom_sr import read_tracking_report
+    from lesiontrack.io import read_image
+
+    series = test_data / "totalseg" / "example_ct_dicom"
+    image = read_image(series)
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([n / 2 for n in image.GetSize()]))
+    points = tmp_path / "points.csv"
+    pd.DataFrame({"lesion_id": ["liver-1", "kidney 2"], "x": [centre[0], centre[0] + 40.5],
+                  "y": [centre[1], centre[1] - 12.25], "z": [centre[2], centre[2] + 6.0],
+                  "radius_mm": [8.0, 5.0]}).to_csv(points, index=False)
+    out = tmp_path / "out"
+    history = follow([series, series, series], points, out, method="affine")
+    frame = pydicom.dcmread(next(p for p in sorted(series.iterdir()) if p.is_file()),
+                            stop_before_pixels=True).FrameOfReferenceUID
+    assert "has no StudyInstanceUID (anonymised?)" in capsys.readouterr().err  # this series' UIDs were removed
+    uids = {}
+    for k in (1, 2):
+        report = read_tracking_report(out / f"sr_t{k}.dcm").set_index("lesion_id")
+        expected = history[history["timepoint"] == k].set_index("lesion_id")
+        assert sorted(report.index) == sorted(expected.index)
+        np.testing.assert_allclose(report.loc[expected.index, ["x", "y", "z"]].to_numpy(float),
+                                   expected[["x", "y", "z"]].to_numpy(float), atol=0.01)
+        assert (report["frame_of_reference_uid"] == str(frame)).all()
+        uids[k] = report["tracking_uid"].to_dict()
+    assert uids[1] == uids[2] and len(set(uids[1].values())) == 2
+    assert not (out / "sr_t0.dcm").exists()  # the baseline's points are the reader's own
