@@ -309,6 +309,17 @@ def display_volume(image: sitk.Image, window_hu: tuple[float, float] = DISPLAY_W
     return window(sitk.GetArrayViewFromImage(image), window_hu), Geometry.of(image)
 
 
+def _show_view(ax, volume: np.ndarray, geometry: Geometry, point: np.ndarray, fixed_axis: int, circle_mm: float,
+               colour: str) -> tuple[int, int]:
+    """The plane of a display volume through ``point`` perpendicular to ``fixed_axis``, a circle of
+    ``circle_mm`` around the point; returns the plane's (row, column) world axes."""
+    plane, extent, (r_axis, c_axis) = _plane(volume, geometry, point, fixed_axis)
+    ax.imshow(plane, cmap=CT_CMAP, vmin=0, vmax=1, extent=extent, origin="upper" if fixed_axis == 2 else "lower",
+              interpolation="bilinear")
+    ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), circle_mm, fill=False, ec=colour, lw=1.4))
+    return r_axis, c_axis
+
+
 def tracking_qa_images(source_image: sitk.Image, target_image: sitk.Image, points: pd.DataFrame,
                        tracked: pd.DataFrame, qa_dir: str | Path, method: str) -> list[Path]:
     """One :func:`tracking_qa` picture per lesion of an own-data run into ``qa_dir``:
@@ -336,10 +347,7 @@ def tracking_qa(source: tuple[np.ndarray, Geometry], target: tuple[np.ndarray, G
         point = np.asarray(point, float)
         for col, (view, fixed) in enumerate(_VIEWS):
             ax = axes[row, col]
-            plane, extent, (r_axis, c_axis) = _plane(volume, geometry, point, fixed)
-            ax.imshow(plane, cmap=CT_CMAP, vmin=0, vmax=1, extent=extent, origin="upper" if fixed == 2 else "lower",
-                      interpolation="bilinear")
-            ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), marker, fill=False, ec=colour, lw=1.4))
+            r_axis, c_axis = _show_view(ax, volume, geometry, point, fixed, marker, colour)
             ax.plot(point[c_axis], point[r_axis], "+", color=colour, ms=6)
             ax.set_title(f"{label}, {view}", fontsize=10)
             ax.set_xlabel("xyz"[c_axis] + " (mm, LPS)", fontsize=8)
@@ -378,10 +386,7 @@ def history_picture(shown: list[tuple[np.ndarray, Geometry]], history: pd.DataFr
             colour = PALETTE["truth"] if k == rows.index.min() else PALETTE["prediction"]
             for r, (view, fixed) in enumerate(_VIEWS):
                 ax = axes[r, k]
-                plane, extent, (r_axis, c_axis) = _plane(volume, geometry, point, fixed)
-                ax.imshow(plane, cmap=CT_CMAP, vmin=0, vmax=1, extent=extent,
-                          origin="upper" if fixed == 2 else "lower", interpolation="bilinear")
-                ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), marker, fill=False, ec=colour, lw=1.4))
+                r_axis, c_axis = _show_view(ax, volume, geometry, point, fixed, marker, colour)
                 ax.set_xlim(point[c_axis] - half_mm, point[c_axis] + half_mm)
                 low, high = point[r_axis] - half_mm, point[r_axis] + half_mm
                 ax.set_ylim((high, low) if fixed == 2 else (low, high))

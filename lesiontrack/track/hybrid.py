@@ -281,7 +281,7 @@ class HybridTracker:
                 check_inside(pair.points, pair.source.geometry, queries.loc[rows].set_axis(file_rows[rows]),
                              context.source, f"source {source_id}")
             standard, stage = register_safely(source_image, target_image, settings.registration, registration)
-            registered, proposals = [], None
+            registered, proposals, correlations = [], None, None
             if standard is not None:
                 registered = [map_points(standard, pair.points)]
                 correlations = [local_correlation(pair.source, pair.target, p, q, settings)
@@ -297,19 +297,23 @@ class HybridTracker:
                 registered, proposals = _consult_embeddings(
                     pair, queries.loc[rows].set_axis(file_rows[rows]), standard, context, settings, registration)
             shared = (time.perf_counter() - began) / len(rows)
+            by_row = {} if proposals is None else dict(tuple(proposals.groupby("row", sort=False)))  # split once
             for k, row in enumerate(rows):
-                records += self._choose(pair, k, int(row), registered, proposals, shared, settings)
+                records += self._choose(pair, k, int(row), registered, correlations, by_row.get(k), shared, settings)
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
 
     @staticmethod
-    def _choose(pair: _Pair, k: int, row: int, registered: list[np.ndarray], proposals: pd.DataFrame | None,
-                shared: float, settings: HybridSettings) -> list[tuple]:
-        """The ranked candidates of the pair's ``k``-th lesion (query ``row``)."""
+    def _choose(pair: _Pair, k: int, row: int, registered: list[np.ndarray], checked: list[float] | None,
+                mine: pd.DataFrame | None, shared: float, settings: HybridSettings) -> list[tuple]:
+        """The ranked candidates of the pair's ``k``-th lesion (query ``row``); ``checked``: the
+        correlations of the standard registration's points (``registered[0]``) where it ran, already
+        computed for the trust check; ``mine``: the lesion's embedding candidates, if consulted."""
         began = time.perf_counter()
         point = pair.points[k]
-        mine = proposals[proposals["row"] == k] if proposals is not None else None
         options = [r[k] for r in registered] + ([] if mine is None else list(mine[PRED_POINT].to_numpy(float)))
-        scores = np.array([local_correlation(pair.source, pair.target, point, c, settings) for c in options])
+        scores = np.array([checked[k] if j == 0 and checked is not None else
+                           local_correlation(pair.source, pair.target, point, c, settings)
+                           for j, c in enumerate(options)])
         order = sorted(range(len(options)), key=lambda j: -scores[j])
         # registration disposes: the first registration's point (where none ran, the embedding's
         # best) unless the anchored one correlates better by switch_margin
