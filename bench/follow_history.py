@@ -1,11 +1,10 @@
 """``lesiontrack follow`` on the default run's test subjects with three or more scans, against the
 ground truth, and its cost against the pairwise ``lesiontrack track`` calls that do the same work.
 
-Accuracy (``--subjects``): each subject followed from its first scan's lesions, each follow-up's
-visible lesions given as its own list (as a reader would mark them), the presence calibration of
-the run; identity consistency = the share of (lesion, timepoint) rows, where the lesion is there,
-whose point lies within its radius of the truth; ``gone`` and ``new`` precision and recall over
-the rows. Cost (``--timing``): one subject's first three scans and 10 points (its lesions repeated
+Accuracy: the workflow rule ``follow``'s measure (:mod:`lesiontrack.evaluate_follow`: identity
+consistency, ``gone`` and ``new`` precision and recall), but each history made by the installed
+command from the original scans (the own-data path, which resamples and embeds them itself), with
+the run's presence calibration. Cost (``--timing``): one subject's first three scans and 10 points (its lesions repeated
 under new ids), ``follow`` once against ``track`` t0 -> t1, t0 -> t2 and t1 -> t2, each as the
 installed command (load, resample, embed, match, write), per method.
 
@@ -22,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from lesiontrack import evaluate_follow
 from lesiontrack.io import read_table
 
 POINTS = ["lesion_id", "x", "y", "z", "radius_mm"]
@@ -45,46 +44,26 @@ def _command(*args: str) -> None:
 
 
 def accuracy(results: Path, method: str, model: str) -> dict:
-    lesions, images, subjects = _subjects(results)
-    rows = []
+    """The workflow rule's measure (:mod:`lesiontrack.evaluate_follow`), but each history through
+    the installed command on the original scans (own-data path: resampled and embedded there)."""
+    lesions = read_table(results / "synthetic" / "lesions.csv")
+    images = read_table(results / "synthetic" / "images.csv").set_index("image_id")["path"]
+    scored = []
+    subjects = evaluate_follow.histories(lesions, "test")
     with tempfile.TemporaryDirectory() as tmp:
-        for subject, timepoints in subjects.items():
-            mine = lesions[lesions["subject_id"] == subject]
+        for subject, scans in subjects.items():
             lists = []
-            for k in timepoints:
-                visible = mine[(mine["timepoint"] == k) & mine["status"].isin(["present", "new"])]
+            for k, (_, listed) in enumerate(scans):
                 lists.append(Path(tmp) / f"{subject}_t{k}.csv")
-                visible[POINTS].to_csv(lists[-1], index=False)
+                listed.to_csv(lists[-1], index=False)
             out = Path(tmp) / subject
-            scans = [str(results.parent / images[f"{subject}_t{k}"]) for k in timepoints]
-            _command("follow", "--scans", *scans, "--points", str(lists[0]), "--lesions", *map(str, lists[1:]),
-                     "--method", method, "--checkpoint", str(results / "models" / model / "checkpoint_best.pt"),
+            ids = [image_id for image_id, _ in scans]
+            _command("follow", "--scans", *[str(results.parent / images[i]) for i in ids], "--points", str(lists[0]),
+                     "--lesions", *map(str, lists[1:]), "--method", method,
+                     "--checkpoint", str(results / "models" / model / "checkpoint_best.pt"),
                      "--presence", str(results / "synthetic" / "presence" / "calibration.json"), "--out", str(out))
-            history = read_table(out / "history.csv")
-            truth = mine.assign(timepoint=mine["timepoint"].map({t: i for i, t in enumerate(timepoints)}))
-            joined = history.merge(truth[["lesion_id", "timepoint", "x", "y", "z", "radius_mm", "status"]],
-                                   on=["lesion_id", "timepoint"], how="left", suffixes=("", "_truth"))
-            rows.append(joined.assign(subject=subject))
-    table = pd.concat(rows, ignore_index=True)
-    there = table["status_truth"].isin(["present", "new"])
-    later = table["timepoint"] > 0
-    error = np.linalg.norm(table[["x", "y", "z"]].to_numpy(float) - table[["x_truth", "y_truth", "z_truth"]]
-                           .to_numpy(float), axis=1)
-    consistent = there & (error < table["radius_mm"].to_numpy(float))
-
-    def precision_recall(decided: pd.Series, true: pd.Series) -> dict:
-        tp, fp, fn = int((decided & true).sum()), int((decided & ~true).sum()), int((~decided & true).sum())
-        return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
-                "recall": tp / (tp + fn) if tp + fn else None}
-
-    return {"method": method, "subjects": list(subjects), "rows": len(table),
-            "rows_lesion_there_after_t0": int((there & later).sum()),
-            "identity_consistency": float(consistent[there & later].mean()),
-            "median_error_mm": float(np.median(error[there & later])),
-            "inconsistent_flags": int(table["inconsistent"].sum()),
-            # truly gone: a lesion not there at a later timepoint (disappeared, or no longer listed)
-            "gone": precision_recall(later & (table["status"] == "gone"), later & ~there),
-            "new": precision_recall(table["status"] == "new", table["status_truth"] == "new")}
+            scored.append(evaluate_follow.score_history(read_table(out / "history.csv"), lesions, ids))
+    return {"method": method, "subjects": list(subjects), **evaluate_follow.scores(pd.concat(scored))}
 
 
 def timing(results: Path, methods: list[str], model: str, n_points: int = 10) -> dict:

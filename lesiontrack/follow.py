@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
 from lesiontrack.track import trackers
 from lesiontrack.track.choose import choose
 from lesiontrack.track.predict import _calibration, own_scans
-from lesiontrack.track.tracker import Context, check_inside
+from lesiontrack.track.tracker import Context, Scans, check_inside
 
 UNSIZED_RADIUS_MM = 10.0  # the consistency flag's bound for a lesion given without radius_mm
 
@@ -60,7 +61,8 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
            lesions: list[str | Path] | None = None, checkpoint: str | Path | None = None,
            method: str = "hybrid", track: dict[str, Any] | None = None, device: str = "cpu",
            registration_spacing_mm: float = 2.0, presence_calibration: str | Path | None = None,
-           pictures_wanted: bool = True) -> pd.DataFrame:
+           pictures_wanted: bool = True, tracked_scans: Scans | None = None,
+           volume_path: Callable[[str], str] | None = None) -> pd.DataFrame:
     """Follow the lesions of ``points_csv`` (on ``scans[0]``) through ``scans`` (time order; NIfTI
     files or DICOM folders); ``lesions``: optionally one list per follow-up (``lesions[k-1]`` on
     ``scans[k]``, the same columns), whose lesions that no tracked lesion reaches are new. Writes
@@ -68,7 +70,12 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     (``lesion_<id>.png``, unless ``pictures_wanted`` is false), ``index.html`` (the table and the
     pictures) and, for each follow-up that is a DICOM series, ``sr_t<k>.dcm`` (its lesions' points as
     a DICOM SR, :mod:`lesiontrack.dicom_sr`), and returns the table. Every input is read and checked
-    before anything is tracked; nothing is written where it fails."""
+    before anything is tracked; nothing is written where it fails.
+
+    ``tracked_scans``: the scans to track in, by ``t<k>``, where the caller has them already (the
+    workflow's embedding caches and resampled volumes; ``volume_path`` then gives each one's
+    resampled file for the presence test); by default the scans read here, resampled and
+    (where the tracker asks) embedded once each."""
     tracker = trackers.get(method)
     if len(scans) < 2:
         raise InputError(f"--scans: a history needs at least two scans, got {len(scans)}")
@@ -96,8 +103,9 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     if presence_calibration is not None and not sized:
         raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column in every list")
 
-    context = Context(own_scans(images, method, checkpoint, device, registration_spacing_mm), dict(track or {}),
-                      False, str(points_csv))
+    if tracked_scans is None:
+        tracked_scans = own_scans(images, method, checkpoint, device, registration_spacing_mm)
+    context = Context(tracked_scans, dict(track or {}), False, str(points_csv))
     # the followed lesions: id, the timepoint and point where each was first seen, its radius
     origin = _followed(list(baseline["lesion_id"].astype(str)), 0, baseline)
     rows = [origin.assign(timepoint=0, scan=str(scans[0]), confidence=np.nan, found=True, status="present",
@@ -117,7 +125,7 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
             queries["source_radius_mm"] = both["radius_mm"].to_numpy(float)
         calibration = _calibration(presence_calibration, queries, str(points_csv))
         candidates = tracker.candidates(queries, context)
-        chosen, found = choose(queries, candidates, calibration, track, path_of.__getitem__)
+        chosen, found = choose(queries, candidates, calibration, track, volume_path or path_of.__getitem__)
         predicted = candidates.iloc[chosen][PRED_POINT].to_numpy(float)
         confidence = candidates.iloc[chosen]["confidence"].to_numpy(float)
         is_direct = (both["kind"] == "direct").to_numpy()

@@ -274,7 +274,7 @@ def staged_folder(path: str | os.PathLike | None) -> Iterator[Path | None]:
         yield tmp
         path.mkdir(exist_ok=True)
         for item in sorted(tmp.iterdir()):
-            os.chmod(item, 0o666 & ~_UMASK)
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_UMASK)
             os.replace(item, path / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

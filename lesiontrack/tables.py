@@ -67,6 +67,9 @@ TRACKED_POINT_COLUMNS = [*POINT_COLUMNS, "confidence", "found"]
 # prediction, inconsistent where it exceeds the lesion's radius
 HISTORY_COLUMNS = ["lesion_id", "timepoint", "scan", "x", "y", "z", "confidence", "found", "status",
                    "consistency_mm", "inconsistent"]
+# follow/<method>.csv: each measure of the followed histories beside the pairwise run's
+# (lesiontrack.evaluate_follow); share: a fraction, NaN where undefined or not measured
+FOLLOW_SUMMARY_COLUMNS = ["measure", "history", "history_counts", "pairwise", "pairwise_counts"]
 
 # tables/<dataset>.csv
 RESULT_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]

@@ -323,6 +323,15 @@ def track_presence_calibration(wildcards):
     )
 
 
+def follow_outputs(dataset):
+    """The reference method's followed histories of a dataset whose found is decided (the
+    longitudinal lesions they are scored against are the presence calibration's)."""
+    reference = config["evaluate"]["reference_method"]
+    if reference not in presence_methods():
+        return []
+    return [f"results/{dataset}/follow/{reference}.csv"]
+
+
 def all_outputs():
     outputs = []
     for dataset in presence_datasets():
@@ -331,6 +340,7 @@ def all_outputs():
             dataset=dataset,
             method=presence_methods(),
         )
+        outputs += follow_outputs(dataset)
     for name in enabled_datasets():
         outputs += DATASET_OUTPUTS[name]()
     training = set(config["train"]["datasets"]) & set(enabled_datasets())

@@ -47,3 +47,52 @@ rule table:
         code=code("lesiontrack.evaluate"),
     script:
         "../workflow_scripts/table.py"
+
+
+rule follow:
+    input:
+        lesions="results/{dataset}/lesions.csv",
+        images="results/{dataset}/images.csv",
+        embeddings=track_embedding_tables,
+        volumes=dataset_resampled_tables,
+        presence=track_presence_calibration,
+    output:
+        scores="results/{dataset}/follow/{method}.json",
+        subjects=directory("results/{dataset}/follow/{method}"),
+    log:
+        "results/logs/follow/{dataset}-{method}.log",
+    benchmark:
+        "results/benchmarks/follow/{dataset}-{method}.tsv"
+    wildcard_constraints:
+        method="|".join(trackers.names()),
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        track=lookup(dpath="track", within=config),
+        embeddings=track_embedding_dir,
+        code=code("lesiontrack.evaluate_follow", "lesiontrack.follow"),
+    script:
+        "../workflow_scripts/follow.py"
+
+
+rule follow_summary:
+    input:
+        scores="results/{dataset}/follow/{method}.json",
+        pairwise="results/{dataset}/presence/{method}.json",
+    output:
+        summary=report(
+            "results/{dataset}/follow/{method}.csv",
+            caption="../report/follow.rst",
+            category="Tracking",
+            subcategory="{dataset}",
+        ),
+    log:
+        "results/logs/follow/{dataset}-{method}-summary.log",
+    conda:
+        "../envs/evaluate.yaml"
+    params:
+        code=code("lesiontrack.evaluate_follow"),
+    script:
+        "../workflow_scripts/follow_summary.py"

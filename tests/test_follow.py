@@ -4,13 +4,17 @@ before any tracking."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from lesiontrack import evaluate_follow
 from lesiontrack.follow import follow
 from lesiontrack.io import InputError, read_table
 from lesiontrack.tables import HISTORY_COLUMNS
@@ -166,3 +170,58 @@ def test_dicom_follow_ups_get_a_structured_report_a_viewer_reads(test_data, tmp_
         uids[k] = report["tracking_uid"].to_dict()
     assert uids[1] == uids[2] and len(set(uids[1].values())) == 2
     assert not (out / "sr_t0.dcm").exists()  # the baseline's points are the reader's own
+
+
+def _row(lesion_id, image_id, timepoint, x, y, radius, status):
+    return {"lesion_id": lesion_id, "image_id": image_id, "timepoint": timepoint, "x": x, "y": y, "z": 0.0,
+            "radius_mm": radius, "status": status, "subject_id": "s", "split": "test"}
+
+
+def test_history_scores_count_each_miss_where_it_happens():
+    """A made-up history against its truth: lesion A drifts 7 mm (radius 5) at t2 and is wrongly
+    called gone at t1; B disappears at t2 and is called gone; C is new at t1; D is new at t2 and
+    the history never lists it."""
+    truth = pd.DataFrame([_row("A", f"s_t{k}", k, 0, 0, 5, "present") for k in range(3)]
+                         + [_row("B", "s_t0", 0, 50, 0, 4, "present"), _row("B", "s_t1", 1, 50, 0, 4, "present"),
+                            _row("B", "s_t2", 2, 50, 0, 4, "disappeared"), _row("C", "s_t1", 1, 0, 50, 6, "new"),
+                            _row("C", "s_t2", 2, 0, 50, 6, "present"), _row("D", "s_t2", 2, 0, -50, 3, "new")])
+    history = pd.DataFrame([("A", 0, 0, 0, "present"), ("A", 1, 1, 0, "gone"), ("A", 2, 7, 0, "present"),
+                            ("B", 0, 50, 0, "present"), ("B", 1, 50, 1, "present"), ("B", 2, 20, 0, "gone"),
+                            ("C", 1, 0, 50, "new"), ("C", 2, 0, 51, "present")],
+                           columns=["lesion_id", "timepoint", "x", "y", "status"]).assign(z=0.0, inconsistent=False)
+    scored = evaluate_follow.score_history(history, truth, ["s_t0", "s_t1", "s_t2"])
+    result = evaluate_follow.scores(scored)
+    # there after the baseline: A t1, A t2, B t1, C t1, C t2; A t2 is 7 mm off
+    assert result["rows_there_after_baseline"] == 5 and result["identity_consistency"] == pytest.approx(0.8)
+    assert result["gone"] == {"tp": 1, "fp": 1, "fn": 0, "precision": 0.5, "recall": 1.0}
+    assert result["new"] == {"tp": 1, "fp": 0, "fn": 1, "precision": 1.0, "recall": 0.5}
+    pairwise = {"appearance": {"tp": 4, "fp": 1, "fn": 0, "precision": 0.8, "recall": 1.0},
+                "new": {"tp": 3, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0}}
+    table = evaluate_follow.summary_table(result, pairwise).set_index("measure")
+    assert list(table.index) == ["identity consistency", "gone precision", "gone recall", "new precision",
+                                 "new recall"]
+    assert table.loc["gone precision", ["history", "pairwise"]].tolist() == [0.5, 0.8]
+    assert table.loc["new recall", "history_counts"] == "tp 1, fp 0, fn 1"
+
+
+def test_the_workflow_form_follows_each_subject_in_the_cached_scans(smoke_run, tmp_path):
+    """follow_subjects on the smoke run's training subject with three scans (one lesion gone and
+    one new at t2), in the workflow's resampled volumes: every id on its lesion, the gone and the
+    new one found, one folder per subject."""
+    results = smoke_run / "results" / "synthetic"
+    volumes = sorted(str(p) for p in (results / "shards").glob("resampled-*.csv"))
+    cwd = Path.cwd()
+    try:  # images.csv's paths are relative to the workflow's folder
+        os.chdir(smoke_run)
+        result = evaluate_follow.follow_subjects(
+            results / "lesions.csv", results / "images.csv", "deformable", tmp_path / "follow", tmp_path / "s.json",
+            split="train", volume_tables=volumes, presence_calibration=results / "presence" / "calibration.json",
+            pictures_wanted=False)
+    finally:
+        os.chdir(cwd)
+    assert result["subjects"] == [SUBJECT]
+    assert result["identity_consistency"] == 1.0 and result["rows_there_after_baseline"] >= 8
+    assert (result["new"]["tp"], result["new"]["fn"]) == (1, 0)
+    assert (result["gone"]["tp"], result["gone"]["fn"]) == (1, 0)
+    assert json.loads((tmp_path / "s.json").read_text())["subjects"] == [SUBJECT]
+    assert sorted(p.name for p in (tmp_path / "follow" / SUBJECT).iterdir()) == ["history.csv", "index.html"]

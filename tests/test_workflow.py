@@ -196,6 +196,17 @@ def test_default_run_decides_presence_for_every_method_but_identity(smoke_run):
         decided = table[table["expected"] == "present"].merge(predictions, on=["pair_id", "direction"])
         assert (decided["found_x"].astype(bool) == decided["found_y"].astype(bool)).all()
     assert not (results / "presence" / "identity.json").exists()
+    # the reference method's followed histories, their statuses beside its pairwise decisions
+    summary = read_table(results / "follow" / "hybrid.csv").set_index("measure")
+    assert list(summary.index) == ["identity consistency", "gone precision", "gone recall", "new precision",
+                                   "new recall"]
+    pairwise = json.loads((results / "presence" / "hybrid.json").read_text())
+    for decision, key in (("gone", "appearance"), ("new", "new")):
+        counts = pairwise[key]
+        assert summary.loc[f"{decision} recall", "pairwise_counts"] == \
+            f"tp {counts['tp']}, fp {counts['fp']}, fn {counts['fn']}"
+    subjects = json.loads((results / "follow" / "hybrid.json").read_text())["subjects"]
+    assert sorted(p.name for p in (results / "follow" / "hybrid").iterdir() if p.is_dir()) == subjects
 
 
 def test_dls_table_reproduces_published_rows(test_data, tmp_path):
