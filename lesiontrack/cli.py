@@ -205,10 +205,12 @@ def _download_dls(args: argparse.Namespace) -> None:
     if args.archives:
         cfg["archives"] = args.archives
     out = Path(args.out_dir or "results/dls")
+    if notice := dls.no_dl_info_notice({**settings, "datasets": {"dls": {"enabled": True, "download": True}}}):
+        print(notice, file=sys.stderr)
     paths = dls.download_all(cfg, out)
     archives = [p for p in paths if Path(p).name.startswith("Images_png_")]
     annotations = [p for p in paths if Path(p).suffix == ".json"]
-    dl_info = next(p for p in paths if Path(p).name == "DL_info.csv")
+    dl_info = next((p for p in paths if Path(p).name == "DL_info.csv"), None)
     index = dls.archive_index(archives, out / "archive_index.csv")
     plan = dls.plan_series(index, dl_info, annotations, args.shard_size or settings["shard_size"],
                            cfg["pretraining"], out / "series.csv")
@@ -231,15 +233,16 @@ def _download_nlst(args: argparse.Namespace) -> None:
 
 
 def _convert_dls(args: argparse.Namespace) -> None:
-    if not (args.index and args.dl_info and (args.series or args.plan)):
-        raise InputError("--dataset dls: give --index, --dl-info and --series ID ... or "
-                         "--plan series.csv [--shard N]")
+    if not (args.index and (args.dl_info or args.annotations) and (args.series or args.plan)):
+        raise InputError("--dataset dls: give --index, --dl-info DL_info.csv and/or --annotations JSON ..., and "
+                         "--series ID ... or --plan series.csv [--shard N]")
     series = list(args.series or [])
     if args.plan:
         plan = pd.read_csv(args.plan, dtype=str)
         chosen = plan["shard"] == f"{args.shard:03d}" if args.shard is not None else plan["shard"].notna()
         series += plan.loc[chosen, "series_id"].tolist()
-    table = dls.convert(args.index, args.dl_info, series, args.images_dir, args.table, check=not args.no_check)
+    table = dls.convert(args.index, args.dl_info, series, args.images_dir, args.table, check=not args.no_check,
+                        split_jsons=args.annotations or ())
     print(f"converted {len(table)} sub-volume(s) of {len(set(series))} series into {args.images_dir}")
 
 
@@ -327,11 +330,15 @@ def _add_dataset_commands(sub) -> None:
                        description="nlst, custom: convert DICOM series folders (slice spacing from "
                                    "ImagePositionPatient; a missing or irregular slice, or several series in a "
                                    "folder, is rejected) and NIfTI files. dls: runs of contiguous DeepLesion PNG "
-                                   "slices -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU (world mm, LPS), spacing from "
-                                   "DL_info.csv, slices towards the feet; checks lungs above liver.")
+                                   "slices -> PPPPPP_SS_SS_FFF-LLL.nii.gz in HU (world mm, LPS), spacing from the "
+                                   "DLS annotations and/or DL_info.csv, slices towards the feet; checks lungs "
+                                   "above liver.")
     p.add_argument("--dataset", required=True, choices=list(CONVERTERS))
     p.add_argument("--index", help="dls: archive index CSV (written by download --dataset dls)")
-    p.add_argument("--dl-info", help="dls: DL_info.csv")
+    p.add_argument("--dl-info", help="dls: DL_info.csv (needed for series that no --annotations file names)")
+    p.add_argument("--annotations", nargs="+", metavar="JSON",
+                   help="dls: DLS annotation files (test.json, valid.json): their volumes' spacings, checked "
+                        "against --dl-info where both are given")
     p.add_argument("--series", nargs="+", help="dls: series ids PPPPPP_SS_SS")
     p.add_argument("--plan", help="dls: series plan CSV (series.csv of download --dataset dls)")
     p.add_argument("--shard", type=int, help="dls: only this shard of the plan")

@@ -1,7 +1,16 @@
 # Input functions of the DLS data rules (rules/dls_data.smk); no other logic.
+import sys
+
 import pandas as pd
 
+from lesiontrack.data import dls as dls_data
+
 DLS_SPLITS = ["test", "valid"]
+
+
+def dls_info_files():
+    """DL_info.csv where dls.dl_info_url is set; without it the DLS JSONs give the spacings."""
+    return ["results/dls/DL_info.csv"] if config["dls"]["dl_info_url"] else []
 
 
 def dls_archive_files():
@@ -45,6 +54,9 @@ def dls_outputs():
         outputs += ["results/dls/pairs.csv", "results/dls/images.csv"]
     return outputs
 
+
+if notice := dls_data.no_dl_info_notice(config):
+    print(notice, file=sys.stderr)
 
 IMAGE_SHARDS["dls"] = lambda: sorted(set(dls_series_plan()["shard"]))
 DATASET_OUTPUTS["dls"] = dls_outputs

@@ -60,7 +60,7 @@ rule dls_archive:
 checkpoint dls_archive_index:
     input:
         archives=dls_archive_files(),
-        dl_info="results/dls/DL_info.csv",
+        dl_info=dls_info_files(),
         annotations=expand("results/dls/annotations/{split}.json", split=DLS_SPLITS),
     output:
         index="results/dls/archive_index.csv",
@@ -100,7 +100,8 @@ rule dls_pairs:
 rule dls_convert:
     input:
         index="results/dls/archive_index.csv",
-        dl_info="results/dls/DL_info.csv",
+        dl_info=dls_info_files(),
+        annotations=expand("results/dls/annotations/{split}.json", split=DLS_SPLITS),
         archives=dls_shard_archives,
     output:
         table="results/dls/shards/images-{shard}.csv",

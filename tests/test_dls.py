@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -117,6 +119,61 @@ def test_marker_lands_at_dls_voxel_and_pairs_world_point(tmp_path):
     assert np.all(box_min <= point) and np.all(point <= box_max)
 
 
+def test_spacings_come_from_the_dls_json_and_are_checked_against_dl_info(tmp_path):
+    """Evaluation volumes convert without DL_info.csv (their spacing from the DLS JSON, the marker at
+    its voxel); with DL_info.csv a spacing that disagrees stops it, naming the series; a series
+    that no JSON names needs DL_info.csv."""
+    slices = {n: np.full((ROWS, COLS), -1000 + 10 * n, np.int16) for n in (3, 4, 5, 6)}
+    slices[5] = slices[5].copy()
+    slices[5][7, 21] = 1234
+    archive = write_archive(tmp_path / "Images_png_01.zip", slices)
+    dls.archive_index([archive], tmp_path / "index.csv")
+    name = f"{SERIES}_003-006.nii.gz"
+    entry = {"source": name, "target": name, "source center": [21, 7, 2], "target center": [21, 7, 2],
+             "source spacing": list(SPACING), "target spacing": list(SPACING)}
+    (tmp_path / "test.json").write_text(json.dumps({"0001": entry, "0002": entry}))
+    dls.convert(tmp_path / "index.csv", None, [SERIES], tmp_path / "images", check=False,
+                split_jsons=[tmp_path / "test.json"])
+    image = sitk.ReadImage(str(tmp_path / "images" / name))
+    assert image.GetSpacing() == pytest.approx(SPACING) and image.GetPixel(21, 7, 2) == 1234
+    assert dls.checked_spacings([tmp_path / "test.json"], write_dl_info(
+        tmp_path / "DL_info.csv", [(SERIES, 3, 6, SPACING)]))[SERIES] == pytest.approx(SPACING)
+    write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 3, 6, (0.7, 0.8, 5.0))])
+    with pytest.raises(InputError, match=rf"DL_info\.csv: series {SERIES} spacing \[0\.7, 0\.8, 5\.0\] mm "
+                                         r"disagrees with the DLS annotations' \[0\.7, 0\.8, 2\.5\] mm"):
+        dls.convert(tmp_path / "index.csv", tmp_path / "DL_info.csv", [SERIES], tmp_path / "again", check=False,
+                    split_jsons=[tmp_path / "test.json"])
+    assert not (tmp_path / "again").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"0001": {**entry, "target spacing": [0.7, 0.8, 1.0]}}))
+    with pytest.raises(InputError, match=rf"other\.json: entry 1 target spacing \[0\.7, 0\.8, 1\.0\] for series "
+                                         rf"{SERIES}, but .*other\.json entry 1 gives \[0\.7, 0\.8, 2\.5\]"):
+        dls.json_spacings([tmp_path / "other.json"])
+    with pytest.raises(InputError, match=rf"DL_info\.csv \(not given: dls\.dl_info_url unset\): no spacing for "
+                                         rf"series {SERIES}, which no DLS annotation file names"):
+        dls.convert(tmp_path / "index.csv", None, [SERIES], tmp_path / "images", check=False)
+
+
+def test_without_dl_info_pretraining_draws_on_the_valid_split_patients(tmp_path):
+    """Series plan without DL_info.csv: test patients' series are evaluation data, the valid-only
+    patients' series pretraining data; with pretraining off, all are evaluation data."""
+    def entry(a, b):
+        return {"source": a, "target": b, "source spacing": list(SPACING), "target spacing": list(SPACING)}
+    (tmp_path / "test.json").write_text(json.dumps({"0001": entry("000001_01_01_001-010.nii.gz",
+                                                                 "000001_02_01_001-010.nii.gz")}))
+    (tmp_path / "valid.json").write_text(json.dumps({"0001": entry("000001_01_01_001-010.nii.gz",
+                                                                  "000001_03_01_001-010.nii.gz"),
+                                                     "0002": entry("000002_01_01_001-010.nii.gz",
+                                                                   "000002_02_01_001-010.nii.gz")}))
+    index = pd.DataFrame({"series_id": ["000001_01_01", "000001_02_01", "000001_03_01", "000002_01_01",
+                                        "000002_02_01", "000003_01_01"], "archive": "a.zip"})
+    jsons = [tmp_path / "test.json", tmp_path / "valid.json"]
+    plan = dls.plan_series(index, None, jsons, shard_size=4)
+    assert dict(zip(plan["series_id"], plan["role"], strict=True)) == {
+        "000001_01_01": "dls", "000001_02_01": "dls", "000001_03_01": "dls",
+        "000002_01_01": "pretrain", "000002_02_01": "pretrain"}  # 000003: in no JSON, no DL_info.csv
+    assert set(dls.plan_series(index, None, jsons, shard_size=4, pretraining=False)["role"]) == {"dls"}
+
+
 def chest_to_abdomen(n_lung: int = 3, n_liver: int = 3) -> np.ndarray:
     """(slices, rows, cols) HU: a body with air-filled lungs in the first slices, liver density after."""
     rr, cc = np.mgrid[:ROWS, :COLS]
@@ -200,8 +257,11 @@ def test_archive_download_resumes_and_rejects_corrupt_archive(tmp_path):
                       progress=False)
     assert path.read_bytes() == archive
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Images_png_01.zip"]
-    with pytest.raises(InputError, match=r"no URL configured for DL_info\.csv"):
-        dls.download_all(cfg, tmp_path / "out", progress=False)
+    # without dls.dl_info_url the annotations and archives come, and no DL_info.csv is asked for
+    with LocalHTTPServer({"/a/Images_png_01.zip": archive}) as server:
+        cfg["archive_urls"] = [f"{server.url}/a/Images_png_01.zip"]
+        paths = dls.download_all({**cfg, "archives": [1]}, tmp_path / "plain", progress=False)
+    assert [p.name for p in paths] == ["Images_png_01.zip"]
 
 
 def test_closed_port_fails_with_one_message_and_no_file(tmp_path):
@@ -218,15 +278,25 @@ def test_closed_port_fails_with_one_message_and_no_file(tmp_path):
 
 
 def test_paper_dls_config_plans_offline_to_the_checkpoint(tmp_path):
-    """`snakemake -n --configfile configs/paper-dls.yaml configs/paper-model.yaml` plans from download on."""
+    """`snakemake -n --configfile configs/paper-dls.yaml configs/paper-model.yaml` plans from download
+    on; with dls.dl_info_url unset (its default) without DL_info.csv, saying in one line what
+    pretraining on DeepLesion needs."""
     configs = [REPO / "configs" / "paper-dls.yaml", REPO / "configs" / "paper-model.yaml"]
     with planned_jobs(tmp_path, configs, REPO / "Snakefile") as jobs:
         rules = pd.Series([job.rule.name for job in jobs]).value_counts().to_dict()
         archive_jobs = [job for job in jobs if job.rule.name == "dls_archive"]
         urls = sorted(job.params.url for job in archive_jobs)
         annotation_urls = sorted(job.params.url for job in jobs if job.rule.name == "dls_annotations")
+    # the command as a user types it (a subprocess: snakemake's logging keeps the streams it found)
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "-s", str(REPO / "Snakefile"), "-d",
+                          str(tmp_path / "plan"), "--configfile", *map(str, configs)],
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    notice = [line for line in dry.stderr.splitlines() if "dl_info_url" in line]
+    assert len(notice) == 1 and "pretraining on the DeepLesion volumes outside the DLS splits needs " \
+        "DL_info.csv" in notice[0] and "https://nihcc.app.box.com/v/DeepLesion" in notice[0]
     assert rules["dls_archive"] == 56 and rules["dls_annotations"] == 2
-    assert rules["dls_info"] == 1 and rules["dls_archive_index"] == 1 and rules["dls_pairs"] == 1
+    assert "dls_info" not in rules and rules["dls_archive_index"] == 1 and rules["dls_pairs"] == 1
     assert rules["download_dlt_predictions"] == 1
     # after the checkpoint's jobs: pretraining on the DLS training volumes, tracking with every
     # method, their evaluation and the table beside DLT's published rows

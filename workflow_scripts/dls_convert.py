@@ -10,4 +10,6 @@ from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):
-    dls.convert(sm.input.index, sm.input.dl_info, sm.params.series, sm.params.out_dir, sm.output.table)
+    dl_info = list(sm.input.dl_info)  # DL_info.csv, or none: the DLS JSONs give every spacing
+    dls.convert(sm.input.index, dl_info[0] if dl_info else None, sm.params.series, sm.params.out_dir, sm.output.table,
+                split_jsons=list(sm.input.annotations))

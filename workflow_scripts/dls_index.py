@@ -11,7 +11,8 @@ from lesiontrack.workflow import logged
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule) as log:
     index = dls.archive_index(sm.input.archives, sm.output.index)
-    plan = dls.plan_series(index, sm.input.dl_info, list(sm.input.annotations), sm.params.shard_size,
-                           sm.params.pretraining, sm.output.series)
+    dl_info = list(sm.input.dl_info)  # DL_info.csv, or none (dls.dl_info_url unset)
+    plan = dls.plan_series(index, dl_info[0] if dl_info else None, list(sm.input.annotations),
+                           sm.params.shard_size, sm.params.pretraining, sm.output.series)
     log.info("%d series in %d archive(s); %d to convert", index["series_id"].nunique(), len(sm.input.archives),
              len(plan))

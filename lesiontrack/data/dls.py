@@ -145,6 +145,42 @@ def series_spacing(info: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
     return {s: (x, y, z) for s, x, y, z in zip(first["series_id"], first["sx"], first["sy"], first["sz"], strict=True)}
 
 
+def json_spacings(split_jsons: Iterable[str | Path]) -> dict[str, tuple[float, float, float]]:
+    """``series_id -> (sx, sy, sz)`` mm from the DLS annotation files' ``source spacing`` /
+    ``target spacing`` (every evaluation volume has one: DL_info.csv is not needed for them). Two
+    entries that give one series different spacings stop it, naming both."""
+    spacing: dict[str, tuple[float, float, float]] = {}
+    where: dict[str, str] = {}
+    for path in split_jsons:
+        for number, entry in enumerate(load_dls_entries(path), start=1):
+            for end in ("source", "target"):
+                series = VolumeName.parse(entry[end], str(path)).series_id
+                value = tuple(float(v) for v in _numbers_field(entry, f"{end} spacing", 3, Path(path), number))
+                if series in spacing and not np.allclose(spacing[series], value, rtol=0, atol=1e-4):
+                    raise InputError(f"{path}: entry {number} {end} spacing {list(value)} for series {series}, "
+                                     f"but {where[series]} gives {list(spacing[series])}")
+                spacing.setdefault(series, value)  # type: ignore[arg-type]
+                where.setdefault(series, f"{path} entry {number}")
+    return spacing
+
+
+def checked_spacings(split_jsons: Iterable[str | Path], dl_info: str | Path | None
+                     ) -> dict[str, tuple[float, float, float]]:
+    """The spacing of every series: the DLS JSONs' for the evaluation series, checked against
+    DL_info.csv where it is given (a disagreement beyond 0.001 mm names the series and both
+    values), and DL_info.csv's for the series the JSONs do not name (pretraining volumes)."""
+    split_jsons = list(split_jsons)
+    spacing = json_spacings(split_jsons)
+    if dl_info is None:
+        return spacing
+    listed = series_spacing(load_dl_info(dl_info))
+    for series, value in sorted(spacing.items()):
+        if series in listed and not np.allclose(listed[series], value, rtol=0, atol=1e-3):
+            raise InputError(f"{dl_info}: series {series} spacing {list(listed[series])} mm disagrees with the DLS "
+                             f"annotations' {list(value)} mm ({', '.join(map(str, split_jsons))})")
+    return {**listed, **spacing}
+
+
 def split_volume_names(split_jsons: Iterable[str | Path]) -> list[str]:
     """Sorted sub-volume names (``.nii.gz``) that DLS annotation files refer to (sources and targets)."""
     names = set()
@@ -316,20 +352,23 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
     return rows
 
 
-def convert(index: str | Path, dl_info: str | Path, series_ids: Iterable[str], out_dir: str | Path,
-            table: str | Path | None = None, check: bool = True) -> pd.DataFrame:
-    """Convert the given series (archives looked up in the archive index) -> table ``image_id, path, ...``."""
+def convert(index: str | Path, dl_info: str | Path | None, series_ids: Iterable[str], out_dir: str | Path,
+            table: str | Path | None = None, check: bool = True, split_jsons: Sequence[str | Path] = ()
+            ) -> pd.DataFrame:
+    """Convert the given series (archives looked up in the archive index) -> table ``image_id, path, ...``.
+    Spacings: :func:`checked_spacings` (the DLS JSONs ``split_jsons``, DL_info.csv where given)."""
     from tqdm import tqdm
 
     located = pd.read_csv(index, dtype={"series_id": str})
-    spacing = series_spacing(load_dl_info(dl_info))
+    spacing = checked_spacings(split_jsons, dl_info)
     rows: list[dict[str, Any]] = []
     for series_id in tqdm(sorted(set(series_ids)), desc="convert", unit="series"):
         archives = located.loc[located["series_id"] == series_id, "archive"].tolist()
         if not archives:
             raise InputError(f"{index}: series {series_id} is in no downloaded archive")
         if series_id not in spacing:
-            raise InputError(f"{dl_info}: no spacing for series {series_id}")
+            where = dl_info if dl_info is not None else "DL_info.csv (not given: dls.dl_info_url unset)"
+            raise InputError(f"{where}: no spacing for series {series_id}, which no DLS annotation file names")
         rows += convert_series(series_id, archives, spacing[series_id], out_dir, check)
     result = pd.DataFrame(rows, columns=["image_id", "path", "series_id", "n_slices", "head_feet"])
     if table is not None:
@@ -443,37 +482,60 @@ def archive_url(number: int, urls: Sequence[str] | None = None) -> str:
 
 
 def download_all(cfg: dict[str, Any], out_dir: str | Path, progress: bool = True, **options: Any) -> list[Path]:
-    """Annotations, DL_info.csv and the configured archives of the ``dls`` config section, into ``out_dir``."""
+    """Annotations, DL_info.csv (where ``dl_info_url`` is set: the annotations give the evaluation
+    volumes' spacings) and the configured archives of the ``dls`` config section, into ``out_dir``."""
     out_dir = Path(out_dir)
     paths = [fetch(url, out_dir / "annotations" / f"{split}.json", f"DLS {split} annotations", progress, **options)
              for split, url in cfg["annotation_urls"].items()]
-    paths.append(fetch(cfg.get("dl_info_url"), out_dir / "DL_info.csv", "DL_info.csv (dls.dl_info_url)", progress,
-                       **options))
+    if cfg.get("dl_info_url"):
+        paths.append(fetch(cfg["dl_info_url"], out_dir / "DL_info.csv", "DL_info.csv (dls.dl_info_url)", progress,
+                           **options))
     for number in cfg["archives"]:
         paths.append(fetch(archive_url(number, cfg.get("archive_urls")), out_dir / "archives" / archive_name(number),
                            f"DeepLesion archive {number}", progress, **options))
     return paths
 
 
-def plan_series(index: str | Path | pd.DataFrame, dl_info: str | Path, split_jsons: Sequence[str | Path],
+def plan_series(index: str | Path | pd.DataFrame, dl_info: str | Path | None, split_jsons: Sequence[str | Path],
                 shard_size: int, pretraining: bool = True, out: str | Path | None = None) -> pd.DataFrame:
     """Series to convert and their shards: ``series_id, role, shard``.
 
     ``role`` is ``dls`` for series that the DLS splits refer to and ``pretrain`` for series of
     patients outside them (only with ``pretraining``); series in no downloaded archive are left out
-    (the archive index holds what was downloaded)."""
+    (the archive index holds what was downloaded). Pretraining series come from DL_info.csv;
+    without it (``dl_info`` None) they are the series of the patients of the non-test annotation
+    files (``valid.json``) that ``test.json`` does not name: their spacings are in the JSONs
+    (:func:`no_dl_info_notice`)."""
     located = index if isinstance(index, pd.DataFrame) else pd.read_csv(index, dtype={"series_id": str})
     present = set(located["series_id"])
     dls_series = {VolumeName.parse(n).series_id for n in split_volume_names(split_jsons)}
     rows = [{"series_id": s, "role": "dls"} for s in sorted(dls_series & present)]
-    if pretraining:
+    if pretraining and dl_info is not None:
         extra = set(pretraining_volumes(dl_info, split_jsons)["series_id"]) & present
-        rows += [{"series_id": s, "role": "pretrain"} for s in sorted(extra - dls_series)]
+        rows = [*rows, *({"series_id": s, "role": "pretrain"} for s in sorted(extra - dls_series))]
+    elif pretraining:
+        held_out = [p for p in split_jsons if Path(p).stem == "test"]
+        tested = {VolumeName.parse(n).patient for n in split_volume_names(held_out)}
+        rows = [{"series_id": r["series_id"], "role": "dls" if r["series_id"][:6] in tested else "pretrain"}
+                for r in rows]
     table = pd.DataFrame(rows, columns=["series_id", "role"])
     table["shard"] = [f"{k // shard_size:03d}" for k in range(len(table))]
     if out is not None:
         write_table(table, out)
     return table
+
+
+def no_dl_info_notice(cfg: dict[str, Any]) -> str | None:
+    """The one line a DLS run without ``dls.dl_info_url`` gets before anything is downloaded
+    (None where the URL is set or nothing is downloaded); ``cfg``: the whole config."""
+    if not cfg["datasets"]["dls"]["enabled"] or not cfg["datasets"]["dls"]["download"] or cfg["dls"]["dl_info_url"]:
+        return None
+    pretraining = ("pretraining uses the DLS valid split's volumes only (patients outside test.json)"
+                   if cfg["dls"]["pretraining"] else "no DeepLesion volume is converted for pretraining")
+    return ("dls.dl_info_url is unset: evaluation volumes take their spacings from the DLS JSONs and "
+            f"{pretraining}; pretraining on the DeepLesion volumes outside the DLS splits needs DL_info.csv "
+            "(their slice ranges and spacings): set dls.dl_info_url to its link from "
+            "https://nihcc.app.box.com/v/DeepLesion")
 
 
 def images_table(shard_tables: Sequence[str | Path], series_csv: str | Path, pairs_csv: str | Path,
