@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lesiontrack import __version__, config, evaluate, figures, follow, landmarks, preprocess
+from lesiontrack import __version__, check, config, evaluate, figures, follow, landmarks, preprocess
 from lesiontrack.config import ConfigError
 from lesiontrack.data import custom, dls, nlst, synthetic
 from lesiontrack.data.datasets import title
@@ -284,6 +284,9 @@ def _pairs_nlst(args: argparse.Namespace, out_dir: Path) -> None:
         print(scores.to_string(index=False))
         return
     convention = args.convention or _config(args.config)["datasets"]["nlst"]["slice_number_convention"]
+    if convention is None:
+        raise InputError("--dataset nlst: NLSTx's Slice number convention is undecided: give --convention "
+                         "(lesiontrack check --dataset nlst decides it from the downloaded series)")
     pairs, lesions = nlst.pairs_stage(args.nlstx, args.images, args.dicom_dir, convention,
                                       out_dir / "pairs.csv", out_dir / "lesions.csv")
     print(f"{nlst.LABEL}: {pairs['pair_id'].nunique()} pairs ({len(pairs)} directed), {len(lesions)} nodule "
@@ -365,7 +368,7 @@ def _add_dataset_commands(sub) -> None:
     p.add_argument("--pairs-csv", help="custom: pairs CSV in world mm (checked against the --images volumes)")
     p.add_argument("--images", action="append", default=[], metavar="CSV", help="table(s) image_id, path of NIfTI")
     p.add_argument("--convention", choices=["instance_number", "index0", "index1"],
-                   help="default: datasets.nlst.slice_number_convention")
+                   help="default: datasets.nlst.slice_number_convention (see lesiontrack check --dataset nlst)")
     p.add_argument("--out-dir", help="default: results/<dataset>")
     p.add_argument("--check-slices", action="store_true",
                    help="score each slice-number convention by a dense blob in lung inside the boxes")
@@ -598,6 +601,33 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(f"{', '.join(args.files) or 'the packaged defaults'}: valid", file=sys.stderr)
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    report = check.preflight(args.dataset, _config(args.config), args.dir or f"results/{args.dataset}", args.sample)
+    report.write(args.json, args.report)
+    print(report.text(), end="")
+    if report.failed:
+        failed = [f for f in report.findings if f.status == "FAIL"]
+        more = f" (and {len(failed) - 1} more failed check(s), above)" if len(failed) > 1 else ""
+        raise InputError(f"--dataset {args.dataset}: {failed[0].check}: {failed[0].detail}{more}")
+
+
+def _parser_check(sub) -> None:
+    p = sub.add_parser("check", help="preflight of a downloaded dataset before conversion and pretraining",
+                       description="dls: every configured archive present and intact (CRC of every member), the "
+                                   "DLS series found against the annotations, spacing agreement (annotations, "
+                                   "DL_info.csv), head-feet orientation of a sample of series. nlst: the planned "
+                                   "series downloaded, NLSTx's Slice number convention decided from the data "
+                                   "(refused while undecided unless the config names one). custom: every volume "
+                                   "readable. One report; exit status 2 when a check fails.")
+    p.add_argument("--dataset", required=True, choices=["dls", "nlst", "custom"])
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--dir", help="the download folder (default: results/<dataset>)")
+    p.add_argument("--sample", type=int, default=5, help="dls: series whose head-feet orientation is checked")
+    p.add_argument("--report", help="also write the report to this text file")
+    p.add_argument("--json", help="also write the findings (and what was decided) as JSON")
+    p.set_defaults(func=cmd_check)
+
+
 def _parser_config(sub) -> None:
     p = sub.add_parser("config", help="check config overlays and print the settings they give",
                        description="Validate config files (later ones override earlier ones, over the packaged "
@@ -615,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
                 _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track, _parser_follow,
-                _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_config):
+                _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_check,
+                _parser_config):
         add(sub)
     return parser
 

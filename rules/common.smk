@@ -36,6 +36,11 @@ def dataset_dir_of_output(wildcards, output):
     return str(Path(output[0]).parent.parent)
 
 
+def download_dir_of_output(wildcards, output):
+    """results/<dataset> for outputs directly under it."""
+    return str(Path(output[0]).parent)
+
+
 def dataset_dir_of_input(wildcards, input):
     """results/<dataset> for inputs directly under it."""
     return str(Path(input[0]).parent)

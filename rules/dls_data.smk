@@ -57,8 +57,30 @@ rule dls_archive:
         "../workflow_scripts/dls_download.py"
 
 
+rule dls_check:
+    input:
+        archives=dls_archive_files(),
+        dl_info=dls_info_files(),
+        annotations=expand("results/dls/annotations/{split}.json", split=DLS_SPLITS),
+    output:
+        json="results/dls/check.json",
+        report="results/dls/check.txt",
+    log:
+        "results/logs/dls_check.log",
+    benchmark:
+        "results/benchmarks/dls_check.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    params:
+        folder=download_dir_of_output,
+        code=code("lesiontrack.check", "lesiontrack.data.dls"),
+    script:
+        "../workflow_scripts/check.py"
+
+
 checkpoint dls_archive_index:
     input:
+        check="results/dls/check.json",
         archives=dls_archive_files(),
         dl_info=dls_info_files(),
         annotations=expand("results/dls/annotations/{split}.json", split=DLS_SPLITS),

@@ -78,11 +78,33 @@ rule nlst_convert:
         "../workflow_scripts/nlst.py"
 
 
+rule nlst_check:
+    input:
+        nlstx="results/nlst/nlstx_dataset.csv",
+        series="results/nlst/series.csv",
+        dicom=nlst_dicom_tables,
+    output:
+        json="results/nlst/check.json",
+        report="results/nlst/check.txt",
+    log:
+        "results/logs/nlst/check.log",
+    benchmark:
+        "results/benchmarks/nlst/check.tsv"
+    conda:
+        "../envs/nlst.yaml"
+    params:
+        folder=download_dir_of_output,
+        code=code("lesiontrack.check", "lesiontrack.data.nlst"),
+    script:
+        "../workflow_scripts/check.py"
+
+
 rule nlst_pairs:
     input:
         nlstx="results/nlst/nlstx_dataset.csv",
         series="results/nlst/series.csv",
         images=nlst_image_tables,
+        check="results/nlst/check.json",
     output:
         pairs="results/nlst/pairs.csv",
         lesions="results/nlst/lesions.csv",
@@ -95,7 +117,6 @@ rule nlst_pairs:
         "../envs/nlst.yaml"
     params:
         dicom_dir="results/nlst/dicom",
-        convention=lookup(dpath="datasets/nlst/slice_number_convention", within=config),
         code=code("lesiontrack.data.nlst", "lesiontrack.evaluate"),
     script:
         "../workflow_scripts/nlst.py"

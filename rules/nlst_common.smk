@@ -15,6 +15,10 @@ def nlst_shard_ids(wildcards):
     return nlst_shards()[int(wildcards.shard)]
 
 
+def nlst_dicom_tables(wildcards):
+    return shard_tables("nlst", "dicom")
+
+
 def nlst_image_tables(wildcards):
     return shard_tables("nlst", "images")
 

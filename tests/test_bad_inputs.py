@@ -181,7 +181,8 @@ def _dls(annotations: str) -> list[str]:
 
 
 def _nlst(nlstx: str) -> list[str]:
-    return ["pairs", "--dataset", "nlst", "--nlstx", nlstx, "--dicom-dir", "{o}", "--out-dir", "{o}/nlst"]
+    return ["pairs", "--dataset", "nlst", "--nlstx", nlstx, "--dicom-dir", "{o}", "--out-dir", "{o}/nlst",
+            "--convention", "instance_number"]
 
 
 CASES = [

@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
 
+from lesiontrack.check import convention_of
 from lesiontrack.data import nlst
 from lesiontrack.workflow import logged
 
@@ -18,7 +19,7 @@ with logged(sm.log[0], sm.rule) as log:
     elif sm.rule == "nlst_convert":
         nlst.convert_stage(sm.input.table, sm.params.images_dir, sm.output.table)
     elif sm.rule == "nlst_pairs":
-        nlst.pairs_stage(sm.input.nlstx, list(sm.input.images), sm.params.dicom_dir, sm.params.convention,
+        nlst.pairs_stage(sm.input.nlstx, list(sm.input.images), sm.params.dicom_dir, convention_of(sm.input.check),
                          sm.output.pairs, sm.output.lesions)
         nlst.images_table(list(sm.input.images), sm.input.series, sm.output.images)
     else:
