@@ -310,16 +310,24 @@ def relaxation(result: dict[str, Any]) -> float:
     return float((result.get("nlst") or {}).get("min_radius_mm") or 0.0)
 
 
+def _same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two per-pair tables score the same (pair, direction)s: a published row scored on
+    the whole DLS test split is paired with ours only where ours covers the same pairs (not where
+    a run downloaded part of DeepLesion)."""
+    return set(map(tuple, a[KEY].astype(str).to_numpy())) == set(map(tuple, b[KEY].astype(str).to_numpy()))
+
+
 def method_table(results: dict[str, tuple[dict[str, Any], pd.DataFrame]], reference: str | None) -> pd.DataFrame:
     """Rows = methods; CPM in percent, MEDs as "mean ± std" mm, and the paired t-test p-value of each
-    method's distances against ``reference`` (as the paper) on the same pairs (none if ``None``).
+    method's distances against ``reference`` (as the paper) on the same pairs (none if ``None``, NaN
+    for a method scored on other pairs: :func:`_same_pairs`).
     Where a result was scored with the NLST relaxation (``nlst.min_radius_mm`` > 0) its CPM columns
     are the relaxed ones, as the paper's Table 2."""
     if reference is not None and reference not in results:
         raise InputError(f"reference method {reference!r} is not among the methods {sorted(results)}")
     rows = []
     for method, (result, pairs) in results.items():
-        p_value = (math.nan if reference is None or method == reference
+        p_value = (math.nan if reference is None or method == reference or not _same_pairs(pairs, results[reference][1])
                    else paired_comparison(pairs, results[reference][1])["p_ttest"])
         cpm = result["nlst"] if relaxation(result) else result
         rows.append({"method": method, "n": result["n"], "CPM@10mm": round(cpm["cpm_10mm"], 2),

@@ -298,13 +298,18 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, float_format: str 
     return path
 
 
+# identifiers are text, whatever they look like: DLS pair ids are numbers in the test split and
+# "valid-<k>" beside them, and two tables must join on them
+ID_DTYPES = {"pair_id": str, "lesion_id": str}
+
+
 def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a CSV/TSV table and check that ``required`` columns are present."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=ID_DTYPES)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

@@ -116,7 +116,7 @@ rule training_figure:
 rule landmark_figure:
     input:
         images=dataset_resampled_tables,
-        splits=dataset_image_tables,
+        splits=["results/{dataset}/images.csv"],  # with split (DLS, NLST: not their shards)
         landmarks=landmark_figure_tables,
     output:
         png=report(

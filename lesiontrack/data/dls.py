@@ -409,7 +409,8 @@ def _radius_mm(entry: dict[str, Any], end: str, path: Path, number: int) -> floa
 
 
 def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
-    """Directed pairs of a DLS annotation file in world mm; entries 2k-1 (``forward``) and 2k share pair k."""
+    """Directed pairs of a DLS annotation file in world mm; entries 2k-1 (``forward``) and 2k share pair k
+    (pair id ``k`` in the test split, as Deep Lesion Tracker numbers it, ``<split>-k`` in the others)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such DLS annotation file (split {split!r})")
@@ -433,11 +434,13 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
                                  "expected 3 positive numbers (mm)") from error
         known = entry.get("lesion pair id")  # DLTMix.json has it; test.json and valid.json do not
         pair_id = str(int(known)) if known is not None else str((number + 1) // 2)
+        if split != "test":  # pair k of every split: one pairs.csv holds them all, each pair id once
+            pair_id = f"{split}-{pair_id}"
         source, target = _point(entry, "source", path, number), _point(entry, "target", path, number)
         box = _numbers_field(entry, "target box", 6, path, number)
         corners = dls_voxel_to_world(np.stack([box[:3], box[:3] + box[3:]]), entry["target"], entry["target spacing"])
         rows.append({
-            "pair_id": pair_id, "lesion_id": f"dls-{split}-{pair_id}",
+            "pair_id": pair_id, "lesion_id": f"dls-{split}-{pair_id.removeprefix(split + '-')}",
             "direction": "forward" if number % 2 else "backward",
             "source_image": VolumeName.parse(entry["source"], str(path)).image_id,
             "target_image": VolumeName.parse(entry["target"], str(path)).image_id,
