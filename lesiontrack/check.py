@@ -10,10 +10,10 @@ fails when any check fails.
   DL_info.csv where given); the head-feet orientation of a sample of series (lungs above liver
   along the slice numbers).
 - ``nlst``: the NLSTx series downloaded against the plan; NLSTx's ``Slice number`` convention
-  scored on the downloaded series (:func:`lesiontrack.data.nlst.check_slices`) and decided only
-  where the best convention scores at least :data:`CONVENTION_MARGIN` times the next one and
-  above :data:`CONVENTION_MIN_SCORE`; an undecided convention fails unless the config names one,
-  and a named convention that the data clearly contradicts fails.
+  scored on the downloaded series (:func:`lesiontrack.data.nlst.slice_scores`) and decided only
+  where the best convention wins row by row (:func:`decide_convention`); an undecided convention
+  fails unless the config names one, and a named convention that the data clearly contradicts
+  fails.
 - ``custom``: every volume of images.csv readable, with at least three slices along each axis.
 
 Not checked: the label conventions of segmentations used for landmarks (IDC's TotalSegmentator
@@ -35,8 +35,8 @@ import pandas as pd
 from lesiontrack.data import dls, nlst
 from lesiontrack.io import InputError, atomic_path, check_slices, read_image, read_table
 
-CONVENTION_MARGIN = 1.5  # the best convention's mean score against the next one's
 CONVENTION_MIN_SCORE = 0.1  # the best convention's mean score (a dense blob ringed by lung where it says)
+CONVENTION_P = 0.01  # the sign test of the best convention's scores against each other answer's
 
 
 @dataclass
@@ -176,29 +176,47 @@ def check_dls(archives: Sequence[str | Path], annotations: Sequence[str | Path],
 
 # --- NLST -----------------------------------------------------------------------------------------
 
-def decide_convention(scores: pd.DataFrame, named: str | None) -> tuple[str | None, Finding]:
-    """The slice convention from :func:`nlst.check_slices`' scores (best first) and the config's
-    (``named``, None where it names none)."""
-    best, second = scores.iloc[0], scores.iloc[1]
-    detail = ", ".join(f"{c} {s:.3f}" for c, s in zip(scores["convention"], scores["mean_score"], strict=True))
-    decided = (best["mean_score"] > CONVENTION_MIN_SCORE
-               and best["mean_score"] >= CONVENTION_MARGIN * second["mean_score"])
+def decide_convention(rows: pd.DataFrame, named: str | None) -> tuple[str | None, Finding]:
+    """The slice convention from :func:`nlst.slice_scores`' rows and the config's (``named``, None
+    where it names none). Conventions that pick the same slices are one answer (the first of
+    ``nlst.CONVENTIONS`` stands for them). The best answer (highest mean score) is decided where its
+    mean exceeds :data:`CONVENTION_MIN_SCORE` and, against every other answer, a two-sided sign test
+    over the rows (the best's score above or below the other's at the same row) gives p <
+    :data:`CONVENTION_P`: adjacent slices both cut a nodule, so a ratio of means would not tell
+    them apart, while the nodule's own slice wins row by row."""
+    from scipy import stats
+
+    table = nlst.summarise_slices(rows)
+    best = table.iloc[0]
+    answer = str(best["same_slices_as"])
+    detail = ", ".join(f"{c} {s:.3f}" for c, s in zip(table["convention"], table["mean_score"], strict=True))
+    alike = table.loc[table["same_slices_as"] == answer, "convention"].tolist()
+    if len(alike) > 1:
+        detail += f"; {' and '.join(alike)} pick the same slices here"
+    score = {c: rows.loc[rows["convention"] == c, "score"].to_numpy(float) for c in table["convention"]}
+    tests = []
+    for other in table.loc[table["same_slices_as"] != answer, "convention"]:
+        wins, losses = int((score[answer] > score[other]).sum()), int((score[answer] < score[other]).sum())
+        p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+        tests.append((other, wins, losses, float(p) if wins > losses else 1.0))
+    detail += "".join(f"; against {o}: {w} rows better, {lo} worse (sign test p = {p:.2g})" for o, w, lo, p in tests)
+    decided = best["mean_score"] > CONVENTION_MIN_SCORE and all(p < CONVENTION_P for *_, p in tests)
     n = int(best["n"])
-    if decided and named not in (None, best["convention"]):
+    if decided and named is not None and named not in alike:
         return None, Finding("slice convention", "FAIL",
                              f"datasets.nlst.slice_number_convention = {named}, but the {n} downloaded NLSTx boxes "
-                             f"support {best['convention']} (mean scores: {detail})")
+                             f"support {answer} (mean scores: {detail})")
     if decided:
-        return str(best["convention"]), Finding("slice convention", "ok",
-                                                f"{best['convention']}, decided by the data ({n} boxes; mean "
-                                                f"scores: {detail})")
+        chosen = named or answer
+        return chosen, Finding("slice convention", "ok", f"{chosen}, decided by the data ({n} boxes; mean scores: "
+                                                         f"{detail})")
     if named is not None:
         return named, Finding("slice convention", "warn", f"undecided by the data ({n} boxes; mean scores: {detail}); "
                                                           f"the config names {named}")
     return None, Finding("slice convention", "FAIL",
                          f"undecided: the {n} downloaded NLSTx boxes do not single one out (mean scores: {detail}; "
-                         f"needed: best > {CONVENTION_MIN_SCORE} and >= {CONVENTION_MARGIN}x the next); name one "
-                         "in datasets.nlst.slice_number_convention")
+                         f"needed: best > {CONVENTION_MIN_SCORE} and sign test p < {CONVENTION_P} against each other "
+                         "answer); name one in datasets.nlst.slice_number_convention")
 
 
 def check_nlst(nlstx_csv: str | Path, series_csv: str | Path, dicom_dir: str | Path, convention: str | None = None
@@ -218,7 +236,7 @@ def check_nlst(nlstx_csv: str | Path, series_csv: str | Path, dicom_dir: str | P
     decided: dict[str, Any] = {"slice_number_convention": None}
     table = _guarded(findings, "NLSTx table", lambda: nlst.read_nlstx(nlstx_csv))
     if table is not None:
-        scores = _guarded(findings, "slice convention", lambda: nlst.check_slices(table, dicom_dir))
+        scores = _guarded(findings, "slice convention", lambda: nlst.slice_scores(table, dicom_dir))
         if scores is not None:
             decided["slice_number_convention"], finding = decide_convention(scores, convention)
             findings.append(finding)

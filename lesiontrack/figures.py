@@ -98,6 +98,16 @@ DATASET_FIGURES = ("qualitative", "lesion_over_time", "similarity_scales", "erro
 """The figures :func:`dataset_figures` writes for one dataset (``<name>.png`` and ``<name>.pdf``)."""
 
 
+
+SHOWN_ID_CHARS = 24
+
+
+def shown_id(image_id: object) -> str:
+    """An image id as a figure title shows it: NLST's SeriesInstanceUIDs (60 characters) by their
+    last characters, which tell the series of one study apart."""
+    text = str(image_id)
+    return text if len(text) <= SHOWN_ID_CHARS else "…" + text[-(SHOWN_ID_CHARS - 1):]
+
 def method_colours(names: Iterable[str]) -> dict[str, str]:
     """A palette colour per method: fixed for the Contracts' methods, the spare ones for the rest."""
     spare = itertools.cycle(_SPARE_COLOURS)
@@ -267,7 +277,7 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
                     colour = PALETTE["truth"] if lesion["lesion_id"] == tracked_id else PALETTE["accent"]
                     ax.add_patch(plt.Circle((point[c_axis], point[r_axis]), radius + 3.0, fill=False,
                                             ec=colour, lw=1.4))
-            ax.set_title(f"{image_id} ({'baseline' if row == 0 else 'follow-up'}), {view}", fontsize=10)
+            ax.set_title(f"{shown_id(image_id)} ({'baseline' if row == 0 else 'follow-up'}), {view}", fontsize=10)
             ax.set_xlabel("xyz"[c_axis] + " (mm, LPS)", fontsize=8)
             ax.set_ylabel("xyz"[r_axis] + " (mm, LPS)", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -485,7 +495,8 @@ def qualitative(pairs: pd.DataFrame, predictions: pd.DataFrame, errors: pd.DataF
             source, target, predicted = _point(pair, "source"), _point(pair, "target"), _point(pair, "pred")
             _show_axial(axes[row, 0], volumes, pair["source_image"], source)
             _mark_truth(axes[row, 0], source, float(pair.get("source_radius_mm", np.nan)))
-            axes[row, 0].set_title(f"{case}: {pair['source_image']} (source)\n{pair['lesion_id']}, {pair['direction']}")
+            axes[row, 0].set_title(f"{case}: {shown_id(pair['source_image'])} (source)\n"
+                                   f"{pair['lesion_id']}, {pair['direction']}")
             _show_axial(axes[row, 1], volumes, pair["target_image"], target)
             _mark_truth(axes[row, 1], target, float(pair["target_radius_mm"]))
             box = [f"target_box_{m}_{a}" for m in ("min", "max") for a in "xy"]
@@ -495,7 +506,7 @@ def qualitative(pairs: pd.DataFrame, predictions: pd.DataFrame, errors: pd.DataF
                                                  ls="--", lw=1.0))
             _mark_prediction(axes[row, 1], predicted)
             axes[row, 1].set_xlim(axes[row, 1].get_xlim())
-            axes[row, 1].set_title(f"{pair['target_image']} (target): error {pair['distance_mm']:.1f} mm\n"
+            axes[row, 1].set_title(f"{shown_id(pair['target_image'])} (target): error {pair['distance_mm']:.1f} mm\n"
                                    f"prediction {predicted[2] - target[2]:+.1f} mm from this slice along z")
         fig.legend(handles=_legend_handles(), loc="outside lower center", ncol=3, frameon=False)
         fig.suptitle(f"{method}: best, median and worst of {len(merged)} pairs (axial, 120 mm field)")
@@ -524,14 +535,14 @@ def lesion_over_time(pairs: pd.DataFrame, predictions: pd.DataFrame, volumes: _V
         fig, axes = plt.subplots(1, len(steps) + 1, figsize=(3.5 * (len(steps) + 1), 4.4), constrained_layout=True)
         _show_axial(axes[0], volumes, one["source_image"], _point(one, "source"))
         _mark_truth(axes[0], _point(one, "source"), float(one.get("source_radius_mm", np.nan)))
-        axes[0].set_title(f"{one['source_image']}: lesion marked")
+        axes[0].set_title(f"{shown_id(one['source_image'])}: lesion marked")
         for ax, pair in zip(axes[1:], steps, strict=True):
             target, predicted = _point(pair, "target"), _point(pair, "pred")
             _show_axial(ax, volumes, pair["target_image"], target)
             _mark_truth(ax, target, float(pair["target_radius_mm"]))
             _mark_prediction(ax, predicted)
             ax.set_xlim(ax.get_xlim())
-            ax.set_title(f"{pair['target_image']}: error {np.linalg.norm(predicted - target):.1f} mm")
+            ax.set_title(f"{shown_id(pair['target_image'])}: error {np.linalg.norm(predicted - target):.1f} mm")
         fig.legend(handles=_legend_handles(box=False), loc="outside lower center", ncol=2, frameon=False)
         fig.suptitle(f"{method}: lesion {one['lesion_id']} over three scans" if three else
                      f"{method}: lesion {one['lesion_id']} (no lesion of these pairs has three scans)")
@@ -565,7 +576,7 @@ def similarity_scales(pair: pd.Series, maps: dict[int, np.ndarray], geometry: Ge
                             Line2D([], [], ls="none", marker="x", color=PALETTE["prediction"], ms=9, mew=2.0,
                                    label="maximum of the sum (the prediction)")],
                    loc="outside lower center", ncol=2, frameon=False)
-        fig.suptitle(f"{pair['pair_id']} ({pair['direction']}): similarity over {pair['target_image']}, "
+        fig.suptitle(f"{pair['pair_id']} ({pair['direction']}): similarity over {shown_id(pair['target_image'])}, "
                      f"axial slice through the ground truth")
         return save(fig, out_base)
 

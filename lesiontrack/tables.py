@@ -71,6 +71,11 @@ HISTORY_COLUMNS = ["lesion_id", "timepoint", "scan", "x", "y", "z", "confidence"
 # (lesiontrack.evaluate_follow); share: a fraction, NaN where undefined or not measured
 FOLLOW_SUMMARY_COLUMNS = ["measure", "history", "history_counts", "pairwise", "pairwise_counts"]
 
+# truth/pairs.csv of a synthetic DeepLesion (lesiontrack.data.deeplesion_synth): each DLS entry's
+# points in world mm as generated, kept apart from what is served
+DEEPLESION_TRUTH_COLUMNS = ["split", "dls_entry", "source", "target", *SOURCE_POINT, *TARGET_POINT,
+                            "target_radius_mm"]
+
 # tables/<dataset>.csv
 RESULT_COLUMNS = ["method", "n", "CPM@10mm", "CPM@Radius", "MEDx", "MEDy", "MEDz", "MED", "p_vs_reference"]
 

@@ -55,6 +55,7 @@ rule nlst_download:
     params:
         image_ids=nlst_shard_ids,
         dicom_dir="results/nlst/dicom",
+        source=lookup(dpath="datasets/nlst/dicom_source", within=config),
         code=code("lesiontrack.data.nlst"),
     script:
         "../workflow_scripts/nlst.py"

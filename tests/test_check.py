@@ -97,14 +97,20 @@ def test_a_spacing_disagreement_fails(tmp_path, capsys):
                            f"mm ({folder / 'annotations' / 'test.json'})")
 
 
-def _nlst_download(folder: Path, slice_number: int) -> Path:
-    """One downloaded NLSTx series (nodule at InstanceNumber 17) and its NLSTx row, in the workflow's layout."""
-    _write_series(folder / "dicom" / "1.2.3", nodule_k=NODULE[2])
-    pd.DataFrame([{"fold": 0, "PID": 100001, "study_yr": 0, "malignancy": "B", "seriesinstanceuids": "1.2.3",
-                   "Abnormality UID": 1.0, "Slice number": slice_number, "Bounding box x (pixels)": NODULE[0] - 5,
-                   "Bounding box y (pixels)": NODULE[1] - 5, "Bounding box width (pixels)": 11,
-                   "Bounding box height (pixels)": 11}]).to_csv(folder / "nlstx_dataset.csv", index=False)
-    pd.DataFrame({"image_id": ["1.2.3"], "role": "evaluation"}).to_csv(folder / "series.csv", index=False)
+def _nlst_download(folder: Path, slice_number: int, n_series: int = 8) -> Path:
+    """``n_series`` downloaded NLSTx series (each a nodule at InstanceNumber 17) and their NLSTx rows,
+    in the workflow's layout."""
+    rows = []
+    for k in range(n_series):
+        uid = f"1.2.3.{k}"
+        _write_series(folder / "dicom" / uid, nodule_k=NODULE[2], series_uid=uid)
+        rows.append({"fold": 0, "PID": 100001 + k, "study_yr": 0, "malignancy": "B", "seriesinstanceuids": uid,
+                     "Abnormality UID": 1.0, "Slice number": slice_number, "Bounding box x (pixels)": NODULE[0] - 5,
+                     "Bounding box y (pixels)": NODULE[1] - 5, "Bounding box width (pixels)": 11,
+                     "Bounding box height (pixels)": 11})
+    pd.DataFrame(rows).to_csv(folder / "nlstx_dataset.csv", index=False)
+    pd.DataFrame({"image_id": [r["seriesinstanceuids"] for r in rows], "role": "evaluation"}).to_csv(
+        folder / "series.csv", index=False)
     return folder
 
 
@@ -112,11 +118,11 @@ def test_the_nlstx_slice_convention_is_decided_by_the_data(tmp_path, capsys):
     folder = _nlst_download(tmp_path / "nlst", slice_number=17)  # InstanceNumber 17 is the nodule's slice
     code, out, _ = _run(tmp_path, capsys, folder, "nlst", "{}\n")
     assert code == 0, out
-    assert "ok slice convention instance_number, decided by the data (1 boxes" in out
+    assert "ok slice convention instance_number, decided by the data (8 boxes" in out
     assert check.convention_of(tmp_path / "check.json") == "instance_number"
     # a config naming another convention than the one the data shows is refused
     code, _, err = _run(tmp_path, capsys, folder, "nlst", "datasets: {nlst: {slice_number_convention: index1}}\n")
-    assert code == 2 and "slice_number_convention = index1, but the 1 downloaded NLSTx boxes support " \
+    assert code == 2 and "slice_number_convention = index1, but the 8 downloaded NLSTx boxes support " \
                          "instance_number" in err
 
 
@@ -124,7 +130,7 @@ def test_an_undecided_nlstx_slice_convention_fails_unless_the_config_names_one(t
     folder = _nlst_download(tmp_path / "nlst", slice_number=35)  # no convention puts the box on the nodule
     code, out, err = _run(tmp_path, capsys, folder, "nlst", "{}\n")
     assert code == 2
-    assert err.startswith("lesiontrack check: --dataset nlst: slice convention: undecided: the 1 downloaded NLSTx "
+    assert err.startswith("lesiontrack check: --dataset nlst: slice convention: undecided: the 8 downloaded NLSTx "
                           "boxes do not single one out")
     assert err.rstrip().endswith("name one in datasets.nlst.slice_number_convention")
     with pytest.raises(Exception, match="did not pass"):
@@ -132,3 +138,18 @@ def test_an_undecided_nlstx_slice_convention_fails_unless_the_config_names_one(t
     code, out, _ = _run(tmp_path, capsys, folder, "nlst", "datasets: {nlst: {slice_number_convention: index0}}\n")
     assert code == 0 and "warn slice convention undecided by the data" in out
     assert check.convention_of(tmp_path / "check.json") == "index0"
+
+
+def test_a_custom_volume_that_does_not_read_fails(tmp_path, capsys, test_data):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    broken = folder / "broken.nii.gz"
+    broken.write_bytes((test_data / "totalseg" / "example_ct_sm.nii.gz").read_bytes()[:5000])  # cut short
+    pd.DataFrame({"image_id": ["good", "broken"], "path": [str(test_data / "totalseg" / "example_ct_sm.nii.gz"),
+                                                           str(broken)]}).to_csv(folder / "images.csv", index=False)
+    code, out, err = _run(tmp_path, capsys, folder, "custom", "{}\n")
+    assert code == 2 and err.startswith(f"lesiontrack check: --dataset custom: volumes readable: {broken}")
+    pd.DataFrame({"image_id": ["good"], "path": [str(test_data / "totalseg" / "example_ct_sm.nii.gz")]}).to_csv(
+        folder / "images.csv", index=False)
+    code, out, _ = _run(tmp_path, capsys, folder, "custom", "{}\n")
+    assert code == 0 and "ok volumes readable 1 volumes, each with >= 3 slices per axis" in out

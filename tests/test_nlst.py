@@ -340,7 +340,9 @@ def test_nlst_rules_download_convert_pairs_offline(tmp_path):
     pd.DataFrame({"image_id": ["1.2.3", "1.2.4"], "role": "evaluation", "pid": "100001", "study_yr": [0, 1],
                   "instanceCount": 40, "series_size_MB": 0.3}).to_csv(nlst_dir / "series.csv", index=False)
     os.utime(nlst_dir / "series.csv")
-    configs = [REPO / "configs" / "paper-nlst.yaml", REPO / "configs" / "paper-model.yaml"]
+    named = tmp_path / "named.yaml"  # two boxes cannot decide the slice convention: the config names it
+    named.write_text("datasets: {nlst: {slice_number_convention: instance_number}}\n")
+    configs = [REPO / "configs" / "paper-nlst.yaml", REPO / "configs" / "paper-model.yaml", named]
     updated = run_workflow(workdir, configs, targets=["results/nlst/pairs.csv", "results/nlst/images.csv"])
     assert {"results/nlst/pairs.csv", "results/nlst/lesions.csv", "results/nlst/shards/images-000.csv"} <= set(updated)
     images = pd.read_csv(nlst_dir / "images.csv", dtype={"image_id": str, "subject_id": str})
@@ -352,3 +354,4 @@ def test_nlst_rules_download_convert_pairs_offline(tmp_path):
     forward = pairs[pairs["direction"] == "forward"].iloc[0]
     assert forward.target_z == pytest.approx(forward.source_z - 5 * SPACING[2])
     assert (nlst_dir / "images" / "1.2.4.nii.gz").exists()
+    assert "warn  slice convention   undecided by the data (2 boxes" in (nlst_dir / "check.txt").read_text()

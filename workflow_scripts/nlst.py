@@ -15,7 +15,9 @@ with logged(sm.log[0], sm.rule) as log:
         nlst.select_stage(sm.input.nlstx, sm.output.series, sm.params.n_patients, sm.params.seed,
                           sm.params.slice_spacing_mm, sm.params.min_slices, log=log.info)
     elif sm.rule == "nlst_download":
-        nlst.download_stage(sm.input.series, list(sm.params.image_ids), sm.params.dicom_dir, sm.output.table)
+        source = sm.params.source  # a local folder of series instead of IDC, or None
+        nlst.download_stage(sm.input.series, list(sm.params.image_ids), sm.params.dicom_dir, sm.output.table,
+                            nlst.folder_downloader(source) if source else nlst.idc_downloader)
     elif sm.rule == "nlst_convert":
         nlst.convert_stage(sm.input.table, sm.params.images_dir, sm.output.table)
     elif sm.rule == "nlst_pairs":

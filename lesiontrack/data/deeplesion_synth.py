@@ -8,7 +8,7 @@ numbers from the top of the field of view) and writes what a real run downloads:
   for each lesion the slab :func:`~lesiontrack.data.synthetic.dls_subvolume` draws around it
   (slabs of one series that overlap or touch are written as one run of slices, as DeepLesion
   stores a series' slices once);
-- ``DL_info.csv`` with DeepLesion's header (:data:`DL_INFO_COLUMNS`), one row per lesion and scan
+- ``DL_info.csv`` with DeepLesion's header (``dls.DL_INFO_COLUMNS``), one row per lesion and scan
   (its key slice, RECIST axes and box in pixels, ``Slice_range`` of its run, ``Spacing_mm_px_``);
 - ``train.json``, ``valid.json``, ``test.json`` in the DLS conventions of Deep Lesion Tracker's
   files: entries ``"0001"``, ``"0002"``, ... (2k-1 and 2k one lesion pair in both directions),
@@ -39,14 +39,8 @@ import SimpleITK as sitk
 from lesiontrack.data import dls
 from lesiontrack.data import synthetic as syn
 from lesiontrack.io import write_table
+from lesiontrack.tables import DEEPLESION_TRUTH_COLUMNS
 
-DL_INFO_COLUMNS = ["File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index",
-                   "Measurement_coordinates", "Bounding_boxes", "Lesion_diameters_Pixel_",
-                   "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy", "Slice_range",
-                   "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender", "Patient_age",
-                   "Train_Val_Test"]
-TRUTH_COLUMNS = ["split", "dls_entry", "source", "target", "source_x", "source_y", "source_z", "target_x",
-                 "target_y", "target_z", "target_radius_mm"]
 SPLIT_CODE = {"train": 1, "valid": 2, "test": 3}  # DL_info.csv's Train_Val_Test
 TYPE_CODE = {"lung": 5, "liver": 4, "node": 7, "kidney": 6, "soft": 3, "bone": 1}  # DeepLesion's coarse types
 SHORT_AXIS = 0.8  # the RECIST short axis against the long one
@@ -192,9 +186,10 @@ def write_deeplesion(cfg: syn.SyntheticConfig, out_dir: str | Path, n_archives: 
             for series_id in chosen:
                 for number, png in sorted(members[series_id].items()):
                     zf.writestr(f"Images_png/{series_id}/{number:03d}.png", png)
-    pd.DataFrame(info, columns=DL_INFO_COLUMNS).to_csv(out_dir / "DL_info.csv", index=False)
+    pd.DataFrame(info, columns=dls.DL_INFO_COLUMNS).to_csv(out_dir / "DL_info.csv", index=False)
     for split, rows in entries.items():
         (out_dir / f"{split}.json").write_text(json.dumps({f"{k + 1:04d}": e for k, e in enumerate(rows)}, indent=1))
-    write_table(pd.DataFrame(truth, columns=TRUTH_COLUMNS), out_dir / "truth" / "pairs.csv", float_format="%.6f")
+    write_table(pd.DataFrame(truth, columns=DEEPLESION_TRUTH_COLUMNS), out_dir / "truth" / "pairs.csv",
+                float_format="%.6f")
     return {"series": len(series_ids), "slices": sum(len(m) for m in members.values()), "lesion_rows": len(info),
             **{f"{split}_entries": len(rows) for split, rows in entries.items()}}

@@ -38,6 +38,13 @@ SERIES_RE = re.compile(r"^(\d{6})_(\d{2})_(\d{2})$")
 NAME_RE = re.compile(r"^(\d{6})_(\d{2})_(\d{2})_(\d{3,})-(\d{3,})(?:\.nii\.gz)?$")
 MEMBER_RE = re.compile(r"(?:^|/)(\d{6}_\d{2}_\d{2})/(\d+)\.png$")
 INDEX_COLUMNS = ["series_id", "archive", "n_slices", "first_slice", "last_slice"]
+# DeepLesion's DL_info.csv header (the converter reads File_name, Slice_range, Spacing_mm_px_)
+DL_INFO_COLUMNS = ["File_name", "Patient_index", "Study_index", "Series_ID", "Key_slice_index",
+                   "Measurement_coordinates", "Bounding_boxes", "Lesion_diameters_Pixel_",
+                   "Normalized_lesion_location", "Coarse_lesion_type", "Possibly_noisy", "Slice_range",
+                   "Spacing_mm_px_", "Image_size", "DICOM_windows", "Patient_gender", "Patient_age",
+                   "Train_Val_Test"]
+
 
 
 def archive_urls() -> list[str]:

@@ -207,6 +207,22 @@ def idc_downloader(series_uid: str, folder: Path) -> None:
                                         use_s5cmd_sync=True, quiet=True, show_progress_bar=False)
 
 
+def folder_downloader(source: str | os.PathLike) -> Downloader:
+    """A downloader that copies ``<source>/<SeriesInstanceUID>/*.dcm`` (a local copy of NLST, e.g.
+    from TCIA, or a rehearsal's series) instead of fetching from IDC."""
+    source = Path(source)
+
+    def copy(series_uid: str, folder: Path) -> None:
+        files = sorted((source / series_uid).glob("*.dcm"))
+        if not files:
+            raise InputError(f"{source / series_uid}: no DICOM files of series {series_uid} "
+                             "(datasets.nlst.dicom_source)")
+        for path in files:
+            shutil.copy2(path, folder / path.name)
+
+    return copy
+
+
 def series_complete(folder: Path, n_files: int) -> bool:
     return (folder / ".complete").exists() and sum(1 for p in folder.glob("*.dcm")) >= n_files
 
@@ -307,28 +323,48 @@ def blob_score(array: np.ndarray, k: int | None, row: pd.Series, dense_hu: float
     return inside * around
 
 
-def check_slices(nlstx: pd.DataFrame, dicom_dir: str | os.PathLike) -> pd.DataFrame:
-    """Score each slice-number convention on the downloaded NLSTx series: one row per convention.
-
-    ``mean_score`` is the mean :func:`blob_score` over NLSTx rows whose series is under
-    ``dicom_dir``; the convention with the highest mean is the one the data supports.
-    """
+def slice_scores(nlstx: pd.DataFrame, dicom_dir: str | os.PathLike) -> pd.DataFrame:
+    """Each NLSTx row whose series is under ``dicom_dir``, scored under each slice-number
+    convention: ``lesion_id, image_id, convention, k`` (the slice it picks) and ``score``
+    (:func:`blob_score`)."""
     dicom_dir = Path(dicom_dir)
-    scores: dict[str, list[float]] = {c: [] for c in CONVENTIONS}
-    for image_id, rows in nlstx.groupby("image_id"):
+    rows = []
+    for image_id, found in nlstx.groupby("image_id"):
         folder = dicom_dir / str(image_id)
         if not folder.is_dir():
             continue
         series = dicom_series(folder)
         array = sitk.GetArrayFromImage(series.read())
-        for convention in CONVENTIONS:
-            for _, row in rows.iterrows():
-                scores[convention].append(blob_score(array, slice_index(series, int(row["slice_number"]),
-                                                                        convention), row))
-    if not scores[CONVENTIONS[0]]:
+        for _, row in found.iterrows():
+            for convention in CONVENTIONS:
+                k = slice_index(series, int(row["slice_number"]), convention)
+                rows.append({"lesion_id": row["lesion_id"], "image_id": image_id, "convention": convention,
+                             "k": -1 if k is None else k, "score": blob_score(array, k, row)})
+    if not rows:
         raise InputError(f"{dicom_dir}: none of the {nlstx['image_id'].nunique()} NLSTx series is downloaded here")
-    table = pd.DataFrame([{"convention": c, "n": len(v), "mean_score": float(np.mean(v))} for c, v in scores.items()])
-    return table.sort_values("mean_score", ascending=False, ignore_index=True)
+    return pd.DataFrame(rows)
+
+
+def check_slices(nlstx: pd.DataFrame, dicom_dir: str | os.PathLike) -> pd.DataFrame:
+    """Score each slice-number convention on the downloaded NLSTx series: one row per convention.
+
+    ``mean_score`` is the mean :func:`blob_score` over NLSTx rows whose series is under
+    ``dicom_dir``; the convention with the highest mean is the one the data supports.
+    ``same_slices_as``: the first convention (in ``CONVENTIONS`` order) that picks the same slice
+    for every row (itself where none before it does): InstanceNumbers 1..n make
+    ``instance_number`` and ``index1`` one answer.
+    """
+    return summarise_slices(slice_scores(nlstx, dicom_dir))
+
+
+def summarise_slices(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`check_slices`' table from :func:`slice_scores`' rows, best first (ties in ``CONVENTIONS`` order)."""
+    picked = {c: scores.loc[scores["convention"] == c, "k"].tolist() for c in CONVENTIONS}
+    table = pd.DataFrame([{"convention": c, "n": len(picked[c]),
+                           "mean_score": float(scores.loc[scores["convention"] == c, "score"].mean()),
+                           "same_slices_as": next(o for o in CONVENTIONS if picked[o] == picked[c]),
+                           "order": k} for k, c in enumerate(CONVENTIONS)])
+    return table.sort_values(["mean_score", "order"], ascending=[False, True], ignore_index=True).drop(columns="order")
 
 
 # --------------------------------------------------------------------------- pairs.csv and lesions.csv
