@@ -9,7 +9,8 @@ fails when any check fails.
   annotation files name); spacing agreement (the annotations against each other and against
   DL_info.csv where given); the head-feet orientation of a sample of series (lungs above liver
   along the slice numbers).
-- ``nlst``: the NLSTx series downloaded against the plan; NLSTx's ``Slice number`` convention
+- ``nlst``: the NLSTx series downloaded against the plan, each with the IDC index's number of
+  slices; NLSTx's ``Slice number`` convention
   scored on the downloaded series (:func:`lesiontrack.data.nlst.slice_scores`) and decided only
   where the best convention wins row by row (:func:`decide_convention`); an undecided convention
   fails unless the config names one, and a named convention that the data clearly contradicts
@@ -233,6 +234,13 @@ def check_nlst(nlstx_csv: str | Path, series_csv: str | Path, dicom_dir: str | P
                             f"{sum(there)} of {len(plan)} planned series under {dicom_dir}"
                             + (f"; {len(missing)} evaluation series missing, e.g. {dicom_dir / missing[0]}"
                                if missing else "")))
+    if "instanceCount" in plan:  # the index's slice count of each series against the files there
+        short = [f"{dicom_dir / i}: {n_files} of {int(n)} slices"
+                 for i, n, here in zip(plan["image_id"], plan["instanceCount"], there, strict=True)
+                 if here and (n_files := sum(1 for _ in (dicom_dir / i).glob("*.dcm"))) < int(n)]
+        findings.append(Finding("slices per series", "FAIL" if short else "ok",
+                                "; ".join(short[:3]) + (f" (and {len(short) - 3} more)" if len(short) > 3 else "")
+                                if short else "every downloaded series has the IDC index's instanceCount files"))
     decided: dict[str, Any] = {"slice_number_convention": None}
     table = _guarded(findings, "NLSTx table", lambda: nlst.read_nlstx(nlstx_csv))
     if table is not None:

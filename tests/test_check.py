@@ -153,3 +153,13 @@ def test_a_custom_volume_that_does_not_read_fails(tmp_path, capsys, test_data):
         folder / "images.csv", index=False)
     code, out, _ = _run(tmp_path, capsys, folder, "custom", "{}\n")
     assert code == 0 and "ok volumes readable 1 volumes, each with >= 3 slices per axis" in out
+
+
+def test_a_series_missing_slices_fails(tmp_path, capsys):
+    folder = _nlst_download(tmp_path / "nlst", slice_number=17)
+    plan = pd.read_csv(folder / "series.csv").assign(instanceCount=40)  # the IDC index's count
+    plan.to_csv(folder / "series.csv", index=False)
+    next((folder / "dicom" / "1.2.3.0").glob("*.dcm")).unlink()
+    code, _, err = _run(tmp_path, capsys, folder, "nlst", "{}\n")
+    assert code == 2 and err.startswith(f"lesiontrack check: --dataset nlst: slices per series: "
+                                        f"{folder / 'dicom' / '1.2.3.0'}: 39 of 40 slices")
