@@ -106,23 +106,6 @@ def _archive_intact(path: Path) -> str:
     return "" if n else f"{path}: an empty archive"
 
 
-def _series_slices(series_id: str, archives: Sequence[Path]) -> tuple[np.ndarray, list[int]]:
-    """All PNG slices of one series from the archives, in slice-number order, as (slices, rows, cols) HU."""
-    located: dict[int, tuple[Path, str]] = {}
-    for archive in archives:
-        for number, member in dls.archive_members(archive).get(series_id, {}).items():
-            located[number] = (archive, member)
-    numbers = sorted(located)
-    slices = []
-    for number in numbers:
-        archive, member = located[number]
-        with zipfile.ZipFile(archive) as zf:
-            slices.append(dls.png_to_hu(zf.read(member), f"{archive}:{member}"))
-    if len({s.shape for s in slices}) != 1:
-        raise InputError(f"series {series_id}: slices of different sizes")
-    return np.stack(slices), numbers
-
-
 def check_dls(archives: Sequence[str | Path], annotations: Sequence[str | Path], dl_info: str | Path | None = None,
               sample: int = 5) -> Report:
     """Preflight of a DLS download: ``archives`` the configured archive paths (present or not),
@@ -143,10 +126,7 @@ def check_dls(archives: Sequence[str | Path], annotations: Sequence[str | Path],
     names = _guarded(findings, "annotations", lambda: dls.split_volume_names(annotations))
     if names is not None:
         wanted = sorted({dls.VolumeName.parse(n).series_id for n in names})
-        located: dict[str, list[Path]] = {}
-        for archive in intact:
-            for series_id in dls.archive_members(archive):
-                located.setdefault(series_id, []).append(archive)
+        located = dls.locate_slices(intact)
         found = [s for s in wanted if s in located]
         findings.append(Finding("DLS series found", "ok" if len(found) == len(wanted) else "warn" if found else "FAIL",
                                 f"{len(found)} of the {len(wanted)} series the annotations name are in the "
@@ -160,14 +140,17 @@ def check_dls(archives: Sequence[str | Path], annotations: Sequence[str | Path],
         chosen = [found[int(k)] for k in np.unique(np.linspace(0, len(found) - 1, min(sample, len(found))).round())
                   ] if found else []
         states = []
-        for series_id in chosen:
-            def one(series_id: str = series_id) -> str:
-                hu, numbers = _series_slices(series_id, located[series_id])
-                return dls.head_feet_check(hu, f"series {series_id} ({', '.join(map(str, located[series_id]))})",
-                                           slice_numbers=numbers)
-            state = _guarded(findings, "head-feet", one)
-            if state is not None:
-                states.append(state)
+        with dls.opened_archives() as handles:
+            for series_id in chosen:
+                def one(series_id: str = series_id) -> str:
+                    slices = located[series_id]
+                    numbers = sorted(slices)
+                    held = ", ".join(sorted({str(archive) for archive, _ in slices.values()}))
+                    return dls.head_feet_check(dls.slice_stack(slices, numbers, handles, f"series {series_id}"),
+                                               f"series {series_id} ({held})", slice_numbers=numbers)
+                state = _guarded(findings, "head-feet", one)
+                if state is not None:
+                    states.append(state)
         if len(states) == len(chosen):
             findings.append(Finding("head-feet", "ok" if "confirmed" in states or not states else "warn",
                                     f"{states.count('confirmed')} of {len(chosen)} sampled series confirmed "

@@ -36,6 +36,7 @@ from lesiontrack.tables import (
     read_lesions,
 )
 from lesiontrack.track.predict import workflow_scans
+from lesiontrack.track.presence import gone_metrics
 from lesiontrack.track.tracker import Scans
 
 MIN_SCANS = 3  # a history: a baseline and at least two follow-ups
@@ -59,9 +60,9 @@ def histories(lesions: pd.DataFrame, split: str | None = "test", minimum: int = 
 
 
 def _counts(decided: np.ndarray, true: np.ndarray) -> dict[str, Any]:
-    tp, fp, fn = int((decided & true).sum()), int((decided & ~true).sum()), int((~decided & true).sum())
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else np.nan,
-            "recall": tp / (tp + fn) if tp + fn else np.nan}
+    """tp, fp, fn, precision and recall of a decision (the presence test's definitions)."""
+    metrics = gone_metrics(true, decided)
+    return {key: metrics[key] for key in ("tp", "fp", "fn", "precision", "recall")}
 
 
 def score_history(history: pd.DataFrame, truth: pd.DataFrame, image_ids: list[str]) -> pd.DataFrame:

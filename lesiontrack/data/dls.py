@@ -18,7 +18,8 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -226,6 +227,43 @@ def archive_members(archive: str | Path) -> dict[str, dict[int, str]]:
     return members
 
 
+def locate_slices(archives: Iterable[str | Path]) -> dict[str, dict[int, tuple[Path, str]]]:
+    """``series_id -> {slice number: (archive, member)}`` over ``archives`` (each archive's
+    directory read once)."""
+    located: dict[str, dict[int, tuple[Path, str]]] = {}
+    for archive in archives:
+        for series_id, slices in archive_members(archive).items():
+            located.setdefault(series_id, {}).update((n, (Path(archive), m)) for n, m in slices.items())
+    return located
+
+
+@contextmanager
+def opened_archives() -> Iterator[dict[Path, zipfile.ZipFile]]:
+    """Archives opened on first use by :func:`slice_stack` (each once), closed on leaving."""
+    handles: dict[Path, zipfile.ZipFile] = {}
+    try:
+        yield handles
+    finally:
+        for zf in handles.values():
+            zf.close()
+
+
+def slice_stack(located: dict[int, tuple[Path, str]], numbers: Iterable[int], handles: dict[Path, zipfile.ZipFile],
+                name: str) -> np.ndarray:
+    """The PNG slices ``numbers`` of one series (``located``: :func:`locate_slices`' entry) as
+    (slices, rows, cols) HU; slices of different sizes stop it, naming ``name``."""
+    slices = []
+    for number in numbers:
+        archive, member = located[number]
+        if archive not in handles:
+            handles[archive] = zipfile.ZipFile(archive)
+        slices.append(png_to_hu(handles[archive].read(member), f"{archive}:{member}"))
+    shapes = {s.shape for s in slices}
+    if len(shapes) != 1:
+        raise InputError(f"{name}: slices of different sizes {sorted(shapes)}")
+    return np.stack(slices)
+
+
 def archive_index(archives: Iterable[str | Path], out: str | Path | None = None) -> pd.DataFrame:
     """Which archive holds which series: ``series_id, archive, n_slices, first_slice, last_slice``."""
     rows = []
@@ -319,32 +357,17 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
     number): ``head_feet`` is ``confirmed``, ``confirmed-series`` or ``inconclusive``; nothing is
     written for a series that fails. Returns rows ``image_id, path, series_id, n_slices, head_feet``."""
     out_dir = Path(out_dir)
-    located: dict[int, tuple[Path, str]] = {}
-    for archive in archives:
-        for number, member in archive_members(archive).get(series_id, {}).items():
-            located[number] = (Path(archive), member)
+    located = locate_slices(archives).get(series_id, {})
     if not located:
         raise InputError(f"{list(map(str, archives))}: no PNG slices of series {series_id}")
     volumes: list[tuple[VolumeName, np.ndarray, str]] = []
-    handles: dict[Path, zipfile.ZipFile] = {}
-    try:
+    with opened_archives() as handles:
         for first, last in contiguous_runs(located):
             volume = VolumeName(series_id, first, last)
-            slices = []
-            for number in range(first, last + 1):
-                archive, member = located[number]
-                zf = handles.setdefault(archive, zipfile.ZipFile(archive))
-                slices.append(png_to_hu(zf.read(member), f"{archive}:{member}"))
-            shapes = {s.shape for s in slices}
-            if len(shapes) != 1:
-                raise InputError(f"{volume.filename}: slices of different sizes {sorted(shapes)}")
-            hu = np.stack(slices)
+            hu = slice_stack(located, range(first, last + 1), handles, volume.filename)
             status = head_feet_check(hu, f"{out_dir / volume.filename} (from {series_id}/{first:03d}..{last:03d}.png)"
                                      ) if check else "unchecked"
             volumes.append((volume, hu, status))
-    finally:
-        for zf in handles.values():
-            zf.close()
     if check and len(volumes) > 1:  # sub-volumes of one series together: lung and liver slabs apart
         names = ", ".join(str(out_dir / v.filename) for v, _, _ in volumes)
         series_status = head_feet_check(np.concatenate([hu for _, hu, _ in volumes]), f"{names} (series {series_id})",
@@ -440,14 +463,14 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
                 raise InputError(f"{path}: entry {number} field '{end} spacing' = {entry[f'{end} spacing']!r}: "
                                  "expected 3 positive numbers (mm)") from error
         known = entry.get("lesion pair id")  # DLTMix.json has it; test.json and valid.json do not
-        pair_id = str(int(known)) if known is not None else str((number + 1) // 2)
-        if split != "test":  # pair k of every split: one pairs.csv holds them all, each pair id once
-            pair_id = f"{split}-{pair_id}"
+        pair_k = str(int(known)) if known is not None else str((number + 1) // 2)
+        # pair k of every split: one pairs.csv holds them all, each pair id once
+        pair_id = pair_k if split == "test" else f"{split}-{pair_k}"
         source, target = _point(entry, "source", path, number), _point(entry, "target", path, number)
         box = _numbers_field(entry, "target box", 6, path, number)
         corners = dls_voxel_to_world(np.stack([box[:3], box[:3] + box[3:]]), entry["target"], entry["target spacing"])
         rows.append({
-            "pair_id": pair_id, "lesion_id": f"dls-{split}-{pair_id.removeprefix(split + '-')}",
+            "pair_id": pair_id, "lesion_id": f"dls-{split}-{pair_k}",
             "direction": "forward" if number % 2 else "backward",
             "source_image": VolumeName.parse(entry["source"], str(path)).image_id,
             "target_image": VolumeName.parse(entry["target"], str(path)).image_id,
