@@ -138,8 +138,15 @@ def cmd_track(args: argparse.Namespace) -> None:
         raise InputError("give --pairs (workflow form) or --source/--target/--points")
     check_writable(args.out)
     table = predict.predict_pairs(args.pairs, args.method, args.out, args.split, args.embeddings, args.volumes, track,
-                                  presence_calibration=args.presence)
+                                  presence_calibration=args.presence, registrations=args.registrations)
     print(f"{args.method}: {len(table)} predictions -> {args.out}")
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    check_writable(args.out_dir, folder=True)
+    table = predict.register_pairs(args.pairs, args.method, args.out_dir, args.split, args.volumes,
+                                   _config(args.config)["track"])
+    print(f"{args.method}: {len(table)} image pair(s) registered -> {args.out_dir}")
 
 
 def cmd_follow(args: argparse.Namespace) -> None:
@@ -516,6 +523,9 @@ def _parser_track(sub) -> None:
     workflow.add_argument("--volumes", action="append", default=[], metavar="CSV",
                           help="table(s) image_id, path of resampled volumes (registration methods; embedding "
                                "methods with track.refine_mm > 0)")
+    workflow.add_argument("--registrations", action="append", default=[], metavar="DIR",
+                          help="folder(s) of stored registrations (lesiontrack register), read instead of run "
+                               "where method and settings agree")
     own = p.add_argument_group("own data")
     own.add_argument("--source", help="scan the points are on (NIfTI file or DICOM series folder)")
     own.add_argument("--target", help="scan to find them on")
@@ -527,6 +537,24 @@ def _parser_track(sub) -> None:
                    help="presence calibration (lesiontrack presence-calibrate): found = its appearance test at each "
                         "match (needs source_radius_mm in pairs.csv, radius_mm in points.csv); default: found always")
     p.set_defaults(func=cmd_track)
+
+
+def _parser_register(sub) -> None:
+    p = sub.add_parser("register", help="register the image pairs of a pairs.csv once, for the trackers that read them",
+                       description="Register every (source, target) image pair of a pairs.csv with affine or "
+                                   "deformable (settings: track.registration.<method>) on resampled volumes and "
+                                   "store the transforms; track --registrations DIR reads them instead of "
+                                   "registering again.")
+    p.add_argument("--pairs", required=True, help="pairs.csv")
+    p.add_argument("--method", default="deformable", choices=["affine", "deformable"],
+                   help="(default: %(default)s)")
+    p.add_argument("--out-dir", required=True, help="folder for registrations.csv, settings.json and the transforms")
+    p.add_argument("--split", help="only the pairs of this split")
+    p.add_argument("--volumes", action="append", default=[], required=True, metavar="CSV",
+                   help="table(s) image_id, path of the resampled volumes")
+    p.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="config file(s) for the track section (default: the packaged defaults)")
+    p.set_defaults(func=cmd_register)
 
 
 def _parser_follow(sub) -> None:
@@ -644,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
-                _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track, _parser_follow,
+                _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track, _parser_register, _parser_follow,
                 _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_check,
                 _parser_config):
         add(sub)

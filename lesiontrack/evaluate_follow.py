@@ -125,15 +125,17 @@ def summary_table(history: dict[str, Any], pairwise: dict[str, Any] | None) -> p
 def follow_subjects(lesions_csv: str | Path, images_csv: str | Path, method: str, out_dir: str | Path,
                     scores_json: str | Path, split: str | None = "test", embeddings_dir: str | Path | None = None,
                     volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None,
-                    presence_calibration: str | Path | None = None, pictures_wanted: bool = True) -> dict[str, Any]:
+                    presence_calibration: str | Path | None = None, pictures_wanted: bool = True,
+                    registrations: list[str | Path] = ()) -> dict[str, Any]:
     """Follow every subject of ``split`` with :data:`MIN_SCANS` or more scans (``lesions_csv``:
     ``tables.LONGITUDINAL_LESION_COLUMNS``; ``images_csv``: the original scans) with ``method``, in
-    the workflow's cached scans (``embeddings_dir``, ``volume_tables``); write ``<out_dir>/<subject>/``
-    (``lesiontrack follow``'s output) and the scores (:func:`scores`) as JSON, and return them."""
+    the workflow's cached scans (``embeddings_dir``, ``volume_tables``, the stored ``registrations``);
+    write ``<out_dir>/<subject>/`` (``lesiontrack follow``'s output) and the scores (:func:`scores`) as JSON,
+    and return them."""
     lesions = read_lesions(lesions_csv, LONGITUDINAL_LESION_COLUMNS)
     originals = volume_paths([images_csv])
     subjects = histories(lesions, split)
-    cached = workflow_scans(embeddings_dir, volume_tables, str(lesions_csv))
+    cached = workflow_scans(embeddings_dir, volume_tables, str(lesions_csv), registrations)
     resampled = volume_paths(volume_tables)
     scored = []
     with staged_folder(out_dir) as staged:
@@ -143,7 +145,10 @@ def follow_subjects(lesions_csv: str | Path, images_csv: str | Path, method: str
             tracked = Scans(maps=None if cached.maps is None else
                             (lambda sid, voxels, by_time=by_time: cached.maps(by_time[sid], voxels)),
                             image=lambda sid, by_time=by_time: cached.image(by_time[sid]),
-                            check_inside=False)  # follow checks every list against the original scans
+                            check_inside=False,  # follow checks every list against the original scans
+                            stored_registration=None if cached.stored_registration is None else
+                            (lambda s, t, *how, by_time=by_time: cached.stored_registration(by_time[s], by_time[t],
+                                                                                            *how)))
             with tempfile.TemporaryDirectory() as lists:
                 paths = []
                 for k, (_, listed) in enumerate(scans):

@@ -48,6 +48,9 @@ PREDICTED_COLUMNS = [*KEY, *PRED_POINT]  # what evaluation reads of a prediction
 # confidence and ``seconds`` (matching that query, repeated on each of its rows)
 CANDIDATE_COLUMNS = ["row", "rank", *PRED_POINT, "confidence", "seconds"]
 
+# results/<dataset>/registrations/<method>/registrations.csv (rule register): one row per image pair
+REGISTRATION_COLUMNS = ["source_image", "target_image", "stage", "seconds", "file"]
+
 # lesions.csv
 LESION_COLUMNS = ["lesion_id", "image_id", "x", "y", "z", "radius_mm", "status"]
 LESION_BOX = [f"box_{m}_{a}" for m in ("min", "max") for a in "xyz"]

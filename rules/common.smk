@@ -6,7 +6,7 @@ from lesiontrack.evaluate import method_slug
 from lesiontrack.landmarks import ORACLE_BACKEND
 from lesiontrack.figures import DATASET_FIGURES
 from lesiontrack.provenance import fingerprint
-from lesiontrack.track import trackers
+from lesiontrack.track import registration, trackers
 
 # Filled by each dataset's rules/<name>_common.smk: name -> function.
 IMAGE_SHARDS = {}  # () -> the shard names of its images-{shard}.csv
@@ -308,6 +308,14 @@ def track_embedding_dir(wildcards):
         if tracker_of(wildcards).needs.embeddings
         else None
     )
+
+
+def track_registrations(wildcards):
+    """The stored registrations a method reads (rule register), made once per dataset."""
+    return [
+        f"results/{wildcards.dataset}/registrations/{name}"
+        for name in tracker_of(wildcards).registrations(config["track"])
+    ]
 
 
 def track_volume_tables(wildcards):

@@ -56,6 +56,7 @@ rule follow:
         embeddings=track_embedding_tables,
         volumes=dataset_resampled_tables,
         presence=track_presence_calibration,
+        registrations=track_registrations,
     output:
         scores="results/{dataset}/follow/{method}.json",
         subjects=directory("results/{dataset}/follow/{method}"),

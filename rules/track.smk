@@ -25,11 +25,40 @@ rule embed:
         "../workflow_scripts/embed.py"
 
 
+rule register:
+    input:
+        pairs="results/{dataset}/pairs.csv",
+        volumes=dataset_resampled_tables,
+        # not read: that two-thread job first keeps a registration from starting beside a landmark
+        # job and delaying pretraining while one core idles
+        after=presence_calibration,
+    output:
+        registrations=directory("results/{dataset}/registrations/{registration}"),
+    log:
+        "results/logs/register/{dataset}-{registration}.log",
+    benchmark:
+        "results/benchmarks/register/{dataset}-{registration}.tsv"
+    wildcard_constraints:
+        registration="|".join(registration.METHODS),
+    # the longest jobs after pretraining, as the registration tracks were before they read them
+    priority: 6
+    conda:
+        "../envs/pretrain.yaml"
+    threads: 1
+    params:
+        split=lookup(dpath="evaluate/split", within=config),
+        settings=lookup(dpath="track/registration", within=config),
+        code=code("lesiontrack.track.registration"),
+    script:
+        "../workflow_scripts/register.py"
+
+
 rule track:
     input:
         pairs="results/{dataset}/pairs.csv",
         embeddings=track_embedding_tables,
         volumes=track_volume_tables,
+        registrations=track_registrations,  # read, not run again, by every tracker that needs them
         presence=track_presence_calibration,  # decides found (datasets of track.presence_datasets)
     output:
         predictions="results/{dataset}/predictions/{method}.csv",

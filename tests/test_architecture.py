@@ -128,6 +128,10 @@ def test_registries_say_what_each_entry_needs():
     assert not TRACKERS["identity"].needs.embeddings and not TRACKERS["identity"].decides_presence
     assert TRACKERS["multiscale"].needs.embeddings and TRACKERS["deformable"].needs.volumes
     assert not TRACKERS["affine"].needs.embeddings
+    # the stored registrations each reads (rule register makes each once per dataset)
+    assert {name: tracker.registrations({}) for name, tracker in TRACKERS.items() if tracker.registrations({})} == {
+        "affine": ("affine",), "deformable": ("deformable",), "hybrid": ("deformable",)}
+    assert TRACKERS["hybrid"].registrations({"hybrid": {"registration": "affine"}}) == ("affine",)
     assert DATASETS["synthetic"].oracle_landmarks and DATASETS["dls"].published
     assert DATASETS["dls"].title.startswith("Table 1") and DATASETS["nlst"].title.startswith("Table 2")
 
@@ -156,3 +160,4 @@ def test_the_documented_new_tracker_is_one_module_and_one_registry_entry(tmp_pat
     out = predict.track_table(queries, "centres", volume_tables=[tmp_path / "volumes.csv"], progress=False)
     np.testing.assert_allclose(out[["pred_x", "pred_y", "pred_z"]].to_numpy(float), [[34.0, -4.0, 7.0]])
     assert "centres" in trackers.names(volumes=True)
+    assert centres.TRACKERS[0].registrations({}) == ()  # what the workflow asks of it

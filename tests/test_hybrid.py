@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from lesiontrack.track import hybrid, predict, trackers
+from lesiontrack.track import hybrid, predict, registration, trackers
 from lesiontrack.track.registration import map_points, register, registration_settings
 
 
@@ -82,19 +82,25 @@ def _volumes(smoke_run):
 
 def test_trusted_registration_reads_no_embedding(smoke_run, tmp_path, monkeypatch):
     """Where the images trust registration, hybrid's points are deformable's and no embedding is
-    read (the embeddings folder here is empty)."""
+    read (the embeddings folder here is empty); the registration is the workflow's stored one
+    (rule register), read and not run again."""
     from lesiontrack.io import read_table
     from lesiontrack.track.predict import track_table
 
+    def never(*args, **kwargs):
+        raise AssertionError("the stored registration was run again")
+
+    monkeypatch.setattr(registration, "register_safely", never)
     monkeypatch.chdir(smoke_run)  # the volume tables' paths are relative to the run
     pairs = _test_pairs(smoke_run)
-    out = track_table(pairs, "hybrid", tmp_path, _volumes(smoke_run), progress=False)
+    stored = smoke_run / "results" / "synthetic" / "registrations" / "deformable"
+    out = track_table(pairs, "hybrid", tmp_path, _volumes(smoke_run), progress=False, registrations=[stored])
     deformable = read_table(smoke_run / "results" / "synthetic" / "predictions" / "deformable.csv")
     both = out.merge(deformable, on=["pair_id", "direction"], suffixes=("", "_deformable"), validate="1:1")
     assert len(both) == len(pairs)
     np.testing.assert_allclose(both[["pred_x", "pred_y", "pred_z"]].to_numpy(float),
                                both[["pred_x_deformable", "pred_y_deformable", "pred_z_deformable"]].to_numpy(float),
-                               atol=1.5)  # mm: ITK's threaded metric may differ a little between processes
+                               atol=1e-4)  # the same transform: equal to the CSV's 4 decimals
     assert out["confidence"].between(hybrid.HybridSettings().trust_correlation - 1, 1).all()
 
 
@@ -111,7 +117,8 @@ def test_failed_registration_is_restarted_from_the_embeddings(smoke_run, monkeyp
         calls.append(initial is not None)
         return (None, "failed") if initial is None else real(fixed, moving, method, settings, threads, initial)
 
-    monkeypatch.setattr(hybrid, "register_safely", first_fails)
+    monkeypatch.setattr(hybrid, "register_safely", first_fails)  # the anchored registration
+    monkeypatch.setattr(registration, "register_safely", first_fails)  # the standard one
     offered = []
 
     def choose(queries, candidates, *args):

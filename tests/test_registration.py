@@ -206,6 +206,51 @@ def test_registration_tracker_survives_a_registration_that_cannot_start(tmp_path
     assert "the initialisation stands" in capsys.readouterr().err
 
 
+def test_stored_registrations_are_read_not_run(tmp_path, monkeypatch):
+    """Rule register's store: each image pair registered once (a pair that cannot start stored as
+    failed); deformable reading it registers nothing and predicts exactly what it predicts by
+    registering, with the stored seconds; other settings are not served from it."""
+    from lesiontrack.track.predict import register_pairs
+
+    paths = _two_volumes(tmp_path)
+    volumes = tmp_path / "volumes.csv"
+    pd.DataFrame({"image_id": list(paths), "path": [str(p) for p in paths.values()]}).to_csv(volumes, index=False)
+    pairs = pd.DataFrame({"pair_id": ["p1", "p1", "p2"], "lesion_id": ["l1", "l1", "l2"],
+                          "direction": ["forward", "backward", "forward"], "source_image": ["a", "b", "a"],
+                          "target_image": ["b", "a", "b"], "split": "test", "source_x": [1.0, 2.0, 3.0],
+                          "source_y": [0.0] * 3, "source_z": [7.0] * 3,
+                          "target_x": 0.0, "target_y": 0.0, "target_z": 0.0})
+    pairs_csv = tmp_path / "pairs.csv"
+    pairs.to_csv(pairs_csv, index=False)
+    calls = []
+
+    def fake_register(fixed, moving, method, settings=None, threads=None, initial=None):
+        calls.append((fixed.GetOrigin()[0], method))
+        if fixed.GetOrigin()[0] == 100.0:  # b -> a cannot start
+            raise RuntimeError("All samples map outside moving image buffer")
+        return sitk.TranslationTransform(3, (moving.GetOrigin()[0] - fixed.GetOrigin()[0] + 0.123456789, 0.0, 0.0))
+
+    monkeypatch.setattr(registration, "register", fake_register)
+    run = track_table(pairs, "deformable", volume_tables=[volumes], progress=False)
+    calls.clear()
+    table = register_pairs(pairs_csv, "deformable", tmp_path / "reg", "test", [volumes])
+    assert list(table["stage"]) == ["deformable", "failed"] and list(table["file"]) == ["00000.h5", ""]
+    assert len(calls) == 3  # a -> b once; b -> a: the deformable and then its affine stage tried
+    calls.clear()
+    stored = track_table(pairs, "deformable", volume_tables=[volumes], progress=False,
+                         registrations=[tmp_path / "reg"])
+    assert calls == []
+    np.testing.assert_array_equal(stored[["pred_x", "pred_y", "pred_z"]].to_numpy(),
+                                  run[["pred_x", "pred_y", "pred_z"]].to_numpy())
+    assert stored["pred_x"].iloc[0] == pytest.approx(101.123456789, abs=1e-9)
+    a_to_b = float(table["seconds"].iloc[0])
+    assert stored["seconds"].iloc[0] == pytest.approx(a_to_b / 2, abs=0.01)  # two rows share a -> b
+    other = {"registration": {"deformable": {"bspline_mesh_mm": 20.0}}}
+    track_table(pairs, "deformable", volume_tables=[volumes], track=other, progress=False,
+                registrations=[tmp_path / "reg"])
+    assert len(calls) == 3  # different settings: registered again
+
+
 def test_elastix_recovers_the_known_affine(ct_case):
     """The field-standard baseline (itk-elastix, affine + B-spline, the chosen settings) on the same
     case: within 1 mm on average, like ours."""

@@ -19,5 +19,6 @@ with logged(sm.log[0], sm.rule) as log:
     presence = [presence] if isinstance(presence, str) else list(presence)
     result = follow_subjects(sm.input.lesions, sm.input.images, sm.wildcards.method, sm.output.subjects,
                              sm.output.scores, sm.params.split, sm.params.embeddings, list(sm.input.volumes),
-                             sm.params.track, presence[0] if presence else None)
+                             sm.params.track, presence[0] if presence else None,
+                             registrations=list(sm.input.registrations))
     log.info("follow of %s: %s", sm.wildcards.method, result)

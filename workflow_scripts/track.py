@@ -18,5 +18,7 @@ with logged(sm.log[0], sm.rule):
     volumes = list(sm.input.volumes) if "volumes" in sm.input.keys() else []
     presence = getattr(sm.input, "presence", [])  # a calibration JSON, or none (an empty list)
     presence = [presence] if isinstance(presence, str) else list(presence)
+    registrations = list(sm.input.registrations) if "registrations" in sm.input.keys() else []
     predict_pairs(sm.input.pairs, sm.wildcards.method, sm.output.predictions, sm.params.split, sm.params.embeddings,
-                  volumes, sm.params.track, presence_calibration=presence[0] if presence else None)
+                  volumes, sm.params.track, presence_calibration=presence[0] if presence else None,
+                  registrations=registrations)

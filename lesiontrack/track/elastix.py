@@ -12,7 +12,7 @@ which are clipped to ``clip_hu`` and shifted so that air weighs nothing), and th
 final grid spacing, resolutions, iterations and bending-energy weight were chosen on the synthetic
 training subjects (docs/experiments.md). Where elastix raises (a slab too thin to sample, no
 overlap), its affine stage stands, else the centre-of-gravity translation
-(:func:`lesiontrack.track.registration.registered_pair`'s fallbacks).
+(the fallbacks of ``affine`` and ``deformable``).
 
 itk is imported on first use: loading its wrappers takes seconds, which a run without this
 tracker should not pay.
@@ -20,6 +20,7 @@ tracker should not pay.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,9 +165,18 @@ class ElastixTracker:
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
         settings = elastix_settings(context.track)
-        return registration_candidates(queries, context.scans.image, self.name,
-                                       lambda fixed, moving: elastix_pair(fixed, moving, settings),
-                                       context.progress, full_stage=settings.stages[-1])
+
+        def register_pair(source_id: str, target_id: str) -> tuple[Any, str, float]:
+            fixed, moving = context.scans.image(source_id), context.scans.image(target_id)
+            start = time.perf_counter()
+            transform, stage = elastix_pair(fixed, moving, settings)
+            return transform, stage, time.perf_counter() - start
+
+        return registration_candidates(queries, self.name, register_pair, context.progress,
+                                       full_stage=settings.stages[-1])
+
+    def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
+        return ()
 
 
 TRACKERS = (ElastixTracker(),)

@@ -75,5 +75,8 @@ class EmbeddingTracker:
                 records += [(int(row), rank, *m.point_mm, m.confidence, seconds) for rank, m in enumerate(matches)]
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
 
+    def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
+        return ()
+
 
 TRACKERS = tuple(EmbeddingTracker(name) for name in METHOD_SCALES)

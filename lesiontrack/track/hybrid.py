@@ -48,7 +48,13 @@ from lesiontrack.io import Geometry, LoadCache
 from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
 from lesiontrack.track.embedding import EmbeddingTracker, match_settings, windowed_voxels
 from lesiontrack.track.match import Match, MatchSettings, _intensity_match, match_candidates
-from lesiontrack.track.registration import RegistrationSettings, map_points, register_safely, registration_settings
+from lesiontrack.track.registration import (
+    RegistrationSettings,
+    map_points,
+    pair_registration,
+    register_safely,
+    registration_settings,
+)
 from lesiontrack.track.tracker import Context, Needs, check_inside
 
 
@@ -274,13 +280,15 @@ class HybridTracker:
         groups = queries.groupby(["source_image", "target_image"], sort=True).indices
         for (source_id, target_id), rows in tqdm(groups.items(), desc=self.name, disable=not context.progress):
             began = time.perf_counter()
-            source_image, target_image = context.scans.image(source_id), context.scans.image(target_id)
             pair = _Pair(source_id, target_id, queries.loc[rows, SOURCE_POINT].to_numpy(float),
                          voxels(source_id), voxels(target_id))
             if context.scans.check_inside:
                 check_inside(pair.points, pair.source.geometry, queries.loc[rows].set_axis(file_rows[rows]),
                              context.source, f"source {source_id}")
-            standard, stage = register_safely(source_image, target_image, settings.registration, registration)
+            called = time.perf_counter()
+            standard, stage, registering = pair_registration(context.scans, source_id, target_id,
+                                                             settings.registration, registration)
+            began += time.perf_counter() - called - registering  # a stored registration costs its own seconds
             registered, proposals, correlations = [], None, None
             if standard is not None:
                 registered = [map_points(standard, pair.points)]
@@ -301,6 +309,10 @@ class HybridTracker:
             for k, row in enumerate(rows):
                 records += self._choose(pair, k, int(row), registered, correlations, by_row.get(k), shared, settings)
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
+
+    def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
+        """The standard registration (``track.hybrid.registration``) is the workflow's stored one."""
+        return (hybrid_settings(track).registration,)
 
     @staticmethod
     def _choose(pair: _Pair, k: int, row: int, registered: list[np.ndarray], checked: list[float] | None,

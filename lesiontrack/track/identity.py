@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +29,9 @@ class IdentityTracker:
         start = time.perf_counter()
         points = queries[SOURCE_POINT].to_numpy(float)
         return single_candidates(points, seconds=(time.perf_counter() - start) / max(len(queries), 1))
+
+    def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
+        return ()
 
 
 TRACKERS = (IdentityTracker(),)

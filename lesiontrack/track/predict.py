@@ -35,7 +35,7 @@ from lesiontrack.tables import (
     read_pairs,
     read_points,
 )
-from lesiontrack.track import trackers
+from lesiontrack.track import registration, trackers
 from lesiontrack.track.choose import choose
 from lesiontrack.track.embed import Embeddings, embed_volume, load_model
 from lesiontrack.track.embedding import windowed_voxels
@@ -65,21 +65,42 @@ def from_candidates(pairs: pd.DataFrame, candidates: pd.DataFrame, chosen: np.nd
 def predict_pairs(pairs_csv: str | Path, method: str, out: str | Path, split: str | None = None,
                   embeddings_dir: str | Path | None = None, volume_tables: list[str | Path] = (),
                   track: dict[str, Any] | None = None, progress: bool = True,
-                  presence_calibration: str | Path | None = None) -> pd.DataFrame:
+                  presence_calibration: str | Path | None = None,
+                  registrations: list[str | Path] = ()) -> pd.DataFrame:
     """Predictions CSV of ``method`` for the pairs (of ``split``) in ``pairs_csv``.
 
     ``embeddings_dir``: ``<dir>/<image_id>/`` caches for the embedding trackers;
     ``volume_tables``: CSVs (``image_id, path``) of the resampled volumes (registration, the
     intensity refinement, the presence test); ``presence_calibration``: a
     ``lesiontrack presence-calibrate`` JSON: ``found`` is then its appearance test at each
-    predicted point (the pairs need ``source_radius_mm``), else always true.
+    predicted point (the pairs need ``source_radius_mm``), else always true; ``registrations``:
+    folders of :func:`register_pairs` whose registrations the tracker reads instead of running them.
     """
     trackers.get(method)
     pairs = read_pairs(pairs_csv, split, QUERY_COLUMNS)
     predictions = track_table(pairs, method, embeddings_dir, volume_tables, track, progress, str(pairs_csv),
-                              presence_calibration)
+                              presence_calibration, registrations)
     write_table(predictions, out)
     return predictions
+
+
+def register_pairs(pairs_csv: str | Path, method: str, out_dir: str | Path, split: str | None = None,
+                   volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """Register every image pair of the pairs (of ``split``) in ``pairs_csv`` once with ``method``
+    (``affine`` | ``deformable``, settings ``track.registration.<method>``) on the resampled
+    volumes of ``volume_tables`` and store the results in ``out_dir``
+    (:func:`lesiontrack.track.registration.register_queries`), for every tracker that reads them."""
+    if method not in registration.METHODS:
+        raise InputError(f"registration method {method!r}: not one of {registration.METHODS}")
+    pairs = read_pairs(pairs_csv, split, QUERY_COLUMNS)
+    scans = workflow_scans(None, volume_tables, str(pairs_csv))
+    ids = sorted(set(pairs["source_image"]).union(pairs["target_image"]))
+    missing = [image_id for image_id in ids if image_id not in volume_paths(volume_tables)]
+    if missing:
+        raise InputError(f"{pairs_csv}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
+    return registration.register_queries(pairs, scans.image, method, registration.registration_settings(method, track),
+                                         out_dir, progress)
 
 
 def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame, source: str
@@ -96,9 +117,11 @@ def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame,
     return calibration
 
 
-def workflow_scans(embeddings_dir: str | Path | None, volume_tables: list[str | Path], source: str) -> Scans:
+def workflow_scans(embeddings_dir: str | Path | None, volume_tables: list[str | Path], source: str,
+                   registrations: list[str | Path] = ()) -> Scans:
     """The scans of the workflow: embedding caches ``<embeddings_dir>/<image_id>/`` and the
-    resampled volumes of ``volume_tables``, each loaded when first asked for (a few kept)."""
+    resampled volumes of ``volume_tables``, each loaded when first asked for (a few kept), and the
+    stored registrations of the folders ``registrations`` (:func:`register_pairs`)."""
     paths = volume_paths(volume_tables)
 
     def path_of(image_id: str) -> str:
@@ -116,13 +139,17 @@ def workflow_scans(embeddings_dir: str | Path | None, volume_tables: list[str | 
 
     maps = LoadCache(load_maps)
     return Scans(maps=None if embeddings_dir is None else lambda image_id, voxels: maps((image_id, voxels)),
-                 image=images)
+                 image=images, stored_registration=registration.RegistrationStore(registrations) if registrations
+                 else None)
 
 
 def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | None = None,
                 volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None, progress: bool = True,
-                source: str = "pairs.csv", presence_calibration: str | Path | None = None) -> pd.DataFrame:
-    """Predictions of ``method`` for the rows of a pairs table (``tables.QUERY_COLUMNS``).
+                source: str = "pairs.csv", presence_calibration: str | Path | None = None,
+                registrations: list[str | Path] = ()) -> pd.DataFrame:
+    """Predictions of ``method`` for the rows of a pairs table (``tables.QUERY_COLUMNS``); the
+    stored registrations of the folders ``registrations`` (:func:`register_pairs`) are read
+    instead of run.
 
     ``found``: with a calibrated ``presence_calibration`` (``lesiontrack presence-calibrate``; the
     pairs then need ``source_radius_mm``) the appearance test at each prediction, else true. With
@@ -137,7 +164,8 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
         missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
         if missing:
             raise InputError(f"{source}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
-    context = Context(workflow_scans(embeddings_dir, volume_tables, source), dict(track or {}), progress, source)
+    context = Context(workflow_scans(embeddings_dir, volume_tables, source, registrations), dict(track or {}),
+                      progress, source)
     candidates = tracker.candidates(pairs, context)
     return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__))
 

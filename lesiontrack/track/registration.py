@@ -39,10 +39,12 @@ computes gradient images of both at every level.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,8 +53,9 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from lesiontrack.config import settings_from
-from lesiontrack.tables import SOURCE_POINT
-from lesiontrack.track.tracker import Context, Needs, single_candidates
+from lesiontrack.io import read_table, staged_folder, write_table
+from lesiontrack.tables import REGISTRATION_COLUMNS, SOURCE_POINT
+from lesiontrack.track.tracker import Context, Needs, Scans, single_candidates
 
 METHODS = ("affine", "deformable")
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
@@ -401,45 +404,110 @@ def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points], dtype=float).reshape(-1, 3)
 
 
-def registered_pair(fixed: sitk.Image, moving: sitk.Image, method: str,
-                    settings: RegistrationSettings | Mapping[str, Any] | None = None, threads: int | None = None
-                    ) -> tuple[sitk.Transform, str]:
-    """(transform, stage) for one image pair: ``register_safely``'s result, or the centred
-    initialisation (stage ``initialisation``) where registration cannot start."""
-    transform, stage = register_safely(fixed, moving, method, settings, threads=threads)
-    if transform is None:
-        return initial_transform(fixed, moving, method, settings), "initialisation"
-    return transform, stage
+Registered = tuple[sitk.Transform | None, str, float]
+"""One image pair's registration: the transform (None where it could not start), the stage that
+produced it (as :func:`register_safely`) and the seconds it took."""
 
 
-def registration_candidates(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image], method: str,
-                            register_pair: Callable[[sitk.Image, sitk.Image], tuple[Any, str]],
+def pair_registration(scans: Scans, source_id: str, target_id: str, method: str,
+                      settings: RegistrationSettings) -> Registered:
+    """:func:`register_safely` of two scans of a run (fixed = source, moving = target), or the
+    stored result of the same registration (same method and settings) where the run has one
+    (``scans.stored_registration``: the workflow's ``register`` rule, :class:`RegistrationStore`)."""
+    if scans.stored_registration is not None:
+        stored = scans.stored_registration(source_id, target_id, method, settings)
+        if stored is not None:
+            return stored
+    fixed, moving = scans.image(source_id), scans.image(target_id)
+    start = time.perf_counter()
+    transform, stage = register_safely(fixed, moving, method, settings)
+    return transform, stage, time.perf_counter() - start
+
+
+def registration_candidates(queries: pd.DataFrame, method: str,
+                            register_pair: Callable[[str, str], tuple[Any, str, float]],
                             progress: bool = True, full_stage: str | None = None) -> pd.DataFrame:
     """Candidates (``tables.CANDIDATE_COLUMNS``, one per row) of a registration for ``queries``.
 
     The rows are grouped by (source_image, target_image); each group is registered once by
-    ``register_pair(fixed, moving)`` (fixed = source, moving = target, images from
-    ``image_of(image_id)``; it returns a transform with ``TransformPoint`` and the stage that made
-    it) and its source points are mapped. Where the stage is not ``full_stage`` (default ``method``:
+    ``register_pair(source_id, target_id)`` (fixed = source, moving = target; it returns a
+    transform with ``TransformPoint``, the stage that made it and the registration's seconds) and
+    its source points are mapped. Where the stage is not ``full_stage`` (default ``method``:
     registration failed and a fallback stands) a line on stderr says so. ``confidence`` is NaN and
-    ``seconds`` is the group's registration plus mapping time (not reading) divided by its number
-    of rows. Rows keep the input order.
+    ``seconds`` is the group's registration (stored or run here) plus mapping time, not reading,
+    divided by its number of rows. Rows keep the input order.
     """
     queries = queries.reset_index(drop=True)
     pred = np.full((len(queries), 3), np.nan)
     seconds = np.full(len(queries), np.nan)
     groups = queries.groupby(["source_image", "target_image"], sort=False).indices
     for (source, target), rows in tqdm(groups.items(), desc=f"register ({method})", disable=not progress):
-        fixed, moving = image_of(str(source)), image_of(str(target))
+        transform, stage, registering = register_pair(str(source), str(target))
         start = time.perf_counter()
-        transform, stage = register_pair(fixed, moving)
         if stage != (full_stage or method):
             tqdm.write(f"{method}: {source} -> {target}: registration failed"
                        + ("; its affine stage stands" if stage == "affine" else "; the initialisation stands"),
                        file=sys.stderr)
         pred[rows] = map_points(transform, queries.loc[rows, SOURCE_POINT].to_numpy(float))
-        seconds[rows] = (time.perf_counter() - start) / len(rows)
+        seconds[rows] = (registering + time.perf_counter() - start) / len(rows)
     return single_candidates(pred, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- the workflow's stored registrations
+def register_queries(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image], method: str,
+                     settings: RegistrationSettings, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """Register every (source_image, target_image) pair of ``queries`` once with ``method`` and
+    write the results to ``out_dir``: ``registrations.csv`` (``tables.REGISTRATION_COLUMNS``: the
+    stage, the seconds and the transform's file, empty where registration could not start),
+    ``NNNNN.h5`` transforms (exact) and ``settings.json``; all or nothing. Returns the table."""
+    groups = list(queries.groupby(["source_image", "target_image"], sort=False).indices)
+    rows = []
+    with staged_folder(out_dir) as staged:
+        for k, (source, target) in enumerate(tqdm(groups, desc=f"register ({method})", disable=not progress)):
+            fixed, moving = image_of(str(source)), image_of(str(target))
+            start = time.perf_counter()
+            transform, stage = register_safely(fixed, moving, method, settings)
+            seconds = time.perf_counter() - start
+            name = "" if transform is None else f"{k:05d}.h5"
+            if transform is not None:
+                sitk.WriteTransform(transform, str(staged / name))
+            rows.append((str(source), str(target), stage, seconds, name))
+        table = pd.DataFrame(rows, columns=list(REGISTRATION_COLUMNS))
+        write_table(table, staged / REGISTRATIONS_TABLE)
+        (staged / "settings.json").write_text(json.dumps({"method": method, "settings": settings.to_dict()},
+                                                         indent=1) + "\n")
+    return table
+
+
+REGISTRATIONS_TABLE = "registrations.csv"
+
+
+class RegistrationStore:
+    """The registrations written by :func:`register_queries` into one folder per method, read as
+    a run asks for them (:attr:`lesiontrack.track.tracker.Scans.stored_registration`). A request
+    whose method or settings differ from the stored ones, or whose image pair was not
+    registered, is not served (the tracker registers it itself)."""
+
+    def __init__(self, folders: list[str | Path]):
+        self._entries: dict[tuple[str, str, str], tuple[Path, pd.Series]] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+        for folder in map(Path, folders):
+            stored = json.loads((folder / "settings.json").read_text())
+            method = stored["method"]
+            self._settings[method] = stored["settings"]
+            table = read_table(folder / REGISTRATIONS_TABLE)
+            for _, row in table.iterrows():
+                self._entries[(str(row["source_image"]), str(row["target_image"]), method)] = (folder, row)
+
+    def __call__(self, source_id: str, target_id: str, method: str, settings: RegistrationSettings
+                 ) -> Registered | None:
+        entry = self._entries.get((source_id, target_id, method))
+        if entry is None or self._settings.get(method) != settings.to_dict():
+            return None
+        folder, row = entry
+        name = row["file"] if isinstance(row["file"], str) else ""
+        transform = sitk.ReadTransform(str(folder / name)) if name else None
+        return transform, str(row["stage"]), float(row["seconds"])
 
 
 def registration_settings(method: str, track: Mapping[str, Any] | None) -> RegistrationSettings:
@@ -464,9 +532,19 @@ class RegistrationTracker:
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
         settings = registration_settings(self.name, context.track)
-        return registration_candidates(queries, context.scans.image, self.name,
-                                       lambda fixed, moving: registered_pair(fixed, moving, self.name, settings),
-                                       context.progress)
+
+        def register_pair(source_id: str, target_id: str) -> tuple[sitk.Transform, str, float]:
+            transform, stage, seconds = pair_registration(context.scans, source_id, target_id, self.name, settings)
+            if transform is None:  # registration could not start: the centred initialisation stands
+                return (initial_transform(context.scans.image(source_id), context.scans.image(target_id),
+                                          self.name, settings), "initialisation", seconds)
+            return transform, stage, seconds
+
+        return registration_candidates(queries, self.name, register_pair, context.progress)
+
+    def registrations(self, track: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The registration methods whose results it reads (the workflow stores them): its own."""
+        return (self.name,)
 
 
 TRACKERS = tuple(RegistrationTracker(name) for name in METHODS)

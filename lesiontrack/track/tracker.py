@@ -22,6 +22,7 @@ from lesiontrack.tables import CANDIDATE_COLUMNS
 
 if TYPE_CHECKING:
     from lesiontrack.track.match import VolumeMaps
+    from lesiontrack.track.registration import Registered, RegistrationSettings
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,15 @@ class Needs:
 class Scans:
     """The scans of a tracking run, by image id: ``maps`` (embeddings, for trackers that need
     them) and ``image`` (resampled volumes). ``check_inside``: stop on a source point outside the
-    embedded volume (own data checks against the original scan before resampling instead)."""
+    embedded volume (own data checks against the original scan before resampling instead).
+    ``stored_registration(source_id, target_id, method, settings)``: a registration already made
+    (the workflow's ``register`` rule), or None where there is none of that method and settings
+    (:func:`lesiontrack.track.registration.pair_registration`)."""
 
     maps: Callable[[str], VolumeMaps] | None = None
     image: Callable[[str], sitk.Image] | None = None
     check_inside: bool = True
+    stored_registration: Callable[[str, str, str, RegistrationSettings], Registered | None] | None = None
 
 
 @dataclass
@@ -64,6 +69,12 @@ class Tracker(Protocol):
 
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         """``tables.CANDIDATE_COLUMNS`` for the rows of ``queries`` (``row`` = position)."""
+        ...
+
+    def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
+        """The registration methods (``affine``, ``deformable``) whose results it reads through
+        ``Scans.stored_registration`` under the config's ``track`` section; the workflow makes
+        each once per dataset (rule ``register``) for every tracker that reads it."""
         ...
 
 
