@@ -21,7 +21,7 @@ from lesiontrack.evaluate_presence import evaluate_presence
 from lesiontrack.figures import tracking_qa_images
 from lesiontrack.io import InputError, check_writable, read_image, read_table, staged_folder, volume_paths, write_table
 from lesiontrack.landmarks import read_landmarks
-from lesiontrack.track import predict, presence
+from lesiontrack.track import predict, presence, registration
 from lesiontrack.track.embed import embed_files
 from lesiontrack.track.trackers import TRACKERS
 from lesiontrack.train.loop import image_id_of, model_settings, pretrain, train_settings
@@ -546,7 +546,7 @@ def _parser_register(sub) -> None:
                                    "store the transforms; track --registrations DIR reads them instead of "
                                    "registering again.")
     p.add_argument("--pairs", required=True, help="pairs.csv")
-    p.add_argument("--method", default="deformable", choices=["affine", "deformable"],
+    p.add_argument("--method", default="deformable", choices=list(registration.METHODS),
                    help="(default: %(default)s)")
     p.add_argument("--out-dir", required=True, help="folder for registrations.csv, settings.json and the transforms")
     p.add_argument("--split", help="only the pairs of this split")
