@@ -1,10 +1,11 @@
 """The docs' form of a finished run's table: every method's CPM (the NLST-relaxed ones where the run
 was scored with ``evaluate.min_radius_mm``), MED, the median and the share over 20 mm beside it,
 the paired t-test against the reference, and the wall time of the method's ``track`` job (from its
-Snakemake benchmark file). Nothing is recomputed: the table, the metrics and the benchmarks are the
-run's own.
+Snakemake benchmark file) plus that of the stored registrations it reads (rule ``register``; shared
+by ``deformable`` and ``hybrid``, so counted in both rows). Nothing is recomputed: the table, the
+metrics and the benchmarks are the run's own.
 
-    python bench/protocol_table.py runs/dls-like/results [--dataset synthetic]
+    python bench/protocol_table.py runs/dls-like/results [--dataset synthetic] [--config configs/dls-like.yaml]
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from lesiontrack.io import read_table
+from lesiontrack.track import trackers
 
 TAB = "\t"
 
 
-def rows(results: Path, dataset: str) -> list[str]:
+def rows(results: Path, dataset: str, config: dict) -> list[str]:
     table = read_table(results / "tables" / f"{dataset}.csv")
-    out = ["| method | CPM@10mm | CPM@Radius | MED (mm) | median (mm) | > 20 mm | p vs reference | track job (s) |",
+    out = ["| method | CPM@10mm | CPM@Radius | MED (mm) | median (mm) | > 20 mm | p vs reference | track (s) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in table.to_dict("records"):
         method = row["method"]
         metrics = json.loads((results / dataset / "metrics" / f"{method}.json").read_text())
-        bench = results / "benchmarks" / "track" / f"{dataset}-{method}.tsv"
-        seconds = f"{pd.read_csv(bench, sep=TAB)['s'].iloc[-1]:.0f}" if bench.exists() else ""
+        benches = [results / "benchmarks" / "track" / f"{dataset}-{method}.tsv",
+                   *[results / "benchmarks" / "register" / f"{dataset}-{name}.tsv"
+                     for name in trackers.get(method).registrations(config.get("track"))]]
+        seconds = (f"{sum(pd.read_csv(b, sep=TAB)['s'].iloc[-1] for b in benches):.0f}"
+                   if all(b.exists() for b in benches) else "")
         p = float(row["p_vs_reference"])
         p_text = "-" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
         out.append(f"| {method} | {row['CPM@10mm']:.1f} | {row['CPM@Radius']:.1f} | {row['MED']} | "
@@ -40,8 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--config", type=Path, help="the run's track settings (which registrations each reads); "
+                                                     "default: the packaged defaults")
     args = parser.parse_args()
-    print("\n".join(rows(args.results, args.dataset)))
+    config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    print("\n".join(rows(args.results, args.dataset, config or {})))
 
 
 if __name__ == "__main__":
