@@ -88,8 +88,8 @@ def test_custom_config_plans_and_runs_embed(own_data, tmp_path):
     overlay = tmp_path / "custom.yaml"
     overlay.write_text(f"datasets:\n  synthetic:\n    enabled: false\n  custom:\n    enabled: true\n"
                        f"    images: ['{own_data}/*']\n    pairs: {pairs_csv}\nmodel:\n  checkpoint: {checkpoint}\n")
-    assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "track": 8, "resample": 1,
-                                         "embed": 1, "evaluate": 8,
+    assert _plan(workdir, [overlay]) == {"custom_convert": 1, "custom_pairs": 1, "track": 8, "register": 2,
+                                         "resample": 1, "embed": 1, "evaluate": 8,
                                          "table": 1, "figures": 1, "all": 1}
     embedded = "results/custom/shards/embeddings-default-000.csv"
     updated = run_workflow(workdir, [overlay], targets=[embedded])

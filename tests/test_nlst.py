@@ -297,7 +297,8 @@ def test_paper_nlst_plans_offline_then_shards_after_the_checkpoint(test_data, tm
     # up to the checkpoint, and the jobs after it that do not depend on its shards: pretraining on
     # the training cohort, tracking with every method, evaluation, the NLSTx table
     assert plan == {"nlst_nlstx": 1, "nlst_select": 1, "nlst_check": 1, "nlst_pairs": 1, "pretrain": 1, "track": 8,
-                    "evaluate": 8, "table": 1, "figures": 1, "training_figure": 1, "landmark_figure": 1, "all": 1}
+                    "register": 2, "evaluate": 8, "table": 1, "figures": 1, "training_figure": 1,
+                    "landmark_figure": 1, "all": 1}
     # offline: with the NLSTx table in place, the checkpoint selects the cohorts from the bundled index
     small = tmp_path / "small.yaml"
     small.write_text("shard_size: 100\ndatasets:\n  nlst:\n    n_training_patients: 5\n")
