@@ -94,13 +94,17 @@ def register_pairs(pairs_csv: str | Path, method: str, out_dir: str | Path, spli
     if method not in registration.METHODS:
         raise InputError(f"registration method {method!r}: not one of {registration.METHODS}")
     pairs = read_pairs(pairs_csv, split, QUERY_COLUMNS)
+    _check_volumes(pairs, volume_paths(volume_tables), volume_tables, str(pairs_csv))
     scans = workflow_scans(None, volume_tables, str(pairs_csv))
-    ids = sorted(set(pairs["source_image"]).union(pairs["target_image"]))
-    missing = [image_id for image_id in ids if image_id not in volume_paths(volume_tables)]
-    if missing:
-        raise InputError(f"{pairs_csv}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
     return registration.register_queries(pairs, scans.image, method, registration.registration_settings(method, track),
                                          out_dir, progress)
+
+
+def _check_volumes(pairs: pd.DataFrame, paths: dict[str, str], volume_tables: list[str | Path], source: str) -> None:
+    """Stop, naming them, on images of ``pairs`` that no volume table lists."""
+    missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
+    if missing:
+        raise InputError(f"{source}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
 
 
 def _calibration(presence_calibration: str | Path | None, queries: pd.DataFrame, source: str
@@ -161,9 +165,7 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
         raise ValueError(f"method {method}: needs embeddings_dir")
     paths = volume_paths(volume_tables)
     if tracker.needs.volumes and volume_tables:
-        missing = sorted(set(pairs["source_image"]).union(pairs["target_image"]) - set(paths))
-        if missing:
-            raise InputError(f"{source}: image(s) {missing[:5]} not in the volume tables {list(volume_tables)}")
+        _check_volumes(pairs, paths, volume_tables, source)
     context = Context(workflow_scans(embeddings_dir, volume_tables, source, registrations), dict(track or {}),
                       progress, source)
     candidates = tracker.candidates(pairs, context)

@@ -55,7 +55,7 @@ from tqdm import tqdm
 from lesiontrack.config import settings_from
 from lesiontrack.io import read_table, staged_folder, write_table
 from lesiontrack.tables import REGISTRATION_COLUMNS, SOURCE_POINT
-from lesiontrack.track.tracker import Context, Needs, Scans, single_candidates
+from lesiontrack.track.tracker import Context, Needs, Registered, Scans, single_candidates
 
 METHODS = ("affine", "deformable")
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
@@ -404,11 +404,6 @@ def map_points(transform: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points], dtype=float).reshape(-1, 3)
 
 
-Registered = tuple[sitk.Transform | None, str, float]
-"""One image pair's registration: the transform (None where it could not start), the stage that
-produced it (as :func:`register_safely`) and the seconds it took."""
-
-
 def pair_registration(scans: Scans, source_id: str, target_id: str, method: str,
                       settings: RegistrationSettings) -> Registered:
     """:func:`register_safely` of two scans of a run (fixed = source, moving = target), or the
@@ -464,10 +459,8 @@ def register_queries(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image
     rows = []
     with staged_folder(out_dir) as staged:
         for k, (source, target) in enumerate(tqdm(groups, desc=f"register ({method})", disable=not progress)):
-            fixed, moving = image_of(str(source)), image_of(str(target))
-            start = time.perf_counter()
-            transform, stage = register_safely(fixed, moving, method, settings)
-            seconds = time.perf_counter() - start
+            transform, stage, seconds = pair_registration(Scans(image=image_of), str(source), str(target), method,
+                                                          settings)
             name = "" if transform is None else f"{k:05d}.h5"
             if transform is not None:
                 sitk.WriteTransform(transform, str(staged / name))

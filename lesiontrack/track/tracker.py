@@ -22,7 +22,6 @@ from lesiontrack.tables import CANDIDATE_COLUMNS
 
 if TYPE_CHECKING:
     from lesiontrack.track.match import VolumeMaps
-    from lesiontrack.track.registration import Registered, RegistrationSettings
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,11 @@ class Needs:
 
     embeddings: bool = False
     volumes: bool = False
+
+
+Registered = tuple[sitk.Transform | None, str, float]
+"""One image pair's registration: the transform (None where it could not start), the stage that
+produced it (as :func:`lesiontrack.track.registration.register_safely`) and the seconds it took."""
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Scans:
     maps: Callable[[str], VolumeMaps] | None = None
     image: Callable[[str], sitk.Image] | None = None
     check_inside: bool = True
-    stored_registration: Callable[[str, str, str, RegistrationSettings], Registered | None] | None = None
+    stored_registration: Callable[[str, str, str, Any], Registered | None] | None = None  # Any: its settings
 
 
 @dataclass
