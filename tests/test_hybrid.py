@@ -64,6 +64,25 @@ def test_a_thin_slab_in_an_unrelated_frame_is_registered_from_the_anchors(ct_2mm
     assert baseline > 10.0 and error.max() < 2.0
 
 
+def test_a_point_that_slipped_through_plane_moves_back(ct_2mm):
+    """The real CT (2 mm) against itself moved 8 mm along z: a candidate left at the unmoved place
+    (a registration a level off) moves to the lesion's place within a voxel; the right place stays
+    put, and so does everything with the search off."""
+    shift = np.array([0.0, 0.0, 8.0])
+    moved = sitk.Image(ct_2mm)
+    moved.SetOrigin(tuple(np.add(ct_2mm.GetOrigin(), shift)))
+    settings = hybrid.HybridSettings()
+    source, target = (hybrid.Voxels.of(image, settings.window_hu) for image in (ct_2mm, moved))
+    size = ct_2mm.GetSize()
+    points = [np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((x * size[0], y * size[1], z * size[2])))
+              for x, y, z in ((0.5, 0.55, 0.5), (0.4, 0.5, 0.35), (0.6, 0.45, 0.65))]
+    for point in points:
+        assert np.linalg.norm(hybrid.along_axis(source, target, point, point, settings) - point - shift) <= 2.0
+        assert np.array_equal(hybrid.along_axis(source, target, point, point + shift, settings), point + shift)
+        off = hybrid.HybridSettings(axis_search_mm=0.0)
+        assert np.array_equal(hybrid.along_axis(source, target, point, point, off), point)
+
+
 def test_hybrid_is_a_registered_tracker():
     tracker = trackers.get("hybrid")
     assert tracker.needs.embeddings and tracker.needs.volumes and tracker.decides_presence

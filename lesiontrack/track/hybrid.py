@@ -25,6 +25,10 @@ Per (source, target) image pair:
    replaces it if it correlates better by more than ``embedding_margin``. The other candidates are
    ranked after it (the presence-aware choice may move to one); the embedding candidates stand
    alone only where no registration ran.
+5. **Through-plane, in a slab pair** (one volume spans at most ``axis_slab_mm`` along world z),
+   the chosen point moves along world z (within ``axis_search_mm``) to where the correlation is
+   best, where that beats the best within ``local_search_mm`` by more than ``axis_gain``: a slab
+   registered a vertebral level off, or thick slices that blur the levels.
 
 The confidence is the correlation at the chosen point. The settings were chosen on the synthetic
 training subjects (docs/experiments.md).
@@ -74,6 +78,9 @@ class HybridSettings:
     switch_margin: float = 0.1  # the anchored registration's point must correlate this much better than the first
     embedding_margin: float = 0.0  # an embedding candidate farther than inlier_mm must correlate this much better
     trust_correlation: float = 0.7  # registration stands unchecked by the embeddings from this median NCC on
+    axis_search_mm: float = 10.0  # in a slab pair the chosen point may move this far along world z (0: never) ...
+    axis_gain: float = 0.02  # ... where the correlation there beats the best within local_search_mm by this
+    axis_slab_mm: float = 160.0  # a pair is a slab pair where one of its volumes spans at most this along world z
     window_hu: tuple[float, float] = (-1000.0, 400.0)  # intensity window of the correlations
     registration: str = "deformable"  # affine | deformable
 
@@ -219,6 +226,35 @@ def local_correlation(source: Voxels, target: Voxels, point_mm: np.ndarray, cand
     return float(correlation) if np.isfinite(correlation) else -1.0
 
 
+def along_axis(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_mm: np.ndarray,
+               settings: HybridSettings) -> np.ndarray:
+    """``candidate_mm`` moved along world z, in steps of the target's finest spacing within
+    ``axis_search_mm``, to where the source cube around ``point_mm`` correlates best, if that beats
+    the best within ``local_search_mm`` by more than ``axis_gain``; else unchanged. Through-plane is
+    where a slab's registration slips by a vertebral level and where thick slices blur the candidates
+    apart."""
+    if settings.axis_search_mm <= 0:
+        return np.asarray(candidate_mm, float)
+    step = float(min(target.geometry.spacing))
+    offsets = np.arange(-np.floor(settings.axis_search_mm / step), np.floor(settings.axis_search_mm / step) + 1) * step
+    exact = replace(settings, local_search_mm=0.0)
+    candidate, z = np.asarray(candidate_mm, float), np.array([0.0, 0.0, 1.0])
+    scores = np.array([local_correlation(source, target, point_mm, candidate + dz * z, exact) for dz in offsets])
+    near = np.abs(offsets) <= settings.local_search_mm
+    best = int(np.argmax(scores))
+    if scores[best] > scores[near].max() + settings.axis_gain:
+        return candidate + offsets[best] * z
+    return candidate
+
+
+def z_extent_mm(geometry: Geometry) -> float:
+    """How far a volume spans along world z (its corners' extent)."""
+    size = np.asarray(geometry.size, float) - 1.0
+    corners = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
+    z = geometry.index_to_world(corners)[:, 2]
+    return float(z.max() - z.min())
+
+
 def trusted(stage: str, correlations: list[float], settings: HybridSettings) -> bool:
     """Whether the standard registration stands without the embeddings: its full stage ran and the
     median correlation of the pair's lesions at its points reaches ``trust_correlation``."""
@@ -304,10 +340,13 @@ class HybridTracker:
                            file=sys.stderr)
                 registered, proposals = _consult_embeddings(
                     pair, queries.loc[rows].set_axis(file_rows[rows]), standard, context, settings, registration)
+            slab = min(z_extent_mm(pair.source.geometry), z_extent_mm(pair.target.geometry)) <= settings.axis_slab_mm
+            choosing = settings if slab else replace(settings, axis_search_mm=0.0)
             shared = (time.perf_counter() - began) / len(rows)
             by_row = {} if proposals is None else dict(tuple(proposals.groupby("row", sort=False)))  # split once
             for k, row in enumerate(rows):
-                records += self._choose(pair, k, int(row), registered, correlations, by_row.get(k), shared, settings)
+                records += self._choose(pair, k, int(row), registered, correlations, by_row.get(k), shared,
+                                        choosing)
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
 
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
@@ -338,6 +377,10 @@ class HybridTracker:
                 if scores[best] > scores[preferred] + settings.embedding_margin:
                     preferred = best
         order = [preferred, *[j for j in order if j != preferred]]
+        moved = along_axis(pair.source, pair.target, point, options[preferred], settings)
+        if not np.array_equal(moved, options[preferred]):  # the chosen point slipped through-plane
+            options[preferred] = moved
+            scores[preferred] = local_correlation(pair.source, pair.target, point, moved, settings)
         seconds = shared + (0.0 if mine is None else float(mine["seconds"].iloc[0])) + time.perf_counter() - began
         # each candidate's confidence is its own correlation: the presence-aware choice may pick any
         return [(row, rank, *options[j], float(scores[j]), seconds) for rank, j in enumerate(order)]
