@@ -376,6 +376,12 @@ class Geometry:
         offset = points_mm - np.asarray(self.origin)
         return (offset @ np.linalg.inv(direction).T) / np.asarray(self.spacing)
 
+    def corners(self) -> np.ndarray:
+        """The world points (8, 3) of the grid's corner voxel centres."""
+        last = np.asarray(self.size, float) - 1.0
+        return self.index_to_world(np.array([[i, j, k] for i in (0, last[0]) for j in (0, last[1])
+                                             for k in (0, last[2])]))
+
     def contains(self, points_mm: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
         """Whether each world point lies inside the grid (voxel centres) by ``margin_mm``."""
         idx = self.world_to_index(points_mm)

@@ -23,6 +23,10 @@ def test_geometry_matches_simpleitk():
     np.testing.assert_allclose(geometry.world_to_index(expected), index, atol=1e-9)
     assert geometry.contains(expected).tolist() == [True, True, True]
     assert not geometry.contains(geometry.index_to_world([[-1, 0, 0]]))[0]
+    corners = {image.TransformIndexToPhysicalPoint((i, j, k)) for i in (0, 19) for j in (0, 29) for k in (0, 9)}
+    assert len(geometry.corners()) == 8
+    for point in geometry.corners():
+        assert min(np.linalg.norm(np.subtract(point, c)) for c in corners) < 1e-9
 
 
 def test_failed_write_leaves_nothing(tmp_path):

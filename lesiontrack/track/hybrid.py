@@ -165,11 +165,7 @@ def crop_to_target(source: sitk.Image, target: sitk.Image, initial: sitk.AffineT
                    ) -> sitk.Image:
     """The part of ``source`` that ``initial`` (source -> target) maps into the target's field of view,
     plus a margin."""
-    target_geometry = Geometry.of(target)
-    size = np.asarray(target_geometry.size, float)
-    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
-    inverse = initial.GetInverse()
-    in_source = map_points(inverse, target_geometry.index_to_world(corners))
+    in_source = map_points(initial.GetInverse(), Geometry.of(target).corners())
     geometry = Geometry.of(source)
     index = geometry.world_to_index(in_source)
     grow = margin_mm / np.asarray(geometry.spacing)
@@ -249,9 +245,7 @@ def along_axis(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_m
 
 def z_extent_mm(geometry: Geometry) -> float:
     """How far a volume spans along world z (its corners' extent)."""
-    size = np.asarray(geometry.size, float) - 1.0
-    corners = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
-    z = geometry.index_to_world(corners)[:, 2]
+    z = geometry.corners()[:, 2]
     return float(z.max() - z.min())
 
 
