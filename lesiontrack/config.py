@@ -33,7 +33,29 @@ def settings_from(values: Mapping[str, Any] | None, cls: type[Settings], section
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]!r} (settings: {', '.join(sorted(names))})")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    defaults = base if base is not None else cls()
+    nullable = {f.name for f in dataclasses.fields(cls) if "None" in str(f.type)}
+    for key, value in converted.items():
+        if not (value is None and key in nullable):
+            _check_kind(f"{section}.{key}", value, getattr(defaults, key))
     return dataclasses.replace(base, **converted) if base is not None else cls(**converted)
+
+
+def _check_kind(key: str, value: Any, default: Any) -> None:
+    """Stop, naming ``key`` and ``value``, where a value is not of its default's kind: a number
+    (int or float, never a bool), a bool, a string or a list; a setting whose default is None takes
+    anything (the caller lets None through where the field's type allows it)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    kinds = ((bool, lambda v: isinstance(v, bool), "boolean"), (int | float, number, "number"),
+             (str, lambda v: isinstance(v, str), "string"), (tuple, lambda v: isinstance(v, tuple), "list"))
+    for kind, accepts, name in kinds:
+        if isinstance(default, kind):
+            if not accepts(value):
+                raise ConfigError(f"{key} = {list(value) if isinstance(value, tuple) else value!r}: expected {name} "
+                                  f"(default {default!r})")
+            return
 
 
 def _with_defaults(validator_class):

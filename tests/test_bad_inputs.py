@@ -85,6 +85,8 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
     f["unknown_key"].write_text("track:\n  contextmm: 24\n")
     f["wrong_type"] = d / "wrong_type.yaml"
     f["wrong_type"].write_text("track:\n  refine_mm: twenty\n")
+    f["wrong_setting"] = d / "wrong_setting.yaml"
+    f["wrong_setting"].write_text("track:\n  registration:\n    affine:\n      iterations: many\n")
     f["processes"] = d / "processes.yaml"
     f["processes"].write_text("train:\n  processes: 3\n  batch_size: 4\n")
 
@@ -225,6 +227,8 @@ CASES = [
     ("unknown key for the workflow", ["config", "{unknown_key}"], "unknown key 'track.contextmm'"),
     ("unknown config key", _own(config="{unknown_key}"), "unknown key 'track.contextmm'"),
     ("config value of a wrong type", _own(config="{wrong_type}"), "track.refine_mm = 'twenty'"),
+    ("tracker setting of a wrong type", _own(method="affine", config="{wrong_setting}"),
+     "track.registration.iterations = 'many': expected number"),
     ("own data without a target", ["track", "--source", "{ct}", "--points", "{points}", "--out", "{o}/t.csv"],
      "own data needs --source, --target and --points"),
     ("unknown method", _own(method="magic"), "invalid choice: 'magic'"),
