@@ -95,5 +95,10 @@ def window(hu: np.ndarray, window_hu: tuple[float, float], out_range: tuple[floa
     low, high = window_hu
     if not high > low:
         raise ValueError(f"window_hu = {window_hu!r}: high must exceed low")
-    scaled = (np.clip(np.asarray(hu, np.float32), low, high) - low) / (high - low)
-    return (out_range[0] + scaled * (out_range[1] - out_range[0])).astype(np.float32)
+    out = np.array(hu, dtype=np.float32, copy=True)  # in place from here: one copy of a volume, not five
+    np.clip(out, low, high, out=out)
+    out -= low
+    out /= high - low
+    out *= out_range[1] - out_range[0]
+    out += out_range[0]
+    return out

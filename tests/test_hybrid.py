@@ -3,6 +3,8 @@ rescued by it where the fields of view do not meet (a thin slab in an unrelated 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,6 +83,41 @@ def test_a_point_that_slipped_through_plane_moves_back(ct_2mm):
         assert np.array_equal(hybrid.along_axis(source, target, point, point + shift, settings), point + shift)
         off = hybrid.HybridSettings(axis_search_mm=0.0)
         assert np.array_equal(hybrid.along_axis(source, target, point, point, off), point)
+
+
+def _with_lesions(image: sitk.Image, points: list[np.ndarray], radius_mm: float) -> sitk.Image:
+    """``image`` with a sphere of 60 HU and ``radius_mm`` around each point."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in array.shape[::-1]], indexing="ij"), -1).transpose(2, 1, 0, 3)
+    spacing = np.asarray(image.GetSpacing())
+    for point in points:
+        index = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(map(float, point))))
+        array[np.linalg.norm((grid - index) * spacing, axis=-1) <= radius_mm] = 60.0
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+def test_a_grown_lesion_leaves_registration_trusted_by_the_wider_cube(ct_2mm):
+    """Three 4 mm lesions of the real CT (2 mm) grown to 13 mm, registration exact: the lesion fills
+    the 12 mm cube (median correlation under trust_correlation) but not the 20 mm one, so the pair is
+    trusted; the same pair registered 10 mm off is trusted by neither."""
+    settings = hybrid.HybridSettings()
+    size = ct_2mm.GetSize()
+    points = [np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((x * size[0], y * size[1], z * size[2])))
+              for x, y, z in ((0.5, 0.55, 0.5), (0.4, 0.5, 0.35), (0.6, 0.45, 0.65))]
+    source, target = (hybrid.Voxels.of(_with_lesions(ct_2mm, points, r), settings.window_hu) for r in (4.0, 13.0))
+    pair = hybrid._Pair("baseline", "follow-up", np.array(points), source, target)
+    wide = hybrid.HybridSettings(local_mm=settings.trust_mm)
+    for registered, expected in ((pair.points, True), (pair.points + np.array([10.0, 0.0, 0.0]), False)):
+        small = pair.correlations(registered, settings)
+        assert np.median(small) < settings.trust_correlation
+        assert not hybrid.trusted("deformable", small, settings)
+        wider = partial(pair.correlations, registered, wide)  # computed only where the 12 mm cube falls short
+        assert hybrid.trusted("deformable", small, settings, wider) is expected
+        assert not hybrid.trusted("affine", small, settings, wider)  # the full registration only
+    # this CT spans 86 mm along z: a slab pair, where the tracker asks the 12 mm cube alone
+    assert pair.is_slab(settings) and not pair.is_slab(hybrid.HybridSettings(axis_slab_mm=80.0))
 
 
 def test_hybrid_is_a_registered_tracker():

@@ -9,7 +9,9 @@ Per (source, target) image pair:
    cross-correlation of a cube of half-width ``local_mm`` around the source point with the target,
    at the best offset within ``local_search_mm`` (intensities in ``window_hu``). Where the full
    registration ran and the median over the pair's lesions reaches ``trust_correlation``, its
-   points stand and nothing else is computed: no embedding, no matching.
+   points stand and nothing else is computed: no embedding, no matching. Outside slab pairs (5.)
+   the same median over a wider cube (half-width ``trust_mm``) also trusts it: a lesion that grew
+   or shrank fills the small cube and lowers its correlation, the anatomy around it does not.
 3. **Otherwise the embeddings are consulted.** ``multiscale`` matches the pair's lesions (with the
    configured context points, refinement and reranking). Registration is in doubt when it failed,
    or at least ``min_agreement`` of the lesions land farther than ``inlier_mm`` from their
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,6 +82,7 @@ class HybridSettings:
     switch_margin: float = 0.1  # the anchored registration's point must correlate this much better than the first
     embedding_margin: float = 0.0  # an embedding candidate farther than inlier_mm must correlate this much better
     trust_correlation: float = 0.7  # registration stands unchecked by the embeddings from this median NCC on
+    trust_mm: float = 20.0  # ... or from this median over cubes of this half-width, outside slab pairs (0: never)
     axis_search_mm: float = 10.0  # in a slab pair the chosen point may move this far along world z (0: never) ...
     axis_gain: float = 0.02  # ... where the correlation there beats the best within local_search_mm by this
     axis_slab_mm: float = 160.0  # a pair is a slab pair where one of its volumes spans at most this along world z
@@ -249,10 +254,17 @@ def z_extent_mm(geometry: Geometry) -> float:
     return float(z.max() - z.min())
 
 
-def trusted(stage: str, correlations: list[float], settings: HybridSettings) -> bool:
+def trusted(stage: str, correlations: list[float], settings: HybridSettings,
+            wider: Callable[[], list[float]] | None = None) -> bool:
     """Whether the standard registration stands without the embeddings: its full stage ran and the
-    median correlation of the pair's lesions at its points reaches ``trust_correlation``."""
-    return stage == settings.registration and float(np.median(correlations)) >= settings.trust_correlation
+    median correlation of the pair's lesions at its points reaches ``trust_correlation``, or, where
+    ``wider`` is given (the correlations over cubes of half-width ``trust_mm``, computed only if
+    needed), their median does."""
+    if stage != settings.registration:
+        return False
+    if float(np.median(correlations)) >= settings.trust_correlation:
+        return True
+    return wider is not None and float(np.median(wider())) >= settings.trust_correlation
 
 
 @dataclass
@@ -264,6 +276,15 @@ class _Pair:
     points: np.ndarray  # (N, 3) source points
     source: Voxels
     target: Voxels
+
+    def is_slab(self, settings: HybridSettings) -> bool:
+        """Whether one of the two volumes spans at most ``axis_slab_mm`` along world z."""
+        return min(z_extent_mm(self.source.geometry), z_extent_mm(self.target.geometry)) <= settings.axis_slab_mm
+
+    def correlations(self, candidates: np.ndarray, settings: HybridSettings) -> list[float]:
+        """:func:`local_correlation` of each lesion at its candidate (``candidates``: (N, 3))."""
+        return [local_correlation(self.source, self.target, p, q, settings)
+                for p, q in zip(self.points, candidates, strict=True)]
 
 
 def _consult_embeddings(pair: _Pair, queries: pd.DataFrame, standard: sitk.Transform | None,
@@ -322,19 +343,21 @@ class HybridTracker:
             registered, proposals, correlations = [], None, None
             if standard is not None:
                 registered = [map_points(standard, pair.points)]
-                correlations = [local_correlation(pair.source, pair.target, p, q, settings)
-                                for p, q in zip(pair.points, registered[0], strict=True)]
-            if standard is None or not trusted(stage, correlations, settings):
+                correlations = pair.correlations(registered[0], settings)
+            slab = pair.is_slab(settings)
+            wider = None if slab or settings.trust_mm <= 0 or standard is None else partial(
+                pair.correlations, registered[0], replace(settings, local_mm=settings.trust_mm))
+            if standard is None or not trusted(stage, correlations, settings, wider):
                 if context.scans.maps is None:
                     raise ValueError(f"method {self.name}: needs embeddings")
                 doubt = ("registration failed" if standard is None else f"registration stopped at its {stage} stage"
                          if stage != settings.registration else
-                         f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}")
+                         f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}"
+                         + ("" if wider is None else f", over {settings.trust_mm:g} mm cubes too"))
                 tqdm.write(f"{self.name}: {source_id} -> {target_id}: {doubt}; the embeddings consulted",
                            file=sys.stderr)
                 registered, proposals = _consult_embeddings(
                     pair, queries.loc[rows].set_axis(file_rows[rows]), standard, context, settings, registration)
-            slab = min(z_extent_mm(pair.source.geometry), z_extent_mm(pair.target.geometry)) <= settings.axis_slab_mm
             choosing = settings if slab else replace(settings, axis_search_mm=0.0)
             shared = (time.perf_counter() - began) / len(rows)
             by_row = {} if proposals is None else dict(tuple(proposals.groupby("row", sort=False)))  # split once
