@@ -66,6 +66,13 @@ def test_a_thin_slab_in_an_unrelated_frame_is_registered_from_the_anchors(ct_2mm
     assert baseline > 10.0 and error.max() < 2.0
 
 
+def _inner_points(image: sitk.Image) -> list[np.ndarray]:
+    """Three world points well inside ``image`` (fractions of its extent along each axis)."""
+    size = image.GetSize()
+    return [np.asarray(image.TransformContinuousIndexToPhysicalPoint((x * size[0], y * size[1], z * size[2])))
+            for x, y, z in ((0.5, 0.55, 0.5), (0.4, 0.5, 0.35), (0.6, 0.45, 0.65))]
+
+
 def test_a_point_that_slipped_through_plane_moves_back(ct_2mm):
     """The real CT (2 mm) against itself moved 8 mm along z: a candidate left at the unmoved place
     (a registration a level off) moves to the lesion's place within a voxel; the right place stays
@@ -75,9 +82,7 @@ def test_a_point_that_slipped_through_plane_moves_back(ct_2mm):
     moved.SetOrigin(tuple(np.add(ct_2mm.GetOrigin(), shift)))
     settings = hybrid.HybridSettings()
     source, target = (hybrid.Voxels.of(image, settings.window_hu) for image in (ct_2mm, moved))
-    size = ct_2mm.GetSize()
-    points = [np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((x * size[0], y * size[1], z * size[2])))
-              for x, y, z in ((0.5, 0.55, 0.5), (0.4, 0.5, 0.35), (0.6, 0.45, 0.65))]
+    points = _inner_points(ct_2mm)
     for point in points:
         assert np.linalg.norm(hybrid.along_axis(source, target, point, point, settings) - point - shift) <= 2.0
         assert np.array_equal(hybrid.along_axis(source, target, point, point + shift, settings), point + shift)
@@ -88,7 +93,7 @@ def test_a_point_that_slipped_through_plane_moves_back(ct_2mm):
 def _with_lesions(image: sitk.Image, points: list[np.ndarray], radius_mm: float) -> sitk.Image:
     """``image`` with a sphere of 60 HU and ``radius_mm`` around each point."""
     array = sitk.GetArrayFromImage(image).astype(np.float32)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in array.shape[::-1]], indexing="ij"), -1).transpose(2, 1, 0, 3)
+    grid = np.moveaxis(np.indices(array.shape)[::-1], 0, -1)  # (z, y, x, 3): each voxel's x, y, z index
     spacing = np.asarray(image.GetSpacing())
     for point in points:
         index = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(map(float, point))))
@@ -100,12 +105,10 @@ def _with_lesions(image: sitk.Image, points: list[np.ndarray], radius_mm: float)
 
 def test_a_grown_lesion_leaves_registration_trusted_by_the_wider_cube(ct_2mm):
     """Three 4 mm lesions of the real CT (2 mm) grown to 13 mm, registration exact: the lesion fills
-    the 12 mm cube (median correlation under trust_correlation) but not the 20 mm one, so the pair is
+    the 24 mm cube (median correlation under trust_correlation) but not the 40 mm one, so the pair is
     trusted; the same pair registered 10 mm off is trusted by neither."""
     settings = hybrid.HybridSettings()
-    size = ct_2mm.GetSize()
-    points = [np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((x * size[0], y * size[1], z * size[2])))
-              for x, y, z in ((0.5, 0.55, 0.5), (0.4, 0.5, 0.35), (0.6, 0.45, 0.65))]
+    points = _inner_points(ct_2mm)
     source, target = (hybrid.Voxels.of(_with_lesions(ct_2mm, points, r), settings.window_hu) for r in (4.0, 13.0))
     pair = hybrid._Pair("baseline", "follow-up", np.array(points), source, target)
     wide = hybrid.HybridSettings(local_mm=settings.trust_mm)
@@ -113,10 +116,10 @@ def test_a_grown_lesion_leaves_registration_trusted_by_the_wider_cube(ct_2mm):
         small = pair.correlations(registered, settings)
         assert np.median(small) < settings.trust_correlation
         assert not hybrid.trusted("deformable", small, settings)
-        wider = partial(pair.correlations, registered, wide)  # computed only where the 12 mm cube falls short
+        wider = partial(pair.correlations, registered, wide)  # computed only where the 24 mm cubes fall short
         assert hybrid.trusted("deformable", small, settings, wider) is expected
         assert not hybrid.trusted("affine", small, settings, wider)  # the full registration only
-    # this CT spans 86 mm along z: a slab pair, where the tracker asks the 12 mm cube alone
+    # this CT spans 86 mm along z: a slab pair, where the tracker asks the 24 mm cubes alone
     assert pair.is_slab(settings) and not pair.is_slab(hybrid.HybridSettings(axis_slab_mm=80.0))
 
 

@@ -353,7 +353,7 @@ class HybridTracker:
                 doubt = ("registration failed" if standard is None else f"registration stopped at its {stage} stage"
                          if stage != settings.registration else
                          f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}"
-                         + ("" if wider is None else f", over {settings.trust_mm:g} mm cubes too"))
+                         + ("" if wider is None else f", over {2 * settings.trust_mm:g} mm cubes too"))
                 tqdm.write(f"{self.name}: {source_id} -> {target_id}: {doubt}; the embeddings consulted",
                            file=sys.stderr)
                 registered, proposals = _consult_embeddings(
