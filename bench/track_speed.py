@@ -15,7 +15,8 @@ registration for ``affine`` and ``deformable``. Peak memory is the process's max
 ``deformable``, ``elastix`` and ``hybrid`` in the same run: ``lesiontrack track --source --target
 --points`` on the original (not resampled) volumes of the first N image pairs, ``--lesions`` points
 each (load, resample, embed where the method needs it, match, refine, register, write), wall-clock
-seconds of the whole command per pair (the median of ``--repeats`` runs, the methods taking turns)
+seconds of the whole command per pair (the median of ``--repeats`` runs, the methods taking turns;
+every run's seconds, and the median and range of ``hybrid`` minus ``deformable`` run by run)
 and the distance of its points to the generator's truth; and ``hybrid`` on the same points with the
 workflow's cached embeddings and resampled volumes (``track_table``, as the ``track`` rule runs it):
 seconds per lesion, reading included; and the same with the pair's registration stored first, as
@@ -174,6 +175,11 @@ def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, repeats: i
                     tracked = read_table(f"{tmp}/{method}.csv")[["x", "y", "z"]].to_numpy(float)
                     row[f"{method}_median_mm"] = float(np.median(np.linalg.norm(tracked - truth, axis=1)))
             row.update({f"{method}_s": float(np.median(s)) for method, s in seconds.items()})
+            row.update({f"{method}_s_runs": [round(v, 3) for v in s] for method, s in seconds.items()})
+            # the methods take turns, so run k of each saw the same state of the machine: paired differences
+            paired = np.subtract(seconds["hybrid"], seconds["deformable"])
+            row["hybrid_minus_deformable_s"] = float(np.median(paired))
+            row["hybrid_minus_deformable_s_range"] = [round(float(paired.min()), 3), round(float(paired.max()), 3)]
             queries = group.reset_index(drop=True)
             row["hybrid_cached_s_per_lesion"] = _cached_hybrid(results, model, queries, config) / len(group)
             stored = Path(tmp) / "registrations"  # what rule register stores, made here for this pair
