@@ -503,6 +503,18 @@ def _parser_embed(sub) -> None:
 
 
 
+def _threads(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, metavar="N",
+                   help="ITK threads for registration (default: all cores); 1 gives bit-identical reruns, as the "
+                        "workflow runs it, where more threads can move a registered point between runs")
+
+
 def _parser_track(sub) -> None:
     p = sub.add_parser("track", help="find lesions of one scan on another",
                        description="Workflow form: predict the target point of every pair of a pairs.csv (world "
@@ -536,6 +548,7 @@ def _parser_track(sub) -> None:
     p.add_argument("--presence", metavar="JSON",
                    help="presence calibration (lesiontrack presence-calibrate): found = its appearance test at each "
                         "match (needs source_radius_mm in pairs.csv, radius_mm in points.csv); default: found always")
+    _add_threads(p)
     p.set_defaults(func=cmd_track)
 
 
@@ -554,6 +567,7 @@ def _parser_register(sub) -> None:
                    help="table(s) image_id, path of the resampled volumes")
     p.add_argument("--config", action="append", default=[], metavar="YAML",
                    help="config file(s) for the track section (default: the packaged defaults)")
+    _add_threads(p)
     p.set_defaults(func=cmd_register)
 
 
@@ -575,6 +589,7 @@ def _parser_follow(sub) -> None:
     p.add_argument("--presence", metavar="JSON", help="presence calibration: found and gone by its appearance test")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--device", default="cpu")
+    _add_threads(p)
     p.set_defaults(func=cmd_follow)
 
 
@@ -606,6 +621,7 @@ def _parser_presence(sub) -> None:
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--out", required=True, help="one row per presence query (CSV)")
     p.add_argument("--report", required=True, help="metrics JSON")
+    _add_threads(p)
     p.set_defaults(func=cmd_presence)
 
 
@@ -688,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         if bool(one) == bool(many):
             parser.error("resample: give either --input and --output, or --images, --out-dir and --table")
 
+    registration.use_threads(getattr(args, "threads", None))
     try:
         args.func(args)
     except (ConfigError, InputError, DownloadError) as err:  # bad input: one line, no traceback

@@ -262,8 +262,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def staged_folder(path: str | os.PathLike | None) -> Iterator[Path | None]:
-    """Yield a temporary folder beside ``path`` (None for None); on success its files move into
-    ``path`` (created), on failure it is removed: a failed command leaves none of them."""
+    """Yield a temporary folder beside ``path`` (None for None); on success its files and folders
+    move into ``path`` (created), each replacing one of the same name (a folder from an earlier run
+    whole: nothing of it stays); on failure it is removed: a failed command leaves none of them."""
     if path is None:
         yield None
         return
@@ -273,9 +274,14 @@ def staged_folder(path: str | os.PathLike | None) -> Iterator[Path | None]:
     try:
         yield tmp
         path.mkdir(exist_ok=True)
-        for item in sorted(tmp.iterdir()):
+        old = tmp / ".replaced"  # what an earlier run left under a new folder's name, removed below
+        for item in sorted(p for p in tmp.iterdir() if p != old):
             os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_UMASK)
-            os.replace(item, path / item.name)
+            there = path / item.name
+            if (item.is_dir() or there.is_dir()) and os.path.lexists(there):
+                old.mkdir(exist_ok=True)  # os.replace cannot put a folder over a non-empty one
+                os.replace(there, old / item.name)
+            os.replace(item, there)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """Tests register single-threaded, as every workflow rule does, here and in the commands they
+    start: with more threads ITK's registration metric sums in the order its threads finish, and a
+    registered point can move by millimetres between two runs (lesiontrack.track.registration)."""
+    from lesiontrack.track.registration import use_threads
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    use_threads(1)
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "configs",
                   "report", "envs", "profiles", "pyproject.toml")
 

@@ -36,6 +36,31 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_staged_folder_replaces_an_earlier_run_of_it_folders_included(tmp_path):
+    """Writing a command's folder again (lesiontrack follow's per-subject folders) replaces what
+    the first run wrote, a folder whole, keeps files the new run does not write, and leaves no
+    temporary folder; a failed run changes nothing."""
+    from lesiontrack.io import staged_folder
+
+    out = tmp_path / "follow"
+    with staged_folder(out) as staged:
+        (staged / "s1").mkdir()
+        (staged / "s1" / "history.csv").write_text("first")
+        (staged / "s1" / "lesion_a.png").write_text("first")
+        (staged / "scores.json").write_text("first")
+    with staged_folder(out) as staged:
+        (staged / "s1").mkdir()
+        (staged / "s1" / "history.csv").write_text("second")
+        (staged / "s2").mkdir()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["s1", "s1/history.csv", "s2", "scores.json"]
+    assert (out / "s1" / "history.csv").read_text() == "second"
+    with pytest.raises(RuntimeError), staged_folder(out) as staged:
+        (staged / "s1").mkdir()
+        raise RuntimeError("the run failed")
+    assert (out / "s1" / "history.csv").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["follow"]
+
+
 def test_written_files_have_the_usual_mode(tmp_path):
     """Atomic writes go through a temporary file (owner-only), but the result has the mode a plain
     write gives, 0666 less the umask: readable by others where the umask allows (shared clusters)."""

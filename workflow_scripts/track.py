@@ -5,16 +5,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package beside the workflow
 
-import SimpleITK as sitk
 import torch
 
 from lesiontrack.track.predict import predict_pairs
+from lesiontrack.track.registration import use_threads
 from lesiontrack.workflow import logged
 
 sm = snakemake  # noqa: F821
 with logged(sm.log[0], sm.rule):
     torch.set_num_threads(sm.threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sm.threads)
+    use_threads(sm.threads)  # 1 in every rule: bit-reproducible registrations
     volumes = list(sm.input.volumes) if "volumes" in sm.input.keys() else []
     presence = getattr(sm.input, "presence", [])  # a calibration JSON, or none (an empty list)
     presence = [presence] if isinstance(presence, str) else list(presence)

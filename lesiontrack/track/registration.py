@@ -25,9 +25,16 @@ in A is predicted at ``T.TransformPoint(p)`` in B, with no inversion.
 Each level is a separate single-level ``ImageRegistrationMethod.Execute`` on images block-averaged
 here (``BinShrink``), rather than ITK's own pyramid, whose per-level set-up on the full image costs
 more than the optimisation. Images are cast to float32 and clipped to the HU window ``clip_hu``
-first. Random metric sampling uses the fixed ``seed``, so results are reproducible for a given
-number of threads; the number of threads is left to the caller (``threads`` argument, or
-SimpleITK's global default).
+first. Random metric sampling uses the fixed ``seed``, but that alone does not make results
+reproducible: with more than one thread ITK's Mattes metric adds the threads' partial sums in the
+order the threads finish, so two runs differ in the last digits and, where the optimiser then
+takes another path, by millimetres (measured on the smoke run's train001 t0 -> t1 at 4 mm: 7 of
+10 two-thread runs put a lesion 2.9 mm from the single-threaded result, 2 more 0.8 and 1.4 mm;
+on t1 -> t2 and t0 -> t2 all 10 agreed within 0.001 mm; elastix sums in a fixed order and
+repeats itself with 2 threads). Single-threaded, every registration is bit-reproducible; the
+workflow's rules run it so, one job per core (:func:`use_threads`, ``register(threads=1)``,
+``lesiontrack <command> --threads 1``), at 1.75 times the time of 2 threads for one pair
+(deformable at 2 mm: 10.5 s against 6.0 s), which is why the commands default to all cores.
 
 Cost: ITK's B-spline metric derivative is dense, (samples x parameters) per evaluation, so the
 number of samples is set per B-spline parameter (``bspline_samples_per_parameter``) and the 40 mm
@@ -42,7 +49,8 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,16 +372,42 @@ def register(fixed: sitk.Image, moving: sitk.Image, method: str,
     ``method`` is ``affine`` (an ``AffineTransform``) or ``deformable`` (a ``CompositeTransform``
     applying the B-spline, then the affine). ``settings`` default to ``DEFAULT_AFFINE`` /
     ``DEFAULT_DEFORMABLE`` (a dict overrides fields of that default); ``threads`` (default:
-    SimpleITK's global default) sets the threads of each registration. ``initial`` (fixed -> moving)
-    replaces the centred initialisation (the hybrid tracker starts from the embeddings' fit).
+    SimpleITK's global default) sets ITK's threads for this registration (1: bit-reproducible).
+    ``initial`` (fixed -> moving) replaces the centred initialisation (the hybrid tracker starts
+    from the embeddings' fit).
     """
     settings = resolve_settings(method, settings)
-    fixed_pyramid, moving_pyramid = _Pyramid(fixed, settings), _Pyramid(moving, settings)
-    affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads, initial)
-    if method == "affine":
-        return affine
-    bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings, threads)
-    return sitk.CompositeTransform([affine, bspline])
+    with _threads(threads):
+        fixed_pyramid, moving_pyramid = _Pyramid(fixed, settings), _Pyramid(moving, settings)
+        affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads, initial)
+        if method == "affine":
+            return affine
+        bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings, threads)
+        return sitk.CompositeTransform([affine, bspline])
+
+
+def use_threads(threads: int | None) -> None:
+    """ITK's threads for every later registration and SimpleITK filter of this process (None: leave
+    ITK's default, all cores); 1 makes every registration bit-reproducible (module docstring)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+
+
+@contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """ITK's global default threads set to ``threads`` for the block (the metric's threader reads
+    the global default, not the method's ``SetNumberOfThreads``), then restored."""
+    if threads is None:
+        yield
+        return
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    use_threads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def register_safely(fixed: sitk.Image, moving: sitk.Image, method: str,
