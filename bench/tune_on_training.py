@@ -14,7 +14,9 @@ The embedding trackers and ``hybrid`` need the pairs' volumes embedded (``lesion
 --images <run>/results/synthetic/shards/resampled-*.csv --out-dir DIR``, run in the run's folder).
 Prints, per variant, CPM@Radius, MED, the median, the share over 20 mm and the seconds per image
 pair (tracking only, reading excluded), and writes them as JSON with ``--out``.
-``--image-pairs N`` takes the first N image pairs (sorted) for a quicker look.
+``--image-pairs N`` takes the first N image pairs (sorted) for a quicker look. Registration runs
+single-threaded, as in every workflow rule, so that a variant's score repeats itself
+(lesiontrack.track.registration; before 2026-12-04 it ran on all cores).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lesiontrack import config as lt_config
 from lesiontrack.evaluate import metrics, per_pair
 from lesiontrack.io import read_table
 from lesiontrack.track.predict import track_table
+from lesiontrack.track.registration import use_threads
 
 
 def variant_track(track: dict, values: dict) -> dict:
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--image-pairs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    use_threads(1)
 
     track = lt_config.load(["config.yaml", *args.config])["track"]
     embeddings = args.embeddings.resolve() if args.embeddings else None
