@@ -28,13 +28,14 @@ more than the optimisation. Images are cast to float32 and clipped to the HU win
 first. Random metric sampling uses the fixed ``seed``, but that alone does not make results
 reproducible: with more than one thread ITK's Mattes metric adds the threads' partial sums in the
 order the threads finish, so two runs differ in the last digits and, where the optimiser then
-takes another path, by millimetres (measured on the smoke run's train001 t0 -> t1 at 4 mm: 7 of
-10 two-thread runs put a lesion 2.9 mm from the single-threaded result, 2 more 0.8 and 1.4 mm;
-on t1 -> t2 and t0 -> t2 all 10 agreed within 0.001 mm; elastix sums in a fixed order and
-repeats itself with 2 threads). Single-threaded, every registration is bit-reproducible; the
-workflow's rules run it so, one job per core (:func:`use_threads`, ``register(threads=1)``,
-``lesiontrack <command> --threads 1``), at 1.75 times the time of 2 threads for one pair
-(deformable at 2 mm: 10.5 s against 6.0 s), which is why the commands default to all cores.
+takes another path, by millimetres (``bench/registration_threads.py``, docs/benchmarks.md: of 100
+two-thread runs on the smoke run's 10 image pairs at 4 mm, 15 put a lesion more than 1 mm from
+the single-threaded result, up to 2.9 mm, on 2 of the pairs; on 6 image pairs of the default run
+at 2 mm none moved one by more than 0.09 mm; elastix sums in a fixed order and repeats itself with
+2 threads). Single-threaded, every registration is bit-reproducible; the workflow's rules run it
+so, one job per core (:func:`use_threads`, ``register(threads=1)``, ``lesiontrack <command>
+--threads 1``), at about 1.6 times the time of 2 threads (deformable at 2 mm: 5.5 against 3.3 s
+per image pair), which is why the commands default to all cores.
 
 Cost: ITK's B-spline metric derivative is dense, (samples x parameters) per evaluation, so the
 number of samples is set per B-spline parameter (``bspline_samples_per_parameter``) and the 40 mm
