@@ -22,18 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lesiontrack.io import read_image, read_table
+from lesiontrack.io import read_image, read_table, volume_paths
 from lesiontrack.track.registration import map_points, register
-
-
-def _volumes(results: Path) -> dict[str, Path]:
-    """image_id -> resampled volume of the run's synthetic dataset (the workflow's shard tables)."""
-    paths = {}
-    for table in sorted((results / "synthetic" / "shards").glob("resampled-*.csv")):
-        for row in read_table(table).itertuples():
-            path = Path(row.path)
-            paths[str(row.image_id)] = path if path.is_absolute() else results.parent / path
-    return paths
 
 
 def main() -> None:
@@ -51,7 +41,8 @@ def main() -> None:
     if args.split:
         pairs = pairs[pairs["split"] == args.split]
     groups = list(pairs.groupby(["source_image", "target_image"], sort=False))[:args.image_pairs]
-    volumes = _volumes(args.results)
+    tables = sorted((args.results / "synthetic" / "shards").glob("resampled-*.csv"))
+    volumes = {image: args.results.parent / path for image, path in volume_paths(tables).items()}
     rows = []
     for (source, target), queries in groups:
         fixed, moving = read_image(volumes[source]), read_image(volumes[target])

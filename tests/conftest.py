@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "configs",
+                  "report", "envs", "profiles", "pyproject.toml")
 
 
 def pytest_configure(config):
@@ -23,8 +25,6 @@ def pytest_configure(config):
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     use_threads(1)
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow_scripts", "lesiontrack", "configs",
-                  "report", "envs", "profiles", "pyproject.toml")
 
 
 class LocalHTTPServer:

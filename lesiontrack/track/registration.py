@@ -202,19 +202,18 @@ def _initial_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSet
             f, m, transform, sitk.CenteredTransformInitializerFilter.GEOMETRY))
 
 
-def _method(settings: RegistrationSettings, threads: int | None) -> sitk.ImageRegistrationMethod:
-    """A registration method with the metric, random sampling seed and interpolator of ``settings``."""
+def _method(settings: RegistrationSettings) -> sitk.ImageRegistrationMethod:
+    """A registration method with the metric, random sampling seed and interpolator of ``settings``
+    (its threads: ITK's global default, which :func:`register` sets)."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetInterpolator(INTERPOLATORS[settings.interpolator])
-    if threads is not None:
-        method.SetNumberOfThreads(threads)
     return method
 
 
 def _register_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings,
-                     threads: int | None, initial: sitk.AffineTransform | None = None) -> sitk.AffineTransform:
+                     initial: sitk.AffineTransform | None = None) -> sitk.AffineTransform:
     """Affine stage: one single-level registration per pyramid level, coarse to fine, updating one transform.
 
     The pyramid is built here (``BinShrink`` + recursive Gaussian) rather than by ITK, whose
@@ -223,7 +222,7 @@ def _register_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSe
     transform = _initial_affine(fixed, moving, settings) if initial is None else sitk.AffineTransform(initial)
     for shrink, sigma, percentage in zip(settings.shrink_factors, settings.smoothing_sigmas_mm,
                                          settings.sampling_percentages, strict=True):
-        method = _method(settings, threads)
+        method = _method(settings)
         method.SetMetricSamplingPercentage(float(percentage), settings.seed)
         if settings.use_body_mask:
             method.SetMetricFixedMask(fixed.body(shrink, sigma))
@@ -309,8 +308,8 @@ def _inside_fov(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform
     return sitk.Resample(inside, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _register_bspline(fixed: _Pyramid, moving: _Pyramid, affine: sitk.Transform, settings: RegistrationSettings,
-                      threads: int | None) -> sitk.BSplineTransform:
+def _register_bspline(fixed: _Pyramid, moving: _Pyramid, affine: sitk.Transform, settings: RegistrationSettings
+                      ) -> sitk.BSplineTransform:
     """B-spline stage on top of ``affine`` (the fixed moving initial transform); returns the B-spline alone.
 
     One single-level registration per level, coarse to fine: the control-point mesh halves its
@@ -333,7 +332,7 @@ def _register_bspline(fixed: _Pyramid, moving: _Pyramid, affine: sitk.Transform,
             bspline = refine_bspline(bspline)
         f = _body_box(fixed.level(shrink, sigma), fixed.body(shrink, sigma), settings.bspline_crop_margin_mm)
         m = _body_box(moving.level(shrink, sigma), moving.body(shrink, sigma), settings.bspline_moving_margin_mm)
-        method = _method(settings, threads)
+        method = _method(settings)
         percentage = min(1.0, ratio * bspline.GetNumberOfParameters() / f.GetNumberOfPixels())
         method.SetMetricSamplingPercentage(percentage, settings.seed)
         mask = None
@@ -380,10 +379,10 @@ def register(fixed: sitk.Image, moving: sitk.Image, method: str,
     settings = resolve_settings(method, settings)
     with _threads(threads):
         fixed_pyramid, moving_pyramid = _Pyramid(fixed, settings), _Pyramid(moving, settings)
-        affine = _register_affine(fixed_pyramid, moving_pyramid, settings, threads, initial)
+        affine = _register_affine(fixed_pyramid, moving_pyramid, settings, initial)
         if method == "affine":
             return affine
-        bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings, threads)
+        bspline = _register_bspline(fixed_pyramid, moving_pyramid, affine, settings)
         return sitk.CompositeTransform([affine, bspline])
 
 
