@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import highdicom as hd
 import numpy as np
 import pandas as pd
-import pydicom
-from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from lesiontrack import __version__
 from lesiontrack.io import InputError, atomic_path, dicom_series
 
-LESION = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
-TRACKED = hd.sr.CodedConcept("111030", "DCM", "Image Region")  # the finding: the lesion's region (a point)
+if TYPE_CHECKING:
+    import pydicom
+
+# highdicom and pydicom are imported where a report is read or written: together they cost about
+# 0.5 s, which every other ``lesiontrack`` command would otherwise pay at start.
+LESION = ("52988006", "SCT", "Lesion")  # the finding type of each group (a CodedConcept's value, scheme, meaning)
 
 
 def series_headers(folder: str | Path) -> list[pydicom.Dataset]:
@@ -28,6 +29,8 @@ def series_headers(folder: str | Path) -> list[pydicom.Dataset]:
     be referenced: a blank SOP class or instance UID is taken from the file meta; a blank study or
     series UID (an anonymiser's) is replaced by one derived from the frame of reference, and said
     on stderr, since the report cannot reference a study that has no UID."""
+    import pydicom
+
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in dicom_series(folder).files]
     frame = str(getattr(headers[0], "FrameOfReferenceUID", "") or "")
     if not frame:
@@ -36,11 +39,11 @@ def series_headers(folder: str | Path) -> list[pydicom.Dataset]:
     for header in headers:
         for key, meta in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             if not str(header.get(key, "") or ""):
-                setattr(header, key, header.file_meta.get(meta, "") or generate_uid(entropy_srcs=[frame, key, str(
-                    header.get("InstanceNumber", ""))]))
+                setattr(header, key, header.file_meta.get(meta, "") or derived_uid(frame, key, str(
+                    header.get("InstanceNumber", ""))))
         for key in ("StudyInstanceUID", "SeriesInstanceUID"):
             if not str(header.get(key, "") or ""):
-                derived[key] = generate_uid(entropy_srcs=[frame, key])
+                derived[key] = derived_uid(frame, key)
                 setattr(header, key, derived[key])
     for key, uid in derived.items():
         print(f"{folder}: the series has no {key} (anonymised?); the report uses {uid}, derived from its frame "
@@ -48,9 +51,16 @@ def series_headers(folder: str | Path) -> list[pydicom.Dataset]:
     return headers
 
 
+def derived_uid(*sources: str) -> str:
+    """A DICOM UID derived from ``sources`` (the same sources, the same UID)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=list(sources))
+
+
 def tracking_uid(baseline_series_uid: str, lesion_id: str) -> str:
     """The tracking UID of a lesion in the history that starts at ``baseline_series_uid``."""
-    return generate_uid(entropy_srcs=[str(baseline_series_uid), str(lesion_id)])
+    return derived_uid(str(baseline_series_uid), str(lesion_id))
 
 
 def tracking_report(rows: pd.DataFrame, headers: list[pydicom.Dataset], out: str | Path, baseline_series_uid: str,
@@ -58,6 +68,9 @@ def tracking_report(rows: pd.DataFrame, headers: list[pydicom.Dataset], out: str
     """Write the SR of one scan (its series' ``headers``, :func:`series_headers`): ``rows`` are its
     lesions (``lesion_id, x, y, z, status``, world mm); each group's session says the status and
     the tracker. Returns ``out``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     frame = str(headers[0].FrameOfReferenceUID)
     groups = []
     for row in rows.to_dict("records"):
@@ -67,11 +80,11 @@ def tracking_report(rows: pd.DataFrame, headers: list[pydicom.Dataset], out: str
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid(baseline_series_uid, row["lesion_id"]),
                                                          identifier=str(row["lesion_id"])),
-            referenced_region=point, finding_type=LESION, session=f"{row['status']} ({method})"))
+            referenced_region=point, finding_type=hd.sr.CodedConcept(*LESION), session=f"{row['status']} ({method})"))
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=["lesiontrack", __version__]), name=f"lesiontrack {__version__}"))
+            uid=derived_uid("lesiontrack", __version__), name=f"lesiontrack {__version__}"))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
@@ -88,6 +101,8 @@ def tracking_report(rows: pd.DataFrame, headers: list[pydicom.Dataset], out: str
 def read_tracking_report(path: str | Path) -> pd.DataFrame:
     """The lesions of a report written by :func:`tracking_report`: ``lesion_id, x, y, z,
     frame_of_reference_uid, tracking_uid``."""
+    import highdicom as hd
+
     sr = hd.sr.srread(path)
     rows = []
     for group in sr.content.get_planar_roi_measurement_groups():

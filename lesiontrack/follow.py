@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydicom.uid import generate_uid
 
-from lesiontrack.dicom_sr import series_headers, tracking_report
+from lesiontrack.dicom_sr import derived_uid, series_headers, tracking_report
 from lesiontrack.evaluate_presence import flag_new
 from lesiontrack.figures import display_volume, history_picture
 from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, staged_folder, write_table
@@ -98,7 +97,7 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     # DICOM series get a structured report per follow-up: their headers checked now, before tracking
     headers = {k: series_headers(path) for k, path in enumerate(scans) if Path(path).is_dir()}
     baseline_uid = (str(headers[0][0].SeriesInstanceUID) if 0 in headers
-                    else generate_uid(entropy_srcs=[str(Path(scans[0]).resolve())]))
+                    else derived_uid(str(Path(scans[0]).resolve())))
     sized = "radius_mm" in baseline and all("radius_mm" in t for t in listed.values())
     if presence_calibration is not None and not sized:
         raise InputError(f"{points_csv}: the presence test (--presence) needs a radius_mm column in every list")

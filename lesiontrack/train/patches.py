@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchio as tio
 from scipy import ndimage
 
 from lesiontrack.preprocess import AIR_HU, window
@@ -86,6 +85,8 @@ def _augment(crop_hu: np.ndarray, origin: np.ndarray, cfg: PatchConfig,
              inside: tuple[np.ndarray, np.ndarray] | None = None) -> View:
     """One augmented view of a crop whose voxel 0 is volume voxel ``origin``; ``inside`` = (first,
     last) volume voxels of real data (the rest is padding, never valid)."""
+    import torchio as tio  # here: with nibabel it costs every lesiontrack command 0.3 s at import
+
     shape = crop_hu.shape
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     subject = tio.Subject(
