@@ -3,6 +3,7 @@ rescued by it where the fields of view do not meet (a thin slab in an unrelated 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -121,6 +122,32 @@ def test_a_grown_lesion_leaves_registration_trusted_by_the_wider_cube(ct_2mm):
         assert not hybrid.trusted("affine", small, settings, wider)  # the full registration only
     # this CT spans 86 mm along z: a slab pair, where the tracker asks the 24 mm cubes alone
     assert pair.is_slab(settings) and not pair.is_slab(hybrid.HybridSettings(axis_slab_mm=80.0))
+
+
+def test_a_lesion_at_the_end_of_a_partial_follow_up_is_scored_where_its_cube_fits(ct_2mm):
+    """The real CT (2 mm) against its lower part moved 6 mm along x, a point 6 mm from where the
+    follow-up ends: the check's 24 mm cube plus its search leaves the follow-up, so the whole-cube
+    score cannot tell its true place (-1); the score over the part inside both volumes finds it
+    (NCC ~ 1, above the place 10 mm off), and equals the whole-cube score where that fits."""
+    settings = hybrid.HybridSettings()
+    size = ct_2mm.GetSize()
+    cut = size[2] // 2
+    lower = ct_2mm[:, :, :cut]
+    shift = np.array([6.0, 0.0, 0.0])
+    lower.SetOrigin(tuple(np.add(lower.GetOrigin(), shift)))
+    source, target = (hybrid.Voxels.of(image, settings.window_hu) for image in (ct_2mm, lower))
+    edge = np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((0.5 * size[0], 0.55 * size[1], cut - 4)))
+    assert hybrid.local_correlation(source, target, edge, edge + shift, settings) == -1.0
+    at_truth = hybrid.overlap_correlation(source, target, edge, edge + shift, settings, 0.5)
+    off = hybrid.overlap_correlation(source, target, edge, edge + shift + np.array([0.0, 10.0, 0.0]),
+                                     replace(settings, local_search_mm=0.0), 0.5)
+    assert at_truth > 0.99 and off < at_truth - 0.1
+    inner = np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((0.5 * size[0], 0.5 * size[1], cut / 2)))
+    for candidate in (inner + shift, inner + shift + np.array([3.0, -5.0, 2.0])):
+        whole = hybrid.local_correlation(source, target, inner, candidate, settings)
+        assert whole > -1.0
+        masked = hybrid.overlap_correlation(source, target, inner, candidate, settings, 1.0)
+        assert masked == pytest.approx(whole, abs=1e-4)
 
 
 def test_hybrid_is_a_registered_tracker():

@@ -21,7 +21,10 @@ Per (source, target) image pair:
    global initial transform that needs no overlap of the fields of view, nor frames that agree.
    Registration runs again from it, on the part of the source that it maps into the target.
 4. **Per lesion**, the candidates (each registration's point, then the embedding candidates) are
-   scored by the same correlation. The first registration's point stands unless the anchored
+   scored by the same correlation; outside slab pairs over the part of the cube that lies inside
+   both volumes, at the offsets where at least ``choice_overlap`` of it does (masked NCC): near the
+   end of a partial follow-up the whole cube and its search leave the volume, and the right
+   candidate could not be scored. The first registration's point stands unless the anchored
    registration's correlates better by more than ``switch_margin``; where the embeddings' best
    match lies farther than ``inlier_mm`` from the point so chosen, their best-correlating candidate
    replaces it if it correlates better by more than ``embedding_margin``. The other candidates are
@@ -49,6 +52,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
 from lesiontrack.config import settings_from
@@ -87,6 +91,8 @@ class HybridSettings:
     axis_gain: float = 0.02  # ... where the correlation there beats the best within local_search_mm by this
     axis_slab_mm: float = 160.0  # a pair is a slab pair where one of its volumes spans at most this along world z
     window_hu: tuple[float, float] = (-1000.0, 400.0)  # intensity window of the correlations
+    choice_overlap: float = 0.5  # outside slab pairs, the choice scores the part of the cube inside both volumes
+    # where that is at least this share of it (0: the whole cube and its search, as the trust check)
     registration: str = "deformable"  # affine | deformable
 
 
@@ -227,6 +233,56 @@ def local_correlation(source: Voxels, target: Voxels, point_mm: np.ndarray, cand
     return float(correlation) if np.isfinite(correlation) else -1.0
 
 
+def overlap_correlation(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_mm: np.ndarray,
+                        settings: HybridSettings, overlap: float) -> float:
+    """:func:`local_correlation` over the part of the cube that lies inside both volumes, where that
+    is at least the share ``overlap`` of it (masked NCC at each offset); -1 where it is less or flat.
+    A lesion near the end of a partial follow-up has a cube that leaves the volume."""
+    geometry = target.geometry
+    spacing = np.asarray(geometry.spacing)
+    half = np.ceil(settings.local_mm / spacing).astype(int)[::-1]  # z, y, x voxels
+    search = np.ceil(settings.local_search_mm / spacing).astype(int)[::-1]
+    centre = np.rint(geometry.world_to_index(np.asarray(candidate_mm, float).reshape(1, 3))[0][::-1]).astype(int)
+    steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    world = np.asarray(point_mm, float).reshape(1, 3) + (offsets * spacing) @ direction.T
+    inside = source.geometry.contains(world)
+    if inside.mean() < overlap:
+        return -1.0
+    from scipy.ndimage import map_coordinates
+
+    values = map_coordinates(source.image.numpy(), source.geometry.world_to_index(world)[:, ::-1].T, order=1,
+                             mode="nearest")
+    box = tuple(int(n) for n in 2 * half + 1)
+    f_mask = torch.from_numpy(inside.reshape(box).astype(np.float32))
+    f = torch.from_numpy(values.astype(np.float32).reshape(box)) * f_mask
+    lo, hi = centre - half - search, centre + half + search + 1
+    shape = np.asarray(target.image.shape)
+    a, b = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
+    g = torch.zeros(tuple(int(n) for n in hi - lo))
+    g_mask = torch.zeros_like(g)
+    if np.all(b > a):
+        cut = tuple(slice(int(x - l), int(y - l)) for x, y, l in zip(a, b, lo, strict=True))
+        g[cut] = target.image[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        g_mask[cut] = 1.0
+
+    def conv(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(volume[None, None], kernel[None, None])[0, 0]
+
+    n = conv(g_mask, f_mask)
+    sum_f, sum_ff = conv(g_mask, f), conv(g_mask, f * f)
+    sum_g, sum_gg, sum_fg = conv(g, f_mask), conv(g * g, f_mask), conv(g, f)
+    safe = n.clamp_min(1.0)
+    covariance = sum_fg - sum_f * sum_g / safe
+    var_f, var_g = sum_ff - sum_f**2 / safe, sum_gg - sum_g**2 / safe
+    valid = (n >= overlap * f_mask.numel()) & (var_f > 1e-6 * safe) & (var_g > 1e-8 * safe)  # flat: no score
+    if not bool(valid.any()):
+        return -1.0
+    ncc = torch.where(valid, covariance / torch.sqrt((var_f * var_g).clamp_min(1e-12)), torch.tensor(-1.0))
+    return float(ncc.max())
+
+
 def along_axis(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_mm: np.ndarray,
                settings: HybridSettings) -> np.ndarray:
     """``candidate_mm`` moved along world z, in steps of the target's finest spacing within
@@ -280,6 +336,13 @@ class _Pair:
     def is_slab(self, settings: HybridSettings) -> bool:
         """Whether one of the two volumes spans at most ``axis_slab_mm`` along world z."""
         return min(z_extent_mm(self.source.geometry), z_extent_mm(self.target.geometry)) <= settings.axis_slab_mm
+
+    def choice_score(self, point: np.ndarray, candidate: np.ndarray, settings: HybridSettings) -> float:
+        """The score that ranks a lesion's candidates: :func:`overlap_correlation` at
+        ``choice_overlap``, or, where that is 0, :func:`local_correlation`."""
+        if settings.choice_overlap:
+            return overlap_correlation(self.source, self.target, point, candidate, settings, settings.choice_overlap)
+        return local_correlation(self.source, self.target, point, candidate, settings)
 
     def correlations(self, candidates: np.ndarray, settings: HybridSettings) -> list[float]:
         """:func:`local_correlation` of each lesion at its candidate (``candidates``: (N, 3))."""
@@ -359,6 +422,8 @@ class HybridTracker:
                 registered, proposals = _consult_embeddings(
                     pair, queries.loc[rows].set_axis(file_rows[rows]), standard, context, settings, registration)
             choosing = settings if slab else replace(settings, axis_search_mm=0.0)
+            if slab or proposals is None:  # the whole cube where nothing is chosen or in slabs
+                choosing = replace(choosing, choice_overlap=0.0)
             shared = (time.perf_counter() - began) / len(rows)
             by_row = {} if proposals is None else dict(tuple(proposals.groupby("row", sort=False)))  # split once
             for k, row in enumerate(rows):
@@ -379,8 +444,8 @@ class HybridTracker:
         began = time.perf_counter()
         point = pair.points[k]
         options = [r[k] for r in registered] + ([] if mine is None else list(mine[PRED_POINT].to_numpy(float)))
-        scores = np.array([checked[k] if j == 0 and checked is not None else
-                           local_correlation(pair.source, pair.target, point, c, settings)
+        reuse = checked is not None and not settings.choice_overlap  # the trust check scored option 0 so
+        scores = np.array([checked[k] if j == 0 and reuse else pair.choice_score(point, c, settings)
                            for j, c in enumerate(options)])
         order = sorted(range(len(options)), key=lambda j: -scores[j])
         # registration disposes: the first registration's point (where none ran, the embedding's
