@@ -444,7 +444,7 @@ class HybridTracker:
         began = time.perf_counter()
         point = pair.points[k]
         options = [r[k] for r in registered] + ([] if mine is None else list(mine[PRED_POINT].to_numpy(float)))
-        reuse = checked is not None and not settings.choice_overlap  # the trust check scored option 0 so
+        reuse = checked is not None and not settings.choice_overlap  # option 0 scored by the trust check already
         scores = np.array([checked[k] if j == 0 and reuse else pair.choice_score(point, c, settings)
                            for j, c in enumerate(options)])
         order = sorted(range(len(options)), key=lambda j: -scores[j])
