@@ -59,7 +59,7 @@ from lesiontrack.config import settings_from
 from lesiontrack.io import Geometry, LoadCache
 from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
 from lesiontrack.track.embedding import EmbeddingTracker, match_settings, windowed_voxels
-from lesiontrack.track.match import Match, MatchSettings, _intensity_match, match_candidates
+from lesiontrack.track.match import Match, MatchSettings, _intensity_match, cube_points, match_candidates
 from lesiontrack.track.registration import (
     RegistrationSettings,
     map_points,
@@ -243,10 +243,7 @@ def overlap_correlation(source: Voxels, target: Voxels, point_mm: np.ndarray, ca
     half = np.ceil(settings.local_mm / spacing).astype(int)[::-1]  # z, y, x voxels
     search = np.ceil(settings.local_search_mm / spacing).astype(int)[::-1]
     centre = np.rint(geometry.world_to_index(np.asarray(candidate_mm, float).reshape(1, 3))[0][::-1]).astype(int)
-    steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
-    offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
-    direction = np.asarray(geometry.direction).reshape(3, 3)
-    world = np.asarray(point_mm, float).reshape(1, 3) + (offsets * spacing) @ direction.T
+    world = cube_points(point_mm, geometry, half)
     inside = source.geometry.contains(world)
     if inside.mean() < overlap:
         return -1.0

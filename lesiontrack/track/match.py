@@ -393,6 +393,15 @@ def refine_by_intensity(source: VolumeMaps, target: VolumeMaps, point_mm: np.nda
     return _intensity_match(source, target, point_mm, match, settings)[0]
 
 
+def cube_points(point_mm: np.ndarray, geometry: Geometry, half: np.ndarray) -> np.ndarray:
+    """World points (N, 3) of a cube of ``2 * half + 1`` voxels (z, y, x) of ``geometry``'s grid,
+    its axes and spacing, centred on ``point_mm``, in C order over (z, y, x)."""
+    steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    index_offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
+    direction = np.asarray(geometry.direction).reshape(3, 3)
+    return np.asarray(point_mm, float).reshape(1, 3) + (index_offsets * np.asarray(geometry.spacing)) @ direction.T
+
+
 def _intensity_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarray, match: Match,
                      settings: MatchSettings) -> tuple[Match, float]:
     """:func:`refine_by_intensity` and the correlation it reached (NaN where it did not run)."""
@@ -409,9 +418,7 @@ def _intensity_match(source: VolumeMaps, target: VolumeMaps, point_mm: np.ndarra
     if np.any(lo < 0) or np.any(hi > np.asarray(target.image.shape)):
         return match, float("nan")
     # the template on the target's axes, sampled from the source around the point (trilinear)
-    steps = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
-    index_offsets = np.stack([s.ravel() for s in steps[::-1]], axis=1)  # x, y, z
-    world = point_mm.reshape(1, 3) + (index_offsets * spacing) @ np.asarray(geometry.direction).reshape(3, 3).T
+    world = cube_points(point_mm, geometry, half)
     if not source.geometry.contains(world).all():
         return match, float("nan")
     source_zyx = source.geometry.world_to_index(world)[:, ::-1]
