@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the package beside this Snakefile
 
 from lesiontrack.config import validate
+from lesiontrack.track.trackers import check_settings
 from lesiontrack.workflow import forward_interrupts
 
 forward_interrupts()  # kill -INT of snakemake stops its running jobs too
@@ -18,6 +19,7 @@ report: "report/workflow.rst"
 
 
 validate(config, source="config (config.yaml + --configfile overlays)")
+check_settings(config["track"], source="config (config.yaml + --configfile overlays)")
 
 
 wildcard_constraints:

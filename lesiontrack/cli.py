@@ -23,7 +23,7 @@ from lesiontrack.io import InputError, check_writable, read_image, read_table, s
 from lesiontrack.landmarks import read_landmarks
 from lesiontrack.track import predict, presence, registration
 from lesiontrack.track.embed import embed_files
-from lesiontrack.track.trackers import TRACKERS
+from lesiontrack.track.trackers import TRACKERS, check_settings
 from lesiontrack.train.loop import image_id_of, model_settings, pretrain, train_settings
 
 METHODS = list(TRACKERS)
@@ -39,7 +39,11 @@ def check_device(device: str) -> None:
 
 
 def _config(paths: list[str]) -> dict:
-    return config.load(paths)  # none: the packaged defaults (the default run's settings)
+    """The config of ``paths`` (none: the packaged defaults, the default run's settings), validated,
+    the trackers' settings included."""
+    cfg = config.load(paths)
+    check_settings(cfg["track"], ", ".join(map(str, paths)) or "the packaged defaults")
+    return cfg
 
 
 def cmd_synth(args: argparse.Namespace) -> None:

@@ -26,19 +26,26 @@ def settings_from(values: Mapping[str, Any] | None, cls: type[Settings], section
                   workflow_keys: Iterable[str] = (), base: Settings | None = None) -> Settings:
     """The settings dataclass ``cls`` from a config ``section`` (lists become tuples), laid over
     ``base`` (default: the class's defaults). Keys of ``workflow_keys`` belong to the workflow and
-    are passed over; any other key that is not a field is an error naming ``section.key``."""
+    are passed over; any other key that is not a field is an error naming ``section.key``, and so
+    is a value of the wrong kind; a ``ValueError`` of the class's own checks becomes a
+    :class:`ConfigError` naming ``section``."""
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names - set(workflow_keys))
     if unknown:
-        raise ConfigError(f"unknown key {section}.{unknown[0]!r} (settings: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key '{section}.{unknown[0]}' (settings: {', '.join(sorted(names))})")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
     defaults = base if base is not None else cls()
     nullable = {f.name for f in dataclasses.fields(cls) if "None" in str(f.type)}
     for key, value in converted.items():
         if not (value is None and key in nullable):
             _check_kind(f"{section}.{key}", value, getattr(defaults, key))
-    return dataclasses.replace(base, **converted) if base is not None else cls(**converted)
+    try:  # the class's own checks (__post_init__): ranges, choices, lengths that agree
+        return dataclasses.replace(base, **converted) if base is not None else cls(**converted)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{section}: {error}") from None
 
 
 def _check_kind(key: str, value: Any, default: Any) -> None:

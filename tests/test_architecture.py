@@ -161,3 +161,4 @@ def test_the_documented_new_tracker_is_one_module_and_one_registry_entry(tmp_pat
     np.testing.assert_allclose(out[["pred_x", "pred_y", "pred_z"]].to_numpy(float), [[34.0, -4.0, 7.0]])
     assert "centres" in trackers.names(volumes=True)
     assert centres.TRACKERS[0].registrations({}) == ()  # what the workflow asks of it
+    trackers.check_settings({"hybrid": {"choice_overlap": 0.5}})  # what start-up asks of every tracker, it too

@@ -87,6 +87,10 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
     f["wrong_type"].write_text("track:\n  refine_mm: twenty\n")
     f["wrong_setting"] = d / "wrong_setting.yaml"
     f["wrong_setting"].write_text("track:\n  registration:\n    affine:\n      iterations: many\n")
+    f["setting_out_of_range"] = d / "out_of_range.yaml"
+    f["setting_out_of_range"].write_text("track:\n  hybrid:\n    choice_overlap: 2\n")
+    f["levels_disagree"] = d / "levels_disagree.yaml"
+    f["levels_disagree"].write_text("track:\n  registration:\n    deformable:\n      bspline_evaluations: [40, 15]\n")
     f["processes"] = d / "processes.yaml"
     f["processes"].write_text("train:\n  processes: 3\n  batch_size: 4\n")
 
@@ -228,7 +232,13 @@ CASES = [
     ("unknown config key", _own(config="{unknown_key}"), "unknown key 'track.contextmm'"),
     ("config value of a wrong type", _own(config="{wrong_type}"), "track.refine_mm = 'twenty'"),
     ("tracker setting of a wrong type", _own(method="affine", config="{wrong_setting}"),
-     "track.registration.iterations = 'many': expected number"),
+     "track.registration.affine.iterations = 'many': expected number"),
+    ("tracker setting out of range", _own(config="{setting_out_of_range}"),
+     "track.hybrid: choice_overlap = 2: must lie in [0, 1]"),
+    ("tracker setting out of range for the workflow", ["config", "{setting_out_of_range}"],
+     "track.hybrid: choice_overlap = 2: must lie in [0, 1]"),
+    ("registration levels that disagree", _own(method="deformable", config="{levels_disagree}"),
+     "track.registration.deformable: bspline_shrink_factors, bspline_smoothing_sigmas_mm"),
     ("own data without a target", ["track", "--source", "{ct}", "--points", "{points}", "--out", "{o}/t.csv"],
      "own data needs --source, --target and --points"),
     ("unknown method", _own(method="magic"), "invalid choice: 'magic'"),

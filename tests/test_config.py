@@ -34,15 +34,21 @@ def test_bad_values_named(overlay, message):
         config.validate(config.merge(_default(), overlay))
 
 
-def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+@pytest.mark.parametrize(("overlay", "message", "key"), [
+    ("preprocess:\n  spacing_mm: two\n", "preprocess.spacing_mm = 'two': expected number", "spacing_mm"),
+    # a tracker's own setting, which only its tracker reads: checked at start-up all the same
+    ("track:\n  hybrid:\n    choice_overlap: 2\n", "track.hybrid: choice_overlap = 2: must lie in [0, 1]",
+     "choice_overlap"),
+])
+def test_bad_config_stops_snakemake_before_any_job(tmp_path, overlay, message, key):
     workdir = copy_workflow(tmp_path / "repo")
-    (tmp_path / "bad.yaml").write_text("preprocess:\n  spacing_mm: two\n")
+    (tmp_path / "bad.yaml").write_text(overlay)
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile",
                              str(tmp_path / "bad.yaml")], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "preprocess.spacing_mm = 'two': expected number" in output
-    assert output.count("preprocess.spacing_mm") == 1
+    assert message in output
+    assert output.count(key) == 1
     assert not (workdir / "results").exists()
 
 

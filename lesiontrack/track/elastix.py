@@ -52,13 +52,18 @@ class ElastixSettings:
 
     def __post_init__(self) -> None:
         if self.initialisation not in INITIALISATIONS:
-            raise ValueError(f"initialisation {self.initialisation!r}: not one of {INITIALISATIONS}")
+            raise ValueError(f"initialisation = {self.initialisation!r}: not one of {INITIALISATIONS}")
         if not self.stages or self.stages[0] != "affine" or not set(self.stages) <= set(STAGES):
-            raise ValueError(f"stages {list(self.stages)}: affine first, then optionally bspline")
-        if self.resolutions < 1 or self.iterations < 1 or self.spatial_samples < 64:
-            raise ValueError("resolutions and iterations must be >= 1, spatial_samples >= 64")
-        if self.grid_spacing_mm <= 0 or self.bending_weight < 0:
-            raise ValueError("grid_spacing_mm must be > 0 and bending_weight >= 0")
+            raise ValueError(f"stages = {list(self.stages)}: affine first, then optionally bspline")
+        for key, minimum in (("resolutions", 1), ("iterations", 1), ("spatial_samples", 64)):
+            if getattr(self, key) < minimum:
+                raise ValueError(f"{key} = {getattr(self, key)}: must be >= {minimum}")
+        if self.grid_spacing_mm <= 0:
+            raise ValueError(f"grid_spacing_mm = {self.grid_spacing_mm}: must be > 0")
+        if self.bending_weight < 0:
+            raise ValueError(f"bending_weight = {self.bending_weight}: must be >= 0")
+        if len(self.clip_hu) != 2 or not self.clip_hu[0] < self.clip_hu[1]:
+            raise ValueError(f"clip_hu = {list(self.clip_hu)}: must be [low, high] with low < high")
 
 
 def elastix_settings(track: dict[str, Any] | None) -> ElastixSettings:
@@ -164,7 +169,7 @@ class ElastixTracker:
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
-        settings = elastix_settings(context.track)
+        settings = self.settings(context.track)
 
         def register_pair(source_id: str, target_id: str) -> tuple[Any, str, float]:
             fixed, moving = context.scans.image(source_id), context.scans.image(target_id)
@@ -174,6 +179,9 @@ class ElastixTracker:
 
         return registration_candidates(queries, self.name, register_pair, context.progress,
                                        full_stage=settings.stages[-1])
+
+    def settings(self, track: dict[str, Any] | None) -> ElastixSettings:
+        return elastix_settings(track)
 
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         return ()

@@ -52,7 +52,7 @@ class EmbeddingTracker:
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         """Every candidate of every query row (in its direction); ``seconds`` is the matching
         time of the row, on each of its candidates."""
-        settings = match_settings(self.name, context.track)
+        settings = self.settings(context.track)
         maps = context.scans.maps
         if maps is None:
             raise ValueError(f"method {self.name}: needs embeddings")
@@ -74,6 +74,9 @@ class EmbeddingTracker:
                 seconds = time.perf_counter() - began
                 records += [(int(row), rank, *m.point_mm, m.confidence, seconds) for rank, m in enumerate(matches)]
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
+
+    def settings(self, track: dict[str, Any] | None) -> MatchSettings:
+        return match_settings(self.name, track)
 
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         return ()

@@ -61,6 +61,9 @@ from lesiontrack.tables import CANDIDATE_COLUMNS, PRED_POINT, SOURCE_POINT
 from lesiontrack.track.embedding import EmbeddingTracker, match_settings, windowed_voxels
 from lesiontrack.track.match import Match, MatchSettings, _intensity_match, cube_points, match_candidates
 from lesiontrack.track.registration import (
+    METHODS as REGISTRATIONS,
+)
+from lesiontrack.track.registration import (
     RegistrationSettings,
     map_points,
     pair_registration,
@@ -94,6 +97,36 @@ class HybridSettings:
     choice_overlap: float = 0.5  # outside slab pairs, the choice scores the part of the cube inside both volumes
     # where that is at least this share of it (0: the whole cube and its search, as the trust check)
     registration: str = "deformable"  # affine | deformable
+
+    def __post_init__(self) -> None:
+        """Each value in its range; a bad one is named with its value (config.settings_from adds the section)."""
+        def bad(key: str, rule: str) -> ValueError:
+            value = getattr(self, key)
+            return ValueError(f"{key} = {list(value) if isinstance(value, tuple) else value!r}: {rule}")
+
+        for key in ("anchors", "ransac_iterations"):
+            if getattr(self, key) != int(getattr(self, key)) or getattr(self, key) < (0 if key == "anchors" else 1):
+                raise bad(key, "must be a whole number >= " + ("0" if key == "anchors" else "1"))
+        for key in ("anchor_margin_mm", "crop_margin_mm", "local_search_mm", "trust_mm", "axis_search_mm",
+                    "axis_slab_mm", "switch_margin", "embedding_margin", "axis_gain"):
+            if not getattr(self, key) >= 0:
+                raise bad(key, "must be >= 0")
+        for key in ("inlier_mm", "local_mm"):
+            if not getattr(self, key) > 0:
+                raise bad(key, "must be > 0")
+        for key in ("min_agreement", "choice_overlap"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise bad(key, "must lie in [0, 1] (a share)")
+        if not -1 <= self.trust_correlation <= 1:
+            raise bad("trust_correlation", "must lie in [-1, 1] (a correlation)")
+        if not 0 < self.min_scale <= 1:
+            raise bad("min_scale", "must lie in (0, 1]")
+        if not self.max_scale >= 1:
+            raise bad("max_scale", "must be >= 1")
+        if len(self.window_hu) != 2 or not self.window_hu[0] < self.window_hu[1]:
+            raise bad("window_hu", "must be [low, high] with low < high")
+        if self.registration not in REGISTRATIONS:
+            raise bad("registration", f"not one of {list(REGISTRATIONS)}")
 
 
 def hybrid_settings(track: dict[str, Any] | None) -> HybridSettings:
@@ -382,7 +415,7 @@ class HybridTracker:
         row's share of its image pair's registrations and checks plus its own matching and choice."""
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
-        settings = hybrid_settings(context.track)
+        settings = self.settings(context.track)
         registration = registration_settings(settings.registration, context.track)
         voxels = LoadCache(lambda image_id: Voxels.of(context.scans.image(image_id), settings.window_hu))
         file_rows = queries.index.to_numpy()
@@ -427,6 +460,9 @@ class HybridTracker:
                 records += self._choose(pair, k, int(row), registered, correlations, by_row.get(k), shared,
                                         choosing)
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
+
+    def settings(self, track: dict[str, Any] | None) -> HybridSettings:
+        return hybrid_settings(track)
 
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         """The standard registration (``track.hybrid.registration``) is the workflow's stored one."""

@@ -30,6 +30,9 @@ class IdentityTracker:
         points = queries[SOURCE_POINT].to_numpy(float)
         return single_candidates(points, seconds=(time.perf_counter() - start) / max(len(queries), 1))
 
+    def settings(self, track: dict[str, Any] | None) -> None:
+        return None
+
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         return ()
 

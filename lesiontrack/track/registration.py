@@ -112,25 +112,30 @@ class RegistrationSettings:
 
     def __post_init__(self) -> None:
         if len({len(self.shrink_factors), len(self.smoothing_sigmas_mm), len(self.sampling_percentages)}) != 1:
-            raise ValueError("shrink_factors, smoothing_sigmas_mm and sampling_percentages need one value per level")
+            raise ValueError(f"shrink_factors {list(self.shrink_factors)}, smoothing_sigmas_mm "
+                             f"{list(self.smoothing_sigmas_mm)} and sampling_percentages "
+                             f"{list(self.sampling_percentages)}: need one value per level each")
         if len({len(self.bspline_shrink_factors), len(self.bspline_smoothing_sigmas_mm),
                 len(self.bspline_samples_per_parameter), len(self.bspline_evaluations)}) != 1:
-            raise ValueError("the bspline_* per-level settings need one value per level")
+            raise ValueError("bspline_shrink_factors, bspline_smoothing_sigmas_mm, bspline_samples_per_parameter and "
+                             "bspline_evaluations: need one value per level each")
         if self.initialiser not in INITIALISERS:
-            raise ValueError(f"initialiser {self.initialiser!r}: not one of {INITIALISERS}")
+            raise ValueError(f"initialiser = {self.initialiser!r}: not one of {INITIALISERS}")
         if self.optimiser not in OPTIMISERS:
-            raise ValueError(f"optimiser {self.optimiser!r}: not one of {OPTIMISERS}")
+            raise ValueError(f"optimiser = {self.optimiser!r}: not one of {OPTIMISERS}")
         if self.interpolator not in INTERPOLATORS:
-            raise ValueError(f"interpolator {self.interpolator!r}: not one of {sorted(INTERPOLATORS)}")
+            raise ValueError(f"interpolator = {self.interpolator!r}: not one of {sorted(INTERPOLATORS)}")
         if not 0 < self.bspline_mesh_mm <= 40:
-            raise ValueError(f"bspline_mesh_mm {self.bspline_mesh_mm}: must be in (0, 40]")
+            raise ValueError(f"bspline_mesh_mm = {self.bspline_mesh_mm}: must be in (0, 40]")
         for value in self.sampling_percentages:
             if not 0 < value <= 1:
-                raise ValueError(f"sampling percentage {value}: must be in (0, 1]")
+                raise ValueError(f"sampling_percentages = {list(self.sampling_percentages)}: each must be in (0, 1]")
         if min(self.bspline_samples_per_parameter) <= 0:
-            raise ValueError("bspline_samples_per_parameter must be > 0")
+            raise ValueError(f"bspline_samples_per_parameter = {list(self.bspline_samples_per_parameter)}: "
+                             "each must be > 0")
         if min(self.shrink_factors + self.bspline_shrink_factors) < 1:
-            raise ValueError("shrink and scale factors must be >= 1")
+            raise ValueError(f"shrink_factors = {list(self.shrink_factors)}, bspline_shrink_factors = "
+                             f"{list(self.bspline_shrink_factors)}: each must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (tuples as lists), e.g. for a config file or provenance."""
@@ -138,11 +143,11 @@ class RegistrationSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None, base: RegistrationSettings | None = None
-                  ) -> RegistrationSettings:
+    def from_dict(cls, values: Mapping[str, Any] | None, base: RegistrationSettings | None = None,
+                  section: str = "track.registration") -> RegistrationSettings:
         """``base`` (default: the class defaults) with the fields in ``values`` replaced; a key that
-        is not a setting is an error naming it."""
-        return settings_from(values, cls, "track.registration", base=base)
+        is not a setting, or a bad value, is an error naming it under ``section``."""
+        return settings_from(values, cls, section, base=base)
 
 
 DEFAULT_AFFINE = RegistrationSettings()
@@ -361,7 +366,7 @@ def resolve_settings(method: str, settings: RegistrationSettings | Mapping[str, 
         return default
     if isinstance(settings, RegistrationSettings):
         return settings
-    return RegistrationSettings.from_dict(settings, base=default)
+    return RegistrationSettings.from_dict(settings, base=default, section=f"track.registration.{method}")
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, method: str,
@@ -558,7 +563,7 @@ class RegistrationTracker:
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         if context.scans.image is None:
             raise ValueError(f"method {self.name}: needs the resampled volumes")
-        settings = registration_settings(self.name, context.track)
+        settings = self.settings(context.track)
 
         def register_pair(source_id: str, target_id: str) -> tuple[sitk.Transform, str, float]:
             transform, stage, seconds = pair_registration(context.scans, source_id, target_id, self.name, settings)
@@ -568,6 +573,9 @@ class RegistrationTracker:
             return transform, stage, seconds
 
         return registration_candidates(queries, self.name, register_pair, context.progress)
+
+    def settings(self, track: Mapping[str, Any] | None) -> RegistrationSettings:
+        return registration_settings(self.name, track)
 
     def registrations(self, track: Mapping[str, Any] | None) -> tuple[str, ...]:
         """The registration methods whose results it reads (the workflow stores them): its own."""

@@ -75,6 +75,12 @@ class Tracker(Protocol):
         """``tables.CANDIDATE_COLUMNS`` for the rows of ``queries`` (``row`` = position)."""
         ...
 
+    def settings(self, track: dict[str, Any] | None) -> Any:
+        """Its settings from the config's ``track`` section (a settings dataclass, None where it has
+        none); a bad key or value stops with a :class:`lesiontrack.config.ConfigError` naming it.
+        :func:`lesiontrack.track.trackers.check_settings` reads every tracker's before any work."""
+        ...
+
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         """The registration methods (``affine``, ``deformable``) whose results it reads through
         ``Scans.stored_registration`` under the config's ``track`` section; the workflow makes

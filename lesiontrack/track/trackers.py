@@ -8,6 +8,9 @@ is one module with a class implementing the protocol, and one entry in ``TRACKER
 
 from __future__ import annotations
 
+from typing import Any
+
+from lesiontrack.config import ConfigError
 from lesiontrack.track import elastix, embedding, hybrid, identity, registration
 from lesiontrack.track.tracker import Tracker
 
@@ -31,3 +34,14 @@ def names(embeddings: bool | None = None, volumes: bool | None = None,
             if (embeddings is None or t.needs.embeddings == embeddings)
             and (volumes is None or t.needs.volumes == volumes)
             and (decides_presence is None or t.decides_presence == decides_presence)]
+
+
+def check_settings(track: dict[str, Any] | None, source: str = "config") -> None:
+    """Read every tracker's settings of the config's ``track`` section once, so that a bad key or
+    value stops a run (the workflow at start-up, every command as it reads its config) before any
+    work, in one line naming ``source`` and the key."""
+    for tracker in TRACKERS.values():
+        try:
+            tracker.settings(track)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
