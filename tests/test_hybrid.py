@@ -150,6 +150,36 @@ def test_a_lesion_at_the_end_of_a_partial_follow_up_is_scored_where_its_cube_fit
         assert masked == pytest.approx(whole, abs=1e-4)
 
 
+def test_a_well_correlating_embedding_candidate_near_the_registered_point_replaces_it(ct_2mm):
+    """The real CT (2 mm) against itself moved 6 mm along x; the registration's point 10 mm off the
+    truth (nearer than inlier_mm, farther than elsewhere_mm), the embeddings' candidate at the
+    truth: it replaces the registration's point because it correlates better and reaches
+    trust_correlation; it does not where the trust level is out of reach, nor in a slab pair's rule
+    (from inlier_mm on), and 10 mm off correlates clearly worse (a different place)."""
+    settings = hybrid.HybridSettings()
+    moved = sitk.Image(ct_2mm)
+    shift = np.array([6.0, 0.0, 0.0])
+    moved.SetOrigin(tuple(np.add(moved.GetOrigin(), shift)))
+    size = ct_2mm.GetSize()
+    point = np.asarray(ct_2mm.TransformContinuousIndexToPhysicalPoint((0.5 * size[0], 0.55 * size[1], size[2] / 2)))
+    voxels = [hybrid.Voxels.of(image, settings.window_hu) for image in (ct_2mm, moved)]
+    pair = hybrid._Pair("a", "b", point[None], *voxels)
+    truth, registered = point + shift, point + shift + np.array([0.0, 10.0, 0.0])
+    mine = pd.DataFrame({"pred_x": [truth[0]], "pred_y": [truth[1]], "pred_z": [truth[2]], "seconds": [0.0]})
+
+    def chosen(choosing: hybrid.HybridSettings) -> np.ndarray:
+        ranked = hybrid.HybridTracker._choose(pair, 0, 0, [registered[None]], None, mine, 0.0,
+                                              replace(choosing, axis_search_mm=0.0))
+        return np.asarray(ranked[0][2:5])
+
+    assert settings.elsewhere_mm < 10.0 < settings.inlier_mm
+    scores = [pair.choice_score(point, c, settings) for c in (registered, truth)]
+    assert scores[1] > settings.trust_correlation and scores[1] > scores[0] + 0.1
+    np.testing.assert_allclose(chosen(settings), truth)
+    np.testing.assert_allclose(chosen(replace(settings, trust_correlation=1.0)), registered)
+    np.testing.assert_allclose(chosen(replace(settings, elsewhere_mm=settings.inlier_mm)), registered)
+
+
 def test_hybrid_is_a_registered_tracker():
     tracker = trackers.get("hybrid")
     assert tracker.needs.embeddings and tracker.needs.volumes and tracker.decides_presence

@@ -27,7 +27,9 @@ Per (source, target) image pair:
    candidate could not be scored. The first registration's point stands unless the anchored
    registration's correlates better by more than ``switch_margin``; where the embeddings' best
    match lies farther than ``inlier_mm`` from the point so chosen, their best-correlating candidate
-   replaces it if it correlates better by more than ``embedding_margin``. The other candidates are
+   replaces it if it correlates better by more than ``embedding_margin``; outside slab pairs also
+   where it lies farther than ``elsewhere_mm`` (twice ``local_search_mm``: beyond both searches, a
+   different place), if it correlates better and reaches ``trust_correlation``. The other candidates are
    ranked after it (the presence-aware choice may move to one); the embedding candidates stand
    alone only where no registration ran.
 5. **Through-plane, in a slab pair** (one volume spans at most ``axis_slab_mm`` along world z),
@@ -87,7 +89,9 @@ class HybridSettings:
     local_mm: float = 12.0  # half-width of the cube that compares candidates (NCC)
     local_search_mm: float = 4.0  # the best offset within this distance of a candidate counts
     switch_margin: float = 0.1  # the anchored registration's point must correlate this much better than the first
-    embedding_margin: float = 0.0  # an embedding candidate farther than inlier_mm must correlate this much better
+    embedding_margin: float = 0.0  # an embedding candidate farther than elsewhere_mm must correlate this much better
+    elsewhere_mm: float = 8.0  # ... where the embeddings' best lies farther than this from the registration's point;
+    # nearer than inlier_mm it must reach trust_correlation too (outside slab pairs; in slab pairs from inlier_mm on)
     trust_correlation: float = 0.7  # registration stands unchecked by the embeddings from this median NCC on
     trust_mm: float = 20.0  # ... or from this median over cubes of this half-width, outside slab pairs (0: never)
     axis_search_mm: float = 10.0  # in a slab pair the chosen point may move this far along world z (0: never) ...
@@ -108,7 +112,7 @@ class HybridSettings:
             if getattr(self, key) != int(getattr(self, key)) or getattr(self, key) < (0 if key == "anchors" else 1):
                 raise bad(key, "must be a whole number >= " + ("0" if key == "anchors" else "1"))
         for key in ("anchor_margin_mm", "crop_margin_mm", "local_search_mm", "trust_mm", "axis_search_mm",
-                    "axis_slab_mm", "switch_margin", "embedding_margin", "axis_gain"):
+                    "axis_slab_mm", "switch_margin", "embedding_margin", "axis_gain", "elsewhere_mm"):
             if not getattr(self, key) >= 0:
                 raise bad(key, "must be >= 0")
         for key in ("inlier_mm", "local_mm"):
@@ -454,6 +458,8 @@ class HybridTracker:
             choosing = settings if slab else replace(settings, axis_search_mm=0.0)
             if slab or proposals is None:  # the whole cube where nothing is chosen or in slabs
                 choosing = replace(choosing, choice_overlap=0.0)
+            if slab:  # in slab pairs the embeddings replace registration only from inlier_mm on
+                choosing = replace(choosing, elsewhere_mm=max(choosing.elsewhere_mm, choosing.inlier_mm))
             shared = (time.perf_counter() - began) / len(rows)
             by_row = {} if proposals is None else dict(tuple(proposals.groupby("row", sort=False)))  # split once
             for k, row in enumerate(rows):
@@ -485,11 +491,16 @@ class HybridTracker:
         # best) unless the anchored one correlates better by switch_margin
         preferred = 1 if len(registered) == 2 and scores[1] > scores[0] + settings.switch_margin else 0
         if registered and mine is not None and len(mine):
-            # the embeddings' best lies elsewhere: their best-correlating candidate may replace it
+            # the embeddings' best lies elsewhere: their best-correlating candidate may replace it;
+            # nearer than inlier_mm only where the images would trust it (trust_correlation)
             first = len(registered)
-            if np.linalg.norm(options[preferred] - options[first]) > settings.inlier_mm:
+            apart = float(np.linalg.norm(options[preferred] - options[first]))
+            if apart > settings.elsewhere_mm:
                 best = first + int(np.argmax(scores[first:]))
-                if scores[best] > scores[preferred] + settings.embedding_margin:
+                needed = scores[preferred] + settings.embedding_margin
+                if apart <= settings.inlier_mm:
+                    needed = max(needed, settings.trust_correlation)
+                if scores[best] > needed:
                     preferred = best
         order = [preferred, *[j for j in order if j != preferred]]
         moved = along_axis(pair.source, pair.target, point, options[preferred], settings)
