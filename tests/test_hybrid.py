@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
+from lesiontrack.config import ConfigError
 from lesiontrack.track import hybrid, predict, registration, trackers
 from lesiontrack.track.registration import map_points, register, registration_settings
 
@@ -178,6 +179,20 @@ def test_a_well_correlating_embedding_candidate_near_the_registered_point_replac
     np.testing.assert_allclose(chosen(settings), truth)
     np.testing.assert_allclose(chosen(replace(settings, trust_correlation=1.0)), registered)
     np.testing.assert_allclose(chosen(replace(settings, elsewhere_mm=settings.inlier_mm)), registered)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"choice_overlap": 2}, "track.hybrid: choice_overlap = 2: must lie in [0, 1]"),
+    ({"anchors": 2.5}, "track.hybrid: anchors = 2.5: must be a whole number >= 0"),
+    ({"local_mm": 0}, "track.hybrid: local_mm = 0: must be > 0"),
+    ({"window_hu": [400, -1000]}, "track.hybrid: window_hu = [400, -1000]: must be [low, high]"),
+    ({"registration": "rigid"}, "track.hybrid: registration = 'rigid': not one of"),
+])
+def test_out_of_range_settings_are_refused_by_name(values, message):
+    with pytest.raises(ConfigError) as refused:
+        hybrid.hybrid_settings({"hybrid": values})
+    assert str(refused.value).startswith(message)
+    assert hybrid.hybrid_settings({"hybrid": {"anchors": 48.0}}).anchors == 48  # a whole number written as float
 
 
 def test_hybrid_is_a_registered_tracker():

@@ -108,9 +108,11 @@ class HybridSettings:
             value = getattr(self, key)
             return ValueError(f"{key} = {list(value) if isinstance(value, tuple) else value!r}: {rule}")
 
-        for key in ("anchors", "ransac_iterations"):
-            if getattr(self, key) != int(getattr(self, key)) or getattr(self, key) < (0 if key == "anchors" else 1):
-                raise bad(key, "must be a whole number >= " + ("0" if key == "anchors" else "1"))
+        for key, least in (("anchors", 0), ("ransac_iterations", 1)):
+            value = getattr(self, key)
+            if not (np.isfinite(value) and value == int(value) and value >= least):
+                raise bad(key, f"must be a whole number >= {least}")
+            object.__setattr__(self, key, int(value))  # 48.0 in a config counts as 48
         for key in ("anchor_margin_mm", "crop_margin_mm", "local_search_mm", "trust_mm", "axis_search_mm",
                     "axis_slab_mm", "switch_margin", "embedding_margin", "axis_gain", "elsewhere_mm"):
             if not getattr(self, key) >= 0:
