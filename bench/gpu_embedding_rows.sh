@@ -9,7 +9,9 @@
 # results/synthetic/registrations/deformable, else registered here on 16 processes).
 # Environment: EXTRA_SUBJECTS (32: training subjects of the extra corpus, seed 100, beside the
 # default run's 7), TRAIN_SECONDS (240: the pretraining's wall-clock budget; the last epoch that
-# improved the held-out loss is kept), WIDTH (64), DEVICE (cuda), STEPS (40 per epoch), JOBS (16).
+# improved the held-out loss is kept), WIDTH (64), DEVICE (cuda), STEPS (40 per epoch), JOBS (16),
+# ROWS (the rows beside deformable; default: multiscale and hybrid with the default model, every
+# embedding row and hybrid with the large one).
 # The training settings are the default run's (config.yaml) but the width, the batch (8), the device
 # and the number of steps: the question is the model's size, the corpus and the training length.
 # Needs lesiontrack importable (installed, or on PYTHONPATH).
@@ -78,9 +80,10 @@ stamp "training on $(ls "$work/train/volumes" | wc -l) volumes, validation ${#va
 timeout -k 10 "$seconds" $L pretrain --volumes "$work"/train/volumes/*.nii.gz --validation "${validation[@]}" \
   --out-dir "$work/large" --landmarks "$work/train/landmarks" "$work/default/landmarks" \
   --config config.yaml --config "$work/large.yaml" > "$work/pretrain.log" 2>&1
-tr '\r' '\n' < "$work/pretrain.log" | grep -v '%|' | grep -v '^ *$' | tail -n 3 >> "$out/steps.log"
+tr '\r' '\n' < "$work/pretrain.log" | grep -v '%|' | grep -v '^ *$' | tail -n 40 > "$out/pretrain.log"
 pkill -f "lesiontrack.cli pretrain" 2>/dev/null; sleep 2
 cp "$work/large/training_log.tsv" "$out/training_log_large.tsv" 2>/dev/null
+[ -f "$work/large/checkpoint_best.pt" ] || { stamp "pretraining failed: $out/pretrain.log"; rm -rf "$work"; exit 1; }
 stamp "pretrained: $(($(wc -l < "$work/large/training_log.tsv") - 1)) epochs of $steps steps"
 
 # 4. Embed the test volumes with both models (the default model's rows are recomputed here, in the
@@ -141,7 +144,7 @@ track() {  # name method [embeddings]
 mkdir -p "$work/pred" "$work/metrics"
 rows=(deformable)
 track deformable deformable &
-for row in multiscale@default hybrid@default single-scale-fine@large two-scale@large multiscale@large hybrid@large; do
+for row in ${ROWS:-multiscale@default hybrid@default single-scale-fine@large two-scale@large multiscale@large hybrid@large}; do
   track "$row" "${row%@*}" "$work/emb/${row#*@}" &
   rows+=("$row")
 done
