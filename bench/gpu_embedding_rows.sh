@@ -7,20 +7,27 @@
 # does not remake: default/checkpoint_best.pt (its model), calibration.json (its presence
 # calibration, results/synthetic/presence/), and optionally registrations/ (its
 # results/synthetic/registrations/deformable, else registered here on 16 processes).
-# Environment: EXTRA_SUBJECTS (32: training subjects of the extra corpus, seed 100, beside the
+# Environment: EXTRA_SUBJECTS (20: training subjects of the extra corpus, seed 100, beside the
 # default run's 7), TRAIN_SECONDS (240: the pretraining's wall-clock budget; the last epoch that
 # improved the held-out loss is kept), WIDTH (64), DEVICE (cuda), STEPS (40 per epoch), JOBS (16),
 # ROWS (the rows beside deformable; default: multiscale and hybrid with the default model, every
 # embedding row and hybrid with the large one).
 # The training settings are the default run's (config.yaml) but the width, the batch (8), the device
 # and the number of steps: the question is the model's size, the corpus and the training length.
-# Needs lesiontrack importable (installed, or on PYTHONPATH).
+# Needs lesiontrack importable (installed, or on PYTHONPATH). On a machine whose Python lacks some
+# of lesiontrack's dependencies (the lent H200's image: Python 3.12 with torch, numpy, pandas, scipy),
+# bring them as cp312 wheels: SimpleITK, torchio (imported at the first augmentation), nibabel,
+# deprecated, jsonschema, referencing, jsonschema-specifications, rpds-py (57 MB in all), then
+#   pip install --no-index --no-deps --target /tmp/site WHEELS && PYTHONPATH=/tmp/site:$PWD bash ...
+# Measured on an H200 with 16 cores (docs/benchmarks.md): synthesising 12 + 32 subjects 85 s,
+# resampling and landmarks 83 s, embedding and registering 43 s, tracking 95 s: with the defaults
+# (20 extra subjects, 240 s of training) the run fits one 10-minute call.
 set -u
 out=${1:?usage: bench/gpu_embedding_rows.sh OUT_DIR CARRIED_DIR}
 carried=$(realpath "${2:?usage: bench/gpu_embedding_rows.sh OUT_DIR CARRIED_DIR}")
 dataset=()  # DATASET_CONFIG: an overlay for the default dataset (a smaller one to try the script)
 [ -n "${DATASET_CONFIG:-}" ] && dataset=(--config "$(realpath "$DATASET_CONFIG")")
-extra=${EXTRA_SUBJECTS:-32} seconds=${TRAIN_SECONDS:-240} width=${WIDTH:-64} device=${DEVICE:-cuda}
+extra=${EXTRA_SUBJECTS:-20} seconds=${TRAIN_SECONDS:-240} width=${WIDTH:-64} device=${DEVICE:-cuda}
 steps=${STEPS:-40} jobs=${JOBS:-16}
 mkdir -p "$out"
 out=$(realpath "$out")
