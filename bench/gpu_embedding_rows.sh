@@ -19,6 +19,7 @@
 # bring them as cp312 wheels: SimpleITK, torchio (imported at the first augmentation), nibabel,
 # deprecated, jsonschema, referencing, jsonschema-specifications, rpds-py (57 MB in all), then
 #   pip install --no-index --no-deps --target /tmp/site WHEELS && PYTHONPATH=/tmp/site:$PWD bash ...
+# (bench/device_wheels.sh DIR downloads them at the versions pyproject.toml pins.)
 # Measured on an H200 with 16 cores (docs/benchmarks.md): synthesising 12 + 32 subjects 85 s,
 # resampling and landmarks 83 s, embedding and registering 43 s, tracking 95 s: with the defaults
 # (20 extra subjects, 240 s of training) the run fits one 10-minute call.
@@ -36,6 +37,9 @@ export PYTHONUNBUFFERED=1
 L="python3 -m lesiontrack.cli"
 began=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - began )) s] $*" | tee -a "$out/steps.log"; }
+# every module the stages import, before minutes of device time go into them
+python3 -c "import SimpleITK, torchio, nibabel, jsonschema, torch, pandas, scipy, lesiontrack.cli" 2>&1 |
+  tail -n 1 | tee "$out/imports.txt" | grep . && { echo "a dependency is missing: $(cat "$out/imports.txt")"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/machine.txt"
 nproc | tee -a "$out/machine.txt"
 
