@@ -165,21 +165,12 @@ table_args=()
 for r in "${rows[@]}"; do
   [ -f "$work/metrics/$r.json" ] && table_args+=(--method "$r" "$work/metrics/$r.json" "$work/metrics/$r-pairs.csv")
 done
-$L table --dataset synthetic "${table_args[@]}" --reference "hybrid@large" --out-dir "$work/tables" > /dev/null 2>&1
-python3 - "$work/tables/synthetic.csv" "$work/metrics" <<'PY' | tee "$out/table.md"
-import json, sys
-from pathlib import Path
-import pandas as pd
-table = pd.read_csv(sys.argv[1])
-print("| method | n | CPM@10mm | CPM@Radius | MED (mm) | median (mm) | > 20 mm | p vs hybrid@large |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for row in table.to_dict("records"):
-    m = json.loads((Path(sys.argv[2]) / f"{row['method']}.json").read_text())
-    p = row["p_vs_reference"]
-    p = "-" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
-    print(f"| {row['method']} | {row['n']} | {row['CPM@10mm']:.1f} | {row['CPM@Radius']:.1f} | {row['MED']} | "
-          f"{m['median']:.2f} | {m['over_20mm']:.1f} % | {p} |")
-PY
+# the run's table in the workflow's layout, so that bench/protocol_table.py writes the docs' form
+mkdir -p "$work/results/synthetic"
+ln -s "$work/metrics" "$work/results/synthetic/metrics"
+$L table --dataset synthetic "${table_args[@]}" --reference "hybrid@large" --out-dir "$work/results/tables" \
+  > /dev/null 2>&1
+python3 "$(dirname "$0")/protocol_table.py" "$work/results" | tee "$out/table.md"
 tar -czf "$out/per_pair.tgz" -C "$work/metrics" . 2>/dev/null
 stamp "done"
 rm -rf "$work"

@@ -474,7 +474,7 @@ class HybridTracker:
 
     def registrations(self, track: dict[str, Any] | None) -> tuple[str, ...]:
         """The standard registration (``track.hybrid.registration``) is the workflow's stored one."""
-        return (hybrid_settings(track).registration,)
+        return (self.settings(track).registration,)
 
     @staticmethod
     def _choose(pair: _Pair, k: int, row: int, registered: list[np.ndarray], checked: list[float] | None,
