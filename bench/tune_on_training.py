@@ -13,7 +13,10 @@ config (``config.yaml`` plus ``--config`` overlays), e.g. ``registration.deforma
 The embedding trackers and ``hybrid`` need the pairs' volumes embedded (``lesiontrack embed
 --images <run>/results/synthetic/shards/resampled-*.csv --out-dir DIR``, run in the run's folder).
 Prints, per variant, CPM@Radius, MED, the median, the share over 20 mm and the seconds per image
-pair (tracking only, reading excluded), and writes them as JSON with ``--out``.
+pair (tracking only, reading excluded), and writes them as JSON with ``--out`` (beside it, each
+variant's distances pair by pair: ``<out>.<variant>.csv``).
+``--registrations DIR ...`` reads the pairs' stored registrations (``lesiontrack register
+--threads 1``) instead of registering every pair again for every variant.
 ``--image-pairs N`` takes the first N image pairs (sorted) for a quicker look. Registration runs
 single-threaded, as in every workflow rule, so that a variant's score repeats itself
 (lesiontrack.track.registration; before 2026-12-04 it ran on all cores).
@@ -68,6 +71,9 @@ def main() -> None:
     parser.add_argument("--presence", action="store_true",
                         help="decide found and choose among candidates with the run's presence calibration, as "
                              "the workflow does (results/<dataset>/presence/calibration.json)")
+    parser.add_argument("--registrations", nargs="*", type=Path, default=[],
+                        help="folders of stored registrations (lesiontrack register), read instead of registering "
+                             "every pair again for every variant")
     parser.add_argument("--variant", nargs="*", default=["default:"])
     parser.add_argument("--image-pairs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -77,6 +83,7 @@ def main() -> None:
     track = lt_config.load(["config.yaml", *args.config])["track"]
     embeddings = args.embeddings.resolve() if args.embeddings else None
     out = args.out.resolve() if args.out else None
+    stored = [folder.resolve() for folder in args.registrations]
     os.chdir(args.results.resolve().parent)  # the volume tables' paths are relative to the run
     results = Path(args.results.resolve().name)
     pairs = read_table(results / args.dataset / "pairs.csv")
@@ -92,8 +99,11 @@ def main() -> None:
         name, values = parse_variant(text)
         calibration = results / args.dataset / "presence" / "calibration.json" if args.presence else None
         predictions = track_table(pairs, args.method, embeddings, volumes, variant_track(track, values),
-                                  progress=False, presence_calibration=calibration)
-        summary = metrics(per_pair(pairs, predictions), bootstrap_samples=0)
+                                  progress=False, presence_calibration=calibration, registrations=stored)
+        scored = per_pair(pairs, predictions)
+        summary = metrics(scored, bootstrap_samples=0)
+        if out:  # each pair's distance, to name the lesions a variant moves
+            scored.to_csv(out.with_name(f"{out.stem}.{name}.csv"), index=False)
         seconds = float(predictions["seconds"].sum()) / len(image_pairs)
         row = {k: summary[k] for k in ("n", "cpm_radius", "med", "median", "over_20mm")}
         row["seconds_per_image_pair"] = seconds
