@@ -34,7 +34,7 @@ import yaml
 
 from lesiontrack import config as lt_config
 from lesiontrack.evaluate import metrics, per_pair
-from lesiontrack.io import read_table
+from lesiontrack.io import read_table, write_table
 from lesiontrack.track.predict import track_table
 from lesiontrack.track.registration import use_threads
 
@@ -84,6 +84,9 @@ def main() -> None:
     embeddings = args.embeddings.resolve() if args.embeddings else None
     out = args.out.resolve() if args.out else None
     stored = [folder.resolve() for folder in args.registrations]
+    for folder in stored:  # before any work: a folder that lesiontrack register did not write
+        if not (folder / "settings.json").is_file():
+            parser.error(f"--registrations {folder}: no settings.json (not a lesiontrack register folder)")
     os.chdir(args.results.resolve().parent)  # the volume tables' paths are relative to the run
     results = Path(args.results.resolve().name)
     pairs = read_table(results / args.dataset / "pairs.csv")
@@ -103,7 +106,7 @@ def main() -> None:
         scored = per_pair(pairs, predictions)
         summary = metrics(scored, bootstrap_samples=0)
         if out:  # each pair's distance, to name the lesions a variant moves
-            scored.to_csv(out.with_name(f"{out.stem}.{name}.csv"), index=False)
+            write_table(scored, out.with_name(f"{out.stem}.{name}.csv"))
         seconds = float(predictions["seconds"].sum()) / len(image_pairs)
         row = {k: summary[k] for k in ("n", "cpm_radius", "med", "median", "over_20mm")}
         row["seconds_per_image_pair"] = seconds
