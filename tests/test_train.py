@@ -120,6 +120,9 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
         assert (tmp_path / "c" / name).exists()
     state = torch.load(tmp_path / "c" / "checkpoint_latest.pt", weights_only=False)
     assert state["epoch"] == 1 and {"model", "optimizer", "config"} <= set(state)
+    # the machine that trained it: the CPU kernels torch ran decide the weights' last digits
+    assert state["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert state["machine"]["torch"] == torch.__version__ and state["machine"]["cpu"]
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, pairs_file: str, out_dir: str) -> None:

@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the pa
 
 import torch
 
+from lesiontrack.provenance import machine
 from lesiontrack.train.loop import pretrain_distributed, select_volumes
 from lesiontrack.workflow import logged
 
@@ -18,6 +19,7 @@ with logged(sm.log[0], sm.rule) as log:
     log.info("%d training and %d validation volumes", len(training), len(validation))
     processes = sm.params.train["processes"]
     log.info("%d process(es), %d threads", processes, sm.threads)
+    log.info("machine (kept in the checkpoints as 'machine'): %s", machine(sm.params.train["device"]))
     config = {"train": sm.params.train, "model": sm.params.model, "preprocess": {"window_hu": sm.params.window_hu}}
     pretrain_distributed(training, validation, Path(sm.output.latest).parent, config, processes, sm.threads,
                          landmark_dir=sm.params.landmark_dir)

@@ -25,6 +25,7 @@ from lesiontrack.config import settings_from
 from lesiontrack.figures import training_curves
 from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, write_table
 from lesiontrack.model import build_model
+from lesiontrack.provenance import machine
 from lesiontrack.train.loss import choose_negatives, far_source, multiscale_loss, near_source, sample_levels
 from lesiontrack.train.patches import PatchConfig, sample_pair, shared_points
 
@@ -456,6 +457,7 @@ def _epochs(network, model, optimizer, sampler: _Prefetcher, volumes: _Volumes, 
     from tqdm import tqdm
 
     last_step = train.max_epochs * train.steps_per_epoch - 1
+    trained_on = machine(str(device))
     for epoch in range(start_epoch, train.max_epochs):
         if bad_epochs >= train.patience:
             break
@@ -493,7 +495,8 @@ def _epochs(network, model, optimizer, sampler: _Prefetcher, volumes: _Volumes, 
             dist.all_gather_object(random_states, own_states)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "config": config,
                  "best_validation": best, "bad_epochs": bad_epochs, "log": log_rows, "world_size": world,
-                 "torch_rng": [s[0] for s in random_states], "loss_rng": [s[1] for s in random_states]}
+                 "torch_rng": [s[0] for s in random_states], "loss_rng": [s[1] for s in random_states],
+                 "machine": trained_on}
         if rank == 0:
             if improved:
                 _save(state, out_dir / "checkpoint_best.pt")
