@@ -173,7 +173,7 @@ def cmd_presence_calibrate(args: argparse.Namespace) -> None:
 def cmd_presence(args: argparse.Namespace) -> None:
     report = evaluate_presence(args.pairs, args.lesions, args.predictions, args.method, args.calibration,
                                         args.out, args.report, args.split, args.embeddings, args.volumes,
-                                        _config(args.config)["track"])
+                                        _config(args.config)["track"], args.registrations)
     print(json.dumps(report, default=float))
 
 
@@ -622,6 +622,9 @@ def _parser_presence(sub) -> None:
     p.add_argument("--split")
     p.add_argument("--embeddings", help="folder of <image_id>/ embedding caches (embedding methods)")
     p.add_argument("--volumes", action="append", default=[], metavar="CSV")
+    p.add_argument("--registrations", action="append", default=[], metavar="DIR",
+                   help="folder(s) of stored registrations (lesiontrack register), read instead of run "
+                        "where method and settings agree")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--out", required=True, help="one row per presence query (CSV)")
     p.add_argument("--report", required=True, help="metrics JSON")

@@ -73,18 +73,20 @@ def _auc_gone(confidence: np.ndarray, gone: np.ndarray) -> float:
 def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, predictions_csv: str | Path, method: str,
                       calibration_json: str | Path, out_csv: str | Path, out_json: str | Path,
                       split: str | None = None, embeddings_dir: str | Path | None = None,
-                      volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None) -> dict[str, Any]:
+                      volume_tables: list[str | Path] = (), track: dict[str, Any] | None = None,
+                      registrations: list[str | Path] = ()) -> dict[str, Any]:
     """Precision and recall of ``disappeared`` for one method on the presence queries of ``split``.
 
     The present queries are the pairs: their ``found`` is read from the method's predictions (the
     decision the track rule made). The gone queries (a lesion visible in the source scan and
     ``disappeared`` in the target) are tracked here with the same method and decided by the same
-    test. New lesions: on each ordered scan pair, the target scan's lesions that no tracked source
-    lesion reaches after mutual matching (:func:`flag_new`). Beside it, the confidence-only rule:
-    the tracker's confidence with the threshold that maximises the F1 of ``gone`` on these very
-    queries (an optimistic bound, there being no calibration of it on training subjects), and its
-    AUC. Writes one row per query (``out_csv``)
-    and the metrics (``out_json``).
+    test; the stored registrations of ``registrations`` (rule ``register``) serve the image pairs
+    they hold, as in the track rule. New lesions: on each ordered scan pair, the target scan's
+    lesions that no tracked source lesion reaches after mutual matching (:func:`flag_new`). Beside
+    it, the confidence-only rule: the tracker's confidence with the threshold that maximises the F1
+    of ``gone`` on these very queries (an optimistic bound, there being no calibration of it on
+    training subjects), and its AUC. Writes one row per query (``out_csv``) and the metrics
+    (``out_json``).
     """
     lesions = read_lesions(lesions_csv, LONGITUDINAL_LESION_COLUMNS)
     queries = presence_queries(lesions, split)
@@ -98,7 +100,8 @@ def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, prediction
     gone = queries[queries["expected"] == "gone"].reset_index(drop=True)
     if len(gone):
         tracked = track_table(gone, method, embeddings_dir, volume_tables, track, progress=False,
-                              source=str(lesions_csv), presence_calibration=calibration_json)
+                              source=str(lesions_csv), presence_calibration=calibration_json,
+                              registrations=registrations)
         gone = gone.join(tracked[[*PRED_POINT, "confidence", "found"]])
     table = pd.concat([present, gone], ignore_index=True)
     table["found"] = table["found"].astype(bool)

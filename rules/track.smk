@@ -136,6 +136,7 @@ rule presence:
         calibration="results/{dataset}/presence/calibration.json",
         embeddings=track_embedding_tables,
         volumes=dataset_resampled_tables,
+        registrations=track_registrations,  # the gone lesions' image pairs, registered once
     output:
         table="results/{dataset}/presence/{method}.csv",
         report="results/{dataset}/presence/{method}.json",

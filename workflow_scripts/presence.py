@@ -17,5 +17,6 @@ with logged(sm.log[0], sm.rule) as log:
     use_threads(sm.threads)  # 1 in every rule: bit-reproducible registrations
     report = evaluate_presence(sm.input.pairs, sm.input.lesions, sm.input.predictions, sm.wildcards.method,
                                sm.input.calibration, sm.output.table, sm.output.report, sm.params.split,
-                               sm.params.embeddings, list(sm.input.volumes), sm.params.track)
+                               sm.params.embeddings, list(sm.input.volumes), sm.params.track,
+                               list(sm.input.registrations))
     log.info("presence of %s: %s", sm.wildcards.method, report)
