@@ -45,7 +45,8 @@ PER_PAIR_COLUMNS = [*KEY, "target_radius_mm", "error_x", "error_y", "error_z", "
 PREDICTION_COLUMNS = [*ID_COLUMNS, *PRED_POINT, "confidence", "found", "seconds"]
 PREDICTED_COLUMNS = [*KEY, *PRED_POINT]  # what evaluation reads of a predictions table
 # a tracker's answers: ``row`` (position of the query), ``rank`` (0: its best), the point, its
-# confidence and ``seconds`` (matching that query, repeated on each of its rows)
+# confidence and ``seconds`` (matching that query, repeated on each of its rows; where a tracker
+# matches an image pair's queries together, the pair's time over its queries)
 CANDIDATE_COLUMNS = ["row", "rank", *PRED_POINT, "confidence", "seconds"]
 
 # results/<dataset>/registrations/<method>/registrations.csv (rule register): one row per image pair

@@ -227,6 +227,38 @@ def test_coarse_to_fine_agrees_with_full_matching(smoke_run, smoke_model):
         assert np.mean(agree) >= 0.95, f"{full_settings}: {np.mean(agree):.1%} of {len(agree)} pairs agree"
 
 
+def test_matching_a_pairs_points_together_equals_matching_them_one_by_one(smoke_run, smoke_model):
+    """``match_many`` (one similarity product per scale for several points' context points, as the
+    embedding trackers run) gives every point the candidates of ``match_candidates`` alone, to
+    float rounding: in chunks, and for a point near the source's edge, one of whose context points
+    leaves it."""
+    from lesiontrack.track.embedding import match_settings
+    from lesiontrack.track.match import match_candidates, match_many
+
+    pairs = read_table(smoke_run / "results" / "synthetic" / "pairs.csv")
+    pairs = pairs[pairs["split"] == "test"]
+    row = pairs.iloc[0]
+    rows = pairs[(pairs["source_image"] == row["source_image"]) & (pairs["target_image"] == row["target_image"])]
+    source, target = (_maps(smoke_run, smoke_model, row[c]) for c in ("source_image", "target_image"))
+    points = rows[["source_x", "source_y", "source_z"]].to_numpy(float)
+    size = np.asarray(source.geometry.size, float)
+    edge = source.geometry.index_to_world(np.array([[3.0, size[1] / 2, size[2] / 2]])).reshape(1, 3)
+    points = np.vstack([points, edge])  # 3 voxels from one side: one context point (of six) leaves the scan
+    context = edge + 24.0 * np.vstack([np.eye(3), -np.eye(3)])
+    assert source.geometry.contains(context).sum() == 5
+    settings = match_settings("multiscale", _config_track(smoke_run))
+    assert settings.context_mm > 0 and settings.refine_mm > 0 and settings.rerank_peaks > 1
+    for chunk in (2, 8):
+        together = match_many(source, target, points, settings, chunk=chunk)
+        assert len(together) == len(points)
+        for point, many in zip(points, together, strict=True):
+            alone = match_candidates(source, target, point, settings)
+            assert len(many) == len(alone) == settings.rerank_peaks
+            for a, b in zip(alone, many, strict=True):
+                np.testing.assert_allclose(b.point_mm, a.point_mm, rtol=0, atol=1e-3)
+                assert abs(a.confidence - b.confidence) < 1e-5
+
+
 def _config_track(smoke_run) -> dict:
     import yaml
 

@@ -1,7 +1,7 @@
 """The embedding trackers: ``multiscale``, ``single-scale-fine``, ``two-scale``, ``multiscale-paper``.
 
 Each matches a query's source embedding over the target's embedding maps
-(:func:`lesiontrack.track.match.match_candidates`) at its scales (``match.METHOD_SCALES``) with the
+(:func:`lesiontrack.track.match.match_many`) at its scales (``match.METHOD_SCALES``) with the
 ``track`` section's matching settings; ``multiscale-paper`` uses the paper's matching exactly
 (``match.PAPER_MATCHING``). With ``track.refine_mm`` the target's windowed voxels refine each match.
 """
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lesiontrack.config import settings_from
 from lesiontrack.preprocess import window
 from lesiontrack.tables import CANDIDATE_COLUMNS, SOURCE_POINT
-from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, match_candidates
+from lesiontrack.track.match import METHOD_SCALES, PAPER_MATCHING, MatchSettings, match_many
 from lesiontrack.track.tracker import Context, Needs, check_inside
 
 TRACK_WORKFLOW_KEYS = ("methods", "min_slices", "presence_datasets", "presence_rerank", "registration", "elastix",
@@ -51,7 +51,8 @@ class EmbeddingTracker:
 
     def candidates(self, queries: pd.DataFrame, context: Context) -> pd.DataFrame:
         """Every candidate of every query row (in its direction); ``seconds`` is the matching
-        time of the row, on each of its candidates."""
+        time of the row's image pair over its rows (the pair's rows are matched together), on each
+        of its candidates."""
         settings = self.settings(context.track)
         maps = context.scans.maps
         if maps is None:
@@ -68,10 +69,10 @@ class EmbeddingTracker:
             if context.scans.check_inside:
                 check_inside(points, src.geometry, queries.loc[rows].set_axis(file_rows[rows]), context.source,
                              f"source {source_image}")
-            for row, point in zip(rows, points, strict=True):
-                began = time.perf_counter()
-                matches = match_candidates(src, dst, point, settings)
-                seconds = time.perf_counter() - began
+            began = time.perf_counter()
+            matched = match_many(src, dst, points, settings)
+            seconds = (time.perf_counter() - began) / len(rows)
+            for row, matches in zip(rows, matched, strict=True):
                 records += [(int(row), rank, *m.point_mm, m.confidence, seconds) for rank, m in enumerate(matches)]
         return pd.DataFrame(records, columns=CANDIDATE_COLUMNS).sort_values(["row", "rank"], ignore_index=True)
 
