@@ -34,9 +34,9 @@ import yaml
 
 from lesiontrack import config as lt_config
 from lesiontrack.evaluate import metrics, per_pair
-from lesiontrack.io import read_table, write_table
+from lesiontrack.io import InputError, read_table, write_table
 from lesiontrack.track.predict import track_table
-from lesiontrack.track.registration import use_threads
+from lesiontrack.track.registration import check_stores, use_threads
 
 
 def variant_track(track: dict, values: dict) -> dict:
@@ -84,9 +84,10 @@ def main() -> None:
     embeddings = args.embeddings.resolve() if args.embeddings else None
     out = args.out.resolve() if args.out else None
     stored = [folder.resolve() for folder in args.registrations]
-    for folder in stored:  # before any work: a folder that lesiontrack register did not write
-        if not (folder / "settings.json").is_file():
-            parser.error(f"--registrations {folder}: no settings.json (not a lesiontrack register folder)")
+    try:  # before any work: a folder that lesiontrack register did not write
+        check_stores(stored)
+    except InputError as err:
+        parser.error(f"--registrations {err}")
     os.chdir(args.results.resolve().parent)  # the volume tables' paths are relative to the run
     results = Path(args.results.resolve().name)
     pairs = read_table(results / args.dataset / "pairs.csv")

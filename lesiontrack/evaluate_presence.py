@@ -14,6 +14,7 @@ from lesiontrack.io import InputError, atomic_path, read_table, write_table
 from lesiontrack.tables import KEY, LONGITUDINAL_LESION_COLUMNS, PRED_POINT, read_lesions
 from lesiontrack.track.predict import track_table
 from lesiontrack.track.presence import Calibration, best_threshold, decide, gone_metrics, presence_queries
+from lesiontrack.track.registration import check_stores
 
 
 def flag_new(targets: pd.DataFrame, tracked: pd.DataFrame, tolerance_mm: float = 5.0) -> pd.DataFrame:
@@ -88,6 +89,7 @@ def evaluate_presence(pairs_csv: str | Path, lesions_csv: str | Path, prediction
     training subjects), and its AUC. Writes one row per query (``out_csv``) and the metrics
     (``out_json``).
     """
+    check_stores(registrations)  # before any work, also where no lesion is gone
     lesions = read_lesions(lesions_csv, LONGITUDINAL_LESION_COLUMNS)
     queries = presence_queries(lesions, split)
     predictions = read_table(predictions_csv, required=[*KEY, *PRED_POINT, "confidence", "found"])

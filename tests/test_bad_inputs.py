@@ -338,6 +338,10 @@ CASES = [
      "train.batch_size = 4: must be a multiple of train.processes = 3"),
     ("lesions without status", ["presence-calibrate", "--lesions", "{lesions_no_status}", "--volumes", "{volumes}",
                                 "--out", "{o}/c.json"], "lesions_no_status.csv: missing column(s)"),
+    ("presence with a folder that register did not write",
+     ["presence", "--pairs", "{pairs}", "--lesions", "{pairs}", "--predictions", "{pairs}", "--method", "deformable",
+      "--calibration", "{calibration_truncated}", "--registrations", "{a_folder}", "--out", "{o}/p.csv", "--report",
+      "{o}/p.json"], "{a_folder}: no settings.json (not a lesiontrack register folder)"),
     ("table of a missing metrics file", ["table", "--dataset", "synthetic", "--method", "m", "{o}/none.json",
                                          "{o}/none.csv", "--reference", "m", "--out-dir", "{o}/t"], "none.json"),
 ]

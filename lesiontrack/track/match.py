@@ -213,6 +213,8 @@ def match_many(source: VolumeMaps, target: VolumeMaps, points_mm: np.ndarray,
     the full search and context points, the similarity maps of ``chunk`` points' context points
     are one matrix product per scale (module docstring); otherwise point by point."""
     points_mm = np.asarray(points_mm, float).reshape(-1, 3)
+    if not len(points_mm):
+        return []
     if settings.coarse_to_fine or settings.context_mm <= 0:
         return [match_candidates(source, target, p, settings) for p in points_mm]
     results: list[list[Match]] = []

@@ -62,7 +62,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from lesiontrack.config import settings_from
-from lesiontrack.io import read_table, staged_folder, write_table
+from lesiontrack.io import InputError, read_table, staged_folder, write_table
 from lesiontrack.tables import REGISTRATION_COLUMNS, SOURCE_POINT
 from lesiontrack.track.tracker import Context, Needs, Registered, Scans, single_candidates
 
@@ -514,6 +514,13 @@ def register_queries(queries: pd.DataFrame, image_of: Callable[[str], sitk.Image
 REGISTRATIONS_TABLE = "registrations.csv"
 
 
+def check_stores(folders: list[str | Path]) -> None:
+    """Stop, naming it, on a folder that :func:`register_queries` did not write (no ``settings.json``)."""
+    for folder in map(Path, folders):
+        if not (folder / "settings.json").is_file():
+            raise InputError(f"{folder}: no settings.json (not a lesiontrack register folder)")
+
+
 class RegistrationStore:
     """The registrations written by :func:`register_queries` into one folder per method, read as
     a run asks for them (:attr:`lesiontrack.track.tracker.Scans.stored_registration`). A request
@@ -523,6 +530,7 @@ class RegistrationStore:
     def __init__(self, folders: list[str | Path]):
         self._entries: dict[tuple[str, str, str], tuple[Path, pd.Series]] = {}
         self._settings: dict[str, dict[str, Any]] = {}
+        check_stores(folders)
         for folder in map(Path, folders):
             stored = json.loads((folder / "settings.json").read_text())
             method = stored["method"]
