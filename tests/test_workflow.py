@@ -258,6 +258,20 @@ def test_ablation_config_plans_a_second_model_without_landmarks(tmp_path):
     assert embeddings == "results/synthetic/embeddings/nolandmarks"
 
 
+def test_training_budget_ablation_plans_a_model_trained_three_times_longer(tmp_path):
+    """configs/ablation-training-budget.yaml: the default model (14 epochs) and one trained for 42
+    epochs with every other setting equal, its multiscale row beside multiscale, paired against it."""
+    with planned_jobs(tmp_path, [REPO / "configs" / "ablation-training-budget.yaml"], REPO / "Snakefile") as planned:
+        trains = {str(job.output.best): job.params.train for job in planned if job.rule.name == "pretrain"}
+        table = next(job for job in planned if job.rule.name == "table")
+        rows, reference = list(table.params.methods), table.params.reference
+    default, long = (trains[f"results/models/{name}/checkpoint_best.pt"] for name in ("default", "long"))
+    assert (default["max_epochs"], long["max_epochs"]) == (14, 42)
+    assert {k: v for k, v in long.items() if k != "max_epochs"} == {
+        k: v for k, v in default.items() if k != "max_epochs"}
+    assert rows[-1] == "multiscale [long]" and reference == "multiscale" and "multiscale" in rows
+
+
 def test_smoke_pretraining_outputs(smoke_run):
     model_dir = smoke_run / "results" / "models" / "default"
     log = pd.read_csv(model_dir / "training_log.tsv", sep="\t")
