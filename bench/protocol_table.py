@@ -3,7 +3,7 @@ was scored with ``evaluate.min_radius_mm``), MED, the median and the share over 
 the paired t-test against the reference, and the wall time of the method's ``track`` job (from its
 Snakemake benchmark file) plus that of the stored registrations it reads (rule ``register``; shared
 by ``deformable`` and ``hybrid``, so counted in both rows). Nothing is recomputed: the table, the
-metrics and the benchmarks are the run's own. A row ``method@model`` (a model variant) reads what its tracker reads.
+metrics and the benchmarks are the run's own. An ablation row ``method [model]`` reads what its tracker reads.
 
     python bench/protocol_table.py runs/dls-like/results [--dataset synthetic] [--config configs/dls-like.yaml]
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from lesiontrack.evaluate import row_slug
 from lesiontrack.io import read_table
 from lesiontrack.track import trackers
 
@@ -28,11 +29,11 @@ def rows(results: Path, dataset: str, config: dict) -> list[str]:
     out = ["| method | CPM@10mm | CPM@Radius | MED (mm) | median (mm) | > 20 mm | p vs reference | track (s) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in table.to_dict("records"):
-        method = row["method"]
-        metrics = json.loads((results / dataset / "metrics" / f"{method}.json").read_text())
-        benches = [results / "benchmarks" / "track" / f"{dataset}-{method}.tsv",
+        method, slug = row["method"], row_slug(row["method"])
+        metrics = json.loads((results / dataset / "metrics" / f"{slug}.json").read_text())
+        benches = [results / "benchmarks" / "track" / f"{dataset}-{slug}.tsv",
                    *[results / "benchmarks" / "register" / f"{dataset}-{name}.tsv"
-                     for name in trackers.get(method.split("@")[0]).registrations(config.get("track"))]]
+                     for name in trackers.get(slug.split("@")[0]).registrations(config.get("track"))]]
         seconds = (f"{sum(pd.read_csv(b, sep=TAB)['s'].iloc[-1] for b in benches):.0f}"
                    if all(b.exists() for b in benches) else "")
         p = float(row["p_vs_reference"])

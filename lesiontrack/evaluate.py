@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +305,19 @@ def evaluate_files(predictions: str | Path, out: str | Path, pairs: str | Path |
 def method_slug(name: str) -> str:
     """File-name form of a method name: ``Affine (DLT init)`` -> ``affine-dlt-init``."""
     return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def variant_row(method: str, model: str) -> tuple[str, str]:
+    """Table row name and file slug of ``method`` tracking with the ablation model ``model``:
+    ``multiscale [long]``, ``multiscale@long``."""
+    return f"{method} [{model}]", f"{method}@{model}"
+
+
+def row_slug(name: str) -> str:
+    """File-name form of a table row's name: an ablation row (:func:`variant_row`) its slug, any
+    other row :func:`method_slug`."""
+    variant = re.fullmatch(r"(\S+) \[(\S+)\]", name)
+    return variant_row(variant[1], variant[2])[1] if variant else method_slug(name)
 
 
 def relaxation(result: dict[str, Any]) -> float:

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from lesiontrack.data import datasets
-from lesiontrack.evaluate import method_slug
+from lesiontrack.evaluate import method_slug, variant_row
 from lesiontrack.landmarks import ORACLE_BACKEND
 from lesiontrack.figures import DATASET_FIGURES
 from lesiontrack.provenance import fingerprint
@@ -208,7 +208,7 @@ def table_rows(dataset):
     rows = [(name, method_slug(name)) for name in own]
     if dataset in tracked_datasets():
         rows += [
-            (f"{method} [{model}]", f"{method}@{model}")
+            variant_row(method, model)
             for model in ablation_models()
             for method in config["ablation"]["methods"]
         ]

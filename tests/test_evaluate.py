@@ -164,3 +164,34 @@ def test_table_reports_the_nlst_relaxation_where_it_was_scored(tmp_path):
     metrics_path.write_text(json.dumps(ev.metrics(scored, bootstrap_samples=0)))
     ev.table_files("strict", [("m", metrics_path, per_pair_path)], "m", tmp_path)
     assert "CPM@Radius d < r, CPM@10mm d <= min(r, 10 mm);" in (tmp_path / "strict.md").read_text()
+
+
+def test_a_table_rows_name_gives_back_its_files_slug():
+    """The table names an ablation row ``method [model]`` and its files ``method@model``; anything
+    reading a finished table (bench/protocol_table.py) finds each row's files by its name."""
+    assert ev.variant_row("multiscale", "long") == ("multiscale [long]", "multiscale@long")
+    assert ev.row_slug("multiscale [long]") == "multiscale@long"
+    assert ev.row_slug("single-scale-fine") == "single-scale-fine"
+    assert ev.row_slug("Affine (DLT init)") == "affine-dlt-init" == ev.method_slug("Affine (DLT init)")
+
+
+def test_protocol_table_reads_an_ablation_rows_own_metrics(tmp_path):
+    """bench/protocol_table.py on a table with an ablation row: each row's median from its own file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    results = tmp_path / "results"
+    (results / "tables").mkdir(parents=True)
+    (results / "synthetic" / "metrics").mkdir(parents=True)
+    pd.DataFrame({"method": ["multiscale", "multiscale [long]"], "CPM@10mm": [92.0, 89.1],
+                  "CPM@Radius": [92.8, 90.6], "MED": ["3.6 ± 5.0", "3.8 ± 4.9"],
+                  "p_vs_reference": [float("nan"), 0.389]}).to_csv(results / "tables" / "synthetic.csv", index=False)
+    for slug, median in (("multiscale", 2.3), ("multiscale@long", 2.4)):
+        metrics = {"median": median, "over_20mm": 1.4}
+        (results / "synthetic" / "metrics" / f"{slug}.json").write_text(json.dumps(metrics))
+    bench = Path(__file__).resolve().parents[1] / "bench" / "protocol_table.py"
+    out = subprocess.run([sys.executable, str(bench), str(results)], capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines()[2:]}
+    assert rows["multiscale"][4] == "2.3" and rows["multiscale [long]"][4] == "2.4"
+    assert rows["multiscale [long]"][6] == "0.389"
