@@ -10,8 +10,10 @@ Per (source, target) image pair:
    at the best offset within ``local_search_mm`` (intensities in ``window_hu``). Where the full
    registration ran and the median over the pair's lesions reaches ``trust_correlation``, its
    points stand and nothing else is computed: no embedding, no matching. Outside slab pairs (5.)
-   the same median over a wider cube (half-width ``trust_mm``) also trusts it: a lesion that grew
-   or shrank fills the small cube and lowers its correlation, the anatomy around it does not.
+   the same median over a wider cube (half-width ``trust_mm``) also trusts it, where the median
+   over the small cubes reaches ``wider_floor``: a lesion that grew or shrank fills the small cube
+   and lowers its correlation, the anatomy around it does not; but a registration that slipped
+   10-20 mm along z still correlates over the wider cube, and there the small cubes fall lower.
 3. **Otherwise the embeddings are consulted.** ``multiscale`` matches the pair's lesions (with the
    configured context points, refinement and reranking). Registration is in doubt when it failed,
    or at least ``min_agreement`` of the lesions land farther than ``inlier_mm`` from their
@@ -94,6 +96,7 @@ class HybridSettings:
     # nearer than inlier_mm it must reach trust_correlation too (outside slab pairs; in slab pairs from inlier_mm on)
     trust_correlation: float = 0.7  # registration stands unchecked by the embeddings from this median NCC on
     trust_mm: float = 20.0  # ... or from this median over cubes of this half-width, outside slab pairs (0: never)
+    wider_floor: float = 0.5  # ... asked only where the median over the small cubes reaches this (-1: always)
     axis_search_mm: float = 10.0  # in a slab pair the chosen point may move this far along world z (0: never) ...
     axis_gain: float = 0.02  # ... where the correlation there beats the best within local_search_mm by this
     axis_slab_mm: float = 160.0  # a pair is a slab pair where one of its volumes spans at most this along world z
@@ -123,8 +126,9 @@ class HybridSettings:
         for key in ("min_agreement", "choice_overlap"):
             if not 0 <= getattr(self, key) <= 1:
                 raise bad(key, "must lie in [0, 1] (a share)")
-        if not -1 <= self.trust_correlation <= 1:
-            raise bad("trust_correlation", "must lie in [-1, 1] (a correlation)")
+        for key in ("trust_correlation", "wider_floor"):
+            if not -1 <= getattr(self, key) <= 1:
+                raise bad(key, "must lie in [-1, 1] (a correlation)")
         if not 0 < self.min_scale <= 1:
             raise bad("min_scale", "must lie in (0, 1]")
         if not self.max_scale >= 1:
@@ -351,12 +355,14 @@ def trusted(stage: str, correlations: list[float], settings: HybridSettings,
     """Whether the standard registration stands without the embeddings: its full stage ran and the
     median correlation of the pair's lesions at its points reaches ``trust_correlation``, or, where
     ``wider`` is given (the correlations over cubes of half-width ``trust_mm``, computed only if
-    needed), their median does."""
+    needed) and that median reaches ``wider_floor``, their median does."""
     if stage != settings.registration:
         return False
-    if float(np.median(correlations)) >= settings.trust_correlation:
+    median = float(np.median(correlations))
+    if median >= settings.trust_correlation:
         return True
-    return wider is not None and float(np.median(wider())) >= settings.trust_correlation
+    asked = wider is not None and median >= settings.wider_floor
+    return asked and float(np.median(wider())) >= settings.trust_correlation
 
 
 @dataclass
@@ -452,7 +458,8 @@ class HybridTracker:
                 doubt = ("registration failed" if standard is None else f"registration stopped at its {stage} stage"
                          if stage != settings.registration else
                          f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}"
-                         + ("" if wider is None else f", over {2 * settings.trust_mm:g} mm cubes too"))
+                         + ("" if wider is None else f", over {2 * settings.trust_mm:g} mm cubes too"
+                            if np.median(correlations) >= settings.wider_floor else f" and < {settings.wider_floor}"))
                 tqdm.write(f"{self.name}: {source_id} -> {target_id}: {doubt}; the embeddings consulted",
                            file=sys.stderr)
                 registered, proposals = _consult_embeddings(
