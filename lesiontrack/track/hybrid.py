@@ -358,11 +358,15 @@ def trusted(stage: str, correlations: list[float], settings: HybridSettings,
     needed) and that median reaches ``wider_floor``, their median does."""
     if stage != settings.registration:
         return False
-    median = float(np.median(correlations))
-    if median >= settings.trust_correlation:
+    if float(np.median(correlations)) >= settings.trust_correlation:
         return True
-    asked = wider is not None and median >= settings.wider_floor
-    return asked and float(np.median(wider())) >= settings.trust_correlation
+    return asks_wider(correlations, settings, wider) and float(np.median(wider())) >= settings.trust_correlation
+
+
+def asks_wider(correlations: list[float], settings: HybridSettings, wider: Callable[[], list[float]] | None) -> bool:
+    """Whether :func:`trusted` may ask the wider cubes: they are given and the small cubes' median
+    reaches ``wider_floor``."""
+    return wider is not None and float(np.median(correlations)) >= settings.wider_floor
 
 
 @dataclass
@@ -458,8 +462,9 @@ class HybridTracker:
                 doubt = ("registration failed" if standard is None else f"registration stopped at its {stage} stage"
                          if stage != settings.registration else
                          f"median correlation {np.median(correlations):.2f} < {settings.trust_correlation}"
-                         + ("" if wider is None else f", over {2 * settings.trust_mm:g} mm cubes too"
-                            if np.median(correlations) >= settings.wider_floor else f" and < {settings.wider_floor}"))
+                         + (f", over {2 * settings.trust_mm:g} mm cubes too"
+                            if asks_wider(correlations, settings, wider)
+                            else "" if wider is None else f" and < {settings.wider_floor}"))
                 tqdm.write(f"{self.name}: {source_id} -> {target_id}: {doubt}; the embeddings consulted",
                            file=sys.stderr)
                 registered, proposals = _consult_embeddings(
