@@ -388,6 +388,11 @@ class Geometry:
         return self.index_to_world(np.array([[i, j, k] for i in (0, last[0]) for j in (0, last[1])
                                              for k in (0, last[2])]))
 
+    def z_extent_mm(self) -> float:
+        """How far the grid spans along world z (its corner voxel centres' extent)."""
+        z = self.corners()[:, 2]
+        return float(z.max() - z.min())
+
     def contains(self, points_mm: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
         """Whether each world point lies inside the grid (voxel centres) by ``margin_mm``."""
         idx = self.world_to_index(points_mm)

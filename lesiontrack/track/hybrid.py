@@ -2,9 +2,10 @@
 
 Per (source, target) image pair:
 
-1. **Registration.** ``deformable`` (``track.registration.deformable``) from its own centred
-   initialisation; where the B-spline cannot run (a slab too thin for it) its affine stage; a
-   registration that fails (ITK raises) is skipped, never stopping a run.
+1. **Registration.** ``deformable`` (``track.registration.deformable``) from its own start
+   (centred, then searched along z where one field of view is much shorter); where the B-spline
+   cannot run (a slab too thin for it) its affine stage; a registration that fails (ITK raises)
+   is skipped, never stopping a run.
 2. **The images check it.** Each lesion's registered point is scored by the normalised
    cross-correlation of a cube of half-width ``local_mm`` around the source point with the target,
    at the best offset within ``local_search_mm`` (intensities in ``window_hu``). Where the full
@@ -344,12 +345,6 @@ def along_axis(source: Voxels, target: Voxels, point_mm: np.ndarray, candidate_m
     return candidate
 
 
-def z_extent_mm(geometry: Geometry) -> float:
-    """How far a volume spans along world z (its corners' extent)."""
-    z = geometry.corners()[:, 2]
-    return float(z.max() - z.min())
-
-
 def trusted(stage: str, correlations: list[float], settings: HybridSettings,
             wider: Callable[[], list[float]] | None = None) -> bool:
     """Whether the standard registration stands without the embeddings: its full stage ran and the
@@ -381,7 +376,7 @@ class _Pair:
 
     def is_slab(self, settings: HybridSettings) -> bool:
         """Whether one of the two volumes spans at most ``axis_slab_mm`` along world z."""
-        return min(z_extent_mm(self.source.geometry), z_extent_mm(self.target.geometry)) <= settings.axis_slab_mm
+        return min(self.source.geometry.z_extent_mm(), self.target.geometry.z_extent_mm()) <= settings.axis_slab_mm
 
     def choice_score(self, point: np.ndarray, candidate: np.ndarray, settings: HybridSettings) -> float:
         """The score that ranks a lesion's candidates: :func:`overlap_correlation` at

@@ -6,7 +6,9 @@ in A is predicted at ``T.TransformPoint(p)`` in B, with no inversion.
 
 * ``affine``: a centred initialisation (``CenteredTransformInitializer`` with MOMENTS on a body
   mask, i.e. the translation between the centres of mass of the voxels above ``body_hu``; raw
-  intensity moments or the image centres are options), then a 3D ``AffineTransform`` optimised
+  intensity moments or the image centres are options; where one field of view spans less than
+  ``z_search_coverage`` of the other along z, the start is then searched along world z by the
+  metric at the coarsest level, ``z_search_step_mm`` apart), then a 3D ``AffineTransform`` optimised
   with Mattes mutual information on a 3-level pyramid, coarse to fine (``shrink_factors``
   8, 4, 2 = 16, 8, 4 mm for the workflow's 2 mm volumes, optional Gaussian smoothing per level),
   random metric sampling with a fixed seed, and regular-step gradient descent with physical-shift
@@ -62,7 +64,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from lesiontrack.config import settings_from
-from lesiontrack.io import InputError, read_table, staged_folder, write_table
+from lesiontrack.io import Geometry, InputError, read_table, staged_folder, write_table
 from lesiontrack.tables import REGISTRATION_COLUMNS, SOURCE_POINT
 from lesiontrack.track.tracker import Context, Needs, Registered, Scans, single_candidates
 
@@ -91,6 +93,8 @@ class RegistrationSettings:
     histogram_bins: int = 32  # Mattes mutual information bins
     interpolator: str = "linear"  # linear | nearest | bspline
     seed: int = 20240601  # seed of the random metric sampling (deterministic results)
+    z_search_step_mm: float = 8.0  # the start is searched along z in steps of this (0: never) ...
+    z_search_coverage: float = 0.75  # ... where the shorter field of view spans less than this share of the longer
     # affine stage
     shrink_factors: tuple[int, ...] = (8, 4, 2)
     smoothing_sigmas_mm: tuple[float, ...] = (0.0, 0.0, 0.0)
@@ -125,6 +129,10 @@ class RegistrationSettings:
             raise ValueError(f"optimiser = {self.optimiser!r}: not one of {OPTIMISERS}")
         if self.interpolator not in INTERPOLATORS:
             raise ValueError(f"interpolator = {self.interpolator!r}: not one of {sorted(INTERPOLATORS)}")
+        if not self.z_search_step_mm >= 0:
+            raise ValueError(f"z_search_step_mm = {self.z_search_step_mm}: must be >= 0")
+        if not 0 <= self.z_search_coverage <= 1:
+            raise ValueError(f"z_search_coverage = {self.z_search_coverage}: must lie in [0, 1] (a share)")
         if not 0 < self.bspline_mesh_mm <= 40:
             raise ValueError(f"bspline_mesh_mm = {self.bspline_mesh_mm}: must be in (0, 40]")
         for value in self.sampling_percentages:
@@ -186,10 +194,49 @@ class _Pyramid:
 
 
 def _initial_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings) -> sitk.AffineTransform:
-    """Centred affine initialisation: identity matrix, translation between the chosen centres."""
-    transform = sitk.AffineTransform(3)
+    """Centred affine initialisation (identity matrix, translation between the chosen centres), then
+    searched along world z where the two fields of view differ in length (:func:`_search_z`)."""
     if settings.initialiser == "none":
+        return sitk.AffineTransform(3)
+    return _search_z(fixed, moving, _centred_affine(fixed, moving, settings), settings)
+
+
+def _search_z(fixed: _Pyramid, moving: _Pyramid, transform: sitk.AffineTransform, settings: RegistrationSettings
+              ) -> sitk.AffineTransform:
+    """``transform`` shifted along world z to the offset whose metric is best at the coarsest affine
+    level, among the multiples of ``z_search_step_mm`` within half the difference of the two fields
+    of view's z extents, where the shorter spans less than ``z_search_coverage`` of the longer (an
+    abdomen-only follow-up of a chest-abdomen baseline: the centres of mass put the middle of the one
+    on the middle of the other, a quarter of the baseline away, too far for the affine to recover);
+    otherwise (two scans of one protocol) unchanged."""
+    step = settings.z_search_step_mm
+    extents = sorted(Geometry.of(pyramid.level(1)).z_extent_mm() for pyramid in (fixed, moving))
+    reach = (extents[1] - extents[0]) / 2
+    if step <= 0 or reach < step or extents[0] >= settings.z_search_coverage * extents[1]:
         return transform
+    shrink = max(settings.shrink_factors)
+    method = _method(settings)
+    method.SetMetricSamplingPercentage(float(settings.sampling_percentages[0]), settings.seed)
+    start = np.asarray(transform.GetTranslation(), float)
+    best, best_value = 0.0, np.inf
+    for offset in np.arange(-np.floor(reach / step), np.floor(reach / step) + 1) * step:
+        shifted = sitk.AffineTransform(transform)
+        shifted.SetTranslation(tuple(float(v) for v in start + np.array([0.0, 0.0, offset])))
+        method.SetInitialTransform(shifted, inPlace=False)
+        try:
+            value = method.MetricEvaluate(fixed.level(shrink), moving.level(shrink))
+        except RuntimeError:  # too few samples map inside the moving image at this offset
+            continue
+        if value < best_value - 1e-9 or (value <= best_value + 1e-9 and abs(offset) < abs(best)):
+            best, best_value = float(offset), value
+    transform = sitk.AffineTransform(transform)
+    transform.SetTranslation(tuple(float(v) for v in start + np.array([0.0, 0.0, best])))
+    return transform
+
+
+def _centred_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings) -> sitk.AffineTransform:
+    """Identity matrix, translation between the centres that ``settings.initialiser`` names."""
+    transform = sitk.AffineTransform(3)
     shrink = max(settings.shrink_factors)
     if settings.initialiser == "body":
         f = sitk.Cast(fixed.body(shrink), sitk.sitkFloat32)
