@@ -218,20 +218,22 @@ def _search_z(fixed: _Pyramid, moving: _Pyramid, transform: sitk.AffineTransform
     method = _method(settings)
     method.SetMetricSamplingPercentage(float(settings.sampling_percentages[0]), settings.seed)
     start = np.asarray(transform.GetTranslation(), float)
+
+    def shifted(offset: float) -> sitk.AffineTransform:
+        moved = sitk.AffineTransform(transform)
+        moved.SetTranslation(tuple(float(v) for v in start + np.array([0.0, 0.0, offset])))
+        return moved
+
     best, best_value = 0.0, np.inf
     for offset in np.arange(-np.floor(reach / step), np.floor(reach / step) + 1) * step:
-        shifted = sitk.AffineTransform(transform)
-        shifted.SetTranslation(tuple(float(v) for v in start + np.array([0.0, 0.0, offset])))
-        method.SetInitialTransform(shifted, inPlace=False)
+        method.SetInitialTransform(shifted(offset), inPlace=False)
         try:
             value = method.MetricEvaluate(fixed.level(shrink), moving.level(shrink))
         except RuntimeError:  # too few samples map inside the moving image at this offset
             continue
         if value < best_value - 1e-9 or (value <= best_value + 1e-9 and abs(offset) < abs(best)):
             best, best_value = float(offset), value
-    transform = sitk.AffineTransform(transform)
-    transform.SetTranslation(tuple(float(v) for v in start + np.array([0.0, 0.0, best])))
-    return transform
+    return shifted(best)
 
 
 def _centred_affine(fixed: _Pyramid, moving: _Pyramid, settings: RegistrationSettings) -> sitk.AffineTransform:
