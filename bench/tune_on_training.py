@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -54,7 +55,7 @@ def variant_track(track: dict, values: dict) -> dict:
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, assignments = text.partition(":")
     values = {}
-    for item in filter(None, assignments.split(",")):
+    for item in filter(None, re.split(r",(?=[A-Za-z_][\w.]*=)", assignments)):  # commas inside [..] stay
         key, _, value = item.partition("=")
         values[key] = yaml.safe_load(value)
     return name, values
