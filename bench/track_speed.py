@@ -15,7 +15,8 @@ registration for ``affine`` and ``deformable``. Peak memory is the process's max
 ``deformable``, ``elastix`` and ``hybrid`` in the same run: ``lesiontrack track --source --target
 --points`` on the original (not resampled) volumes of the first N image pairs, ``--lesions`` points
 each (load, resample, embed where the method needs it, match, refine, register, write), wall-clock
-seconds of the whole command per pair (the median of ``--repeats`` runs, the methods taking turns;
+seconds of the whole command per pair (the median of ``--repeats`` runs, the methods taking turns
+in the orders of a Williams square, :func:`williams_order`;
 every run's seconds, and the median and range of ``hybrid`` minus ``deformable`` run by run)
 and the distance of its points to the generator's truth; and ``hybrid`` on the same points with the
 workflow's cached embeddings and resampled volumes (``track_table``, as the ``track`` rule runs it):
@@ -143,6 +144,15 @@ def _cached_hybrid(results: Path, model: str, queries: pd.DataFrame, config: dic
     return time.perf_counter() - began
 
 
+def williams_order(methods: tuple[str, ...], run: int) -> list[str]:
+    """The methods in the order of row ``run`` of a Williams square: over len(methods) runs each
+    method runs once in each place and right after each other method once (an even number of
+    methods). In one fixed order ``hybrid`` always ran right after elastix's 20 s on both cores."""
+    n = len(methods)
+    first = [0] + [k // 2 + 1 if k % 2 == 0 else n - (k + 1) // 2 for k in range(n - 1)]
+    return [methods[(j + run) % n] for j in first]
+
+
 def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, repeats: int, out: Path, config: dict
              ) -> None:
     """``lesiontrack track`` on own-data files, end to end, per method on the same pairs and points."""
@@ -161,8 +171,8 @@ def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, repeats: i
             truth = group[["target_x", "target_y", "target_z"]].to_numpy(float)
             row = {"source": source_id, "target": target_id, "lesions": len(frame)}
             seconds = {method: [] for method in OWN_METHODS}
-            for _ in range(repeats):
-                for method in OWN_METHODS:
+            for run in range(repeats):
+                for method in williams_order(OWN_METHODS, run):
                     command = [str(Path(sys.executable).parent / "lesiontrack"), "track",  # the installed command
                                "--source", str(images[source_id]), "--target", str(images[target_id]),
                                "--points", str(points), "--method", method,
@@ -176,7 +186,7 @@ def own_data(results: Path, model: str, n_pairs: int, n_lesions: int, repeats: i
                     row[f"{method}_median_mm"] = float(np.median(np.linalg.norm(tracked - truth, axis=1)))
             row.update({f"{method}_s": float(np.median(s)) for method, s in seconds.items()})
             row.update({f"{method}_s_runs": [round(v, 3) for v in s] for method, s in seconds.items()})
-            # the methods take turns, so run k of each saw the same state of the machine: paired differences
+            # the methods take turns, so run k of each saw about the same state of the machine: paired differences
             paired = np.subtract(seconds["hybrid"], seconds["deformable"])
             row["hybrid_minus_deformable_s"] = float(np.median(paired))
             row["hybrid_minus_deformable_s_range"] = [round(float(paired.min()), 3), round(float(paired.max()), 3)]
