@@ -53,11 +53,20 @@ def variant_track(track: dict, values: dict) -> dict:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` (values in YAML, lists as ``[4,2,0]``) as (name, {key: value});
+    a malformed one stops the run in one line naming it."""
     name, _, assignments = text.partition(":")
     values = {}
     for item in filter(None, re.split(r",(?=[A-Za-z_][\w.]*=)", assignments)):  # commas inside [..] stay
-        key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value)
+        key, equals, value = item.partition("=")
+        loose = "," in re.sub(r"\[[^\]]*\]|\{[^}]*\}", "", value)  # a comma outside [..] starts no KEY=
+        if not (equals and re.fullmatch(r"[A-Za-z_][\w.]*", key)) or loose:
+            raise SystemExit(f"--variant {text}: {item!r} is not KEY=VALUE")
+        try:
+            values[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise SystemExit(f"--variant {text}: {key} = {value!r} is not a YAML value "
+                             f"({str(error).splitlines()[0]})") from None
     return name, values
 
 
@@ -79,6 +88,7 @@ def main() -> None:
     parser.add_argument("--image-pairs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    variants = [parse_variant(text) for text in args.variant]  # every variant checked before any work
     use_threads(1)
 
     track = lt_config.load(["config.yaml", *args.config])["track"]
@@ -100,8 +110,7 @@ def main() -> None:
         image_pairs = sorted(keep)
     volumes = sorted((results / args.dataset / "shards").glob("resampled-*.csv"))
     report = {}
-    for text in args.variant:
-        name, values = parse_variant(text)
+    for name, values in variants:
         calibration = results / args.dataset / "presence" / "calibration.json" if args.presence else None
         predictions = track_table(pairs, args.method, embeddings, volumes, variant_track(track, values),
                                   progress=False, presence_calibration=calibration, registrations=stored)
