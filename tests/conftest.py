@@ -175,3 +175,28 @@ def smoke_run(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("smoke") / "repo")
     run_workflow(workdir)
     return workdir
+
+
+def made_ct(path: Path, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0), size=(56, 56, 40),
+            spacing=(3.0, 3.0, 3.0), seed: int = 0) -> Path:
+    """A small CT-like volume written to ``path`` (int16 HU, LPS): air around an ellipsoidal body of
+    soft tissue with smooth texture and a few bright, bone-like blobs, its origin moved by
+    ``shift_mm``. Made here, so that tests need no reference data."""
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = size
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (nz, ny, nx)), indexing="ij")
+    body = (x / 0.85) ** 2 + (y / 0.7) ** 2 < 1.0
+    hu = np.where(body, 40.0, -1000.0) + np.where(body, ndimage.gaussian_filter(rng.normal(0, 1, body.shape), 2)
+                                                 * 400.0, 0.0)
+    for centre in rng.uniform(-0.5, 0.5, (6, 3)):
+        hu[((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2) < 0.02] = 900.0
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin(tuple(np.add((-nx * spacing[0] / 2, -ny * spacing[1] / 2, -nz * spacing[2] / 2), shift_mm)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path

@@ -87,7 +87,7 @@ def test_pretrain_on_cuda_and_embed_on_either_device(tmp_path):
                    ModelConfig(width=8, embedding_dim=16), progress=False)
     assert len(log) == TINY["max_epochs"] and np.isfinite(log.filter(like="loss").to_numpy()).all()
     checkpoint = tmp_path / "run" / "checkpoint_latest.pt"
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)  # no map_location: the devices they were saved from
     assert all(t.device.type == "cpu" for t in state["model"].values())  # loadable without a GPU
     image = read_image(volumes[0])
     maps = {}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from lesiontrack.checkpoint import read_checkpoint
 from lesiontrack.train.loop import ModelConfig, TrainConfig, pretrain
 from lesiontrack.train.loss import info_nce, info_nce_bank, sample_embeddings
 from lesiontrack.train.patches import PatchConfig, sample_pair
@@ -118,7 +119,7 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     pd.testing.assert_frame_equal(straight[losses], resumed[losses])
     for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "training_log.tsv", "progress.png"):
         assert (tmp_path / "c" / name).exists()
-    state = torch.load(tmp_path / "c" / "checkpoint_latest.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "c" / "checkpoint_latest.pt")
     assert state["epoch"] == 1 and {"model", "optimizer", "config"} <= set(state)
     # the machine that trained it: the CPU kernels torch ran decide the weights' last digits
     assert state["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
@@ -201,7 +202,7 @@ def test_pretrain_rule_launches_two_gloo_processes(tmp_path):
     log = pretrain_distributed(volumes[:2], volumes[2:3], tmp_path / "ddp", config, config["train"]["processes"],
                                threads=2)
     assert list(log["epoch"]) == [0]
-    state = torch.load(tmp_path / "ddp" / "checkpoint_latest.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "ddp" / "checkpoint_latest.pt")
     assert state["world_size"] == 2 and len(state["loss_rng"]) == 2  # one random stream per rank
     assert state["loss_rng"][0] != state["loss_rng"][1]
 
@@ -322,7 +323,7 @@ def test_initial_model_is_the_network_pretraining_starts_from(tmp_path):
     volumes = _tiny_volumes(tmp_path)
     pretrain(volumes[:2], volumes[2:], tmp_path / "a", TrainConfig(**{**TINY, "max_epochs": 1, "lr": 0.0}),
              ModelConfig(width=4, embedding_dim=8), progress=False)
-    state = torch.load(tmp_path / "a" / "checkpoint_latest.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "a" / "checkpoint_latest.pt")
     rebuilt = initial_model(state["config"]).state_dict()
     assert rebuilt.keys() == state["model"].keys()
     for name, tensor in state["model"].items():

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
+from lesiontrack.checkpoint import load_weights, read_checkpoint
 from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, sha256, volume_paths, write_table
 from lesiontrack.model import CUMULATIVE_STRIDES, MultiScaleEmbedding, build_model
 from lesiontrack.preprocess import window
@@ -111,20 +112,11 @@ def _grid_of(values: dict) -> Geometry:
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[MultiScaleEmbedding, dict]:
     """The network of a pretraining checkpoint, in eval mode, and the checkpoint's config."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise InputError(f"{checkpoint}: no such checkpoint")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many kinds on a damaged file (zip, pickle, EOF, runtime)
-        raise InputError(f"{checkpoint}: not a readable checkpoint ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'empty'})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise InputError(f"{checkpoint}: not a lesiontrack pretraining checkpoint (keys {sorted(state)[:6]})")
+    state = read_checkpoint(checkpoint)
     model_cfg = state["config"]["model"]
     model = build_model(model_cfg["width"], model_cfg["embedding_dim"], model_cfg.get("n_scales", 5),
                         norm=model_cfg.get("norm", "group"))
-    model.load_state_dict(state["model"])
+    load_weights(model, state, checkpoint)
     model.to(device).eval()
     return model, state["config"]
 

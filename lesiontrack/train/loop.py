@@ -21,6 +21,7 @@ import pandas as pd
 import SimpleITK as sitk
 import torch
 
+from lesiontrack.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from lesiontrack.config import settings_from
 from lesiontrack.figures import training_curves
 from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, write_table
@@ -390,6 +391,17 @@ def _distributed(train: TrainConfig) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
 
 
+def _resume_state(latest: Path) -> dict[str, Any]:
+    state = read_checkpoint(latest)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise InputError(f"{latest}: cannot resume: the checkpoint has no {missing} (not written by pretrain)")
+    return state
+
+
+RESUME_KEYS = ("optimizer", "epoch", "best_validation", "bad_epochs", "log", "torch_rng", "loss_rng")
+
+
 def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], out_dir: str | Path,
              train: TrainConfig, model_cfg: ModelConfig, window_hu: tuple[float, float] = (-1000.0, 400.0),
              progress: bool = True, landmark_dir: str | Path | list | None = None) -> pd.DataFrame:
@@ -402,6 +414,8 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
     from torch.nn.parallel import DistributedDataParallel
 
     out_dir = Path(out_dir)
+    latest = out_dir / "checkpoint_latest.pt"
+    resume = _resume_state(latest) if latest.exists() else None  # before any work: it may be refused
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world, device = _distributed(train)
     if train.batch_size % world:
@@ -426,18 +440,16 @@ def pretrain(train_paths: list[str | Path], validation_paths: list[str | Path], 
               "spacing_mm": volumes.spacing_mm, "landmark_dir": _folders(landmark_dir)}
     log_rows: list[dict[str, Any]] = []
     start_epoch, best, bad_epochs = 0, float("inf"), 0
-    latest = out_dir / "checkpoint_latest.pt"
-    if latest.exists():
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("world_size", 1) != world:
-            raise ValueError(f"{latest}: written by {state.get('world_size', 1)} process(es); resume with as many, "
+    if resume is not None:
+        load_weights(model, resume, latest)
+        load_weights(optimizer, resume, latest, "optimizer")
+        if resume.get("world_size", 1) != world:
+            raise InputError(f"{latest}: written by {resume.get('world_size', 1)} process(es); resume with as many, "
                              f"not {world}")
-        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best_validation"], state["bad_epochs"]
-        log_rows = state["log"]
-        torch.set_rng_state(state["torch_rng"][rank])
-        loss_rng.bit_generator.state = state["loss_rng"][rank]
+        start_epoch, best, bad_epochs = resume["epoch"] + 1, resume["best_validation"], resume["bad_epochs"]
+        log_rows = resume["log"]
+        torch.set_rng_state(resume["torch_rng"][rank])
+        loss_rng.bit_generator.state = resume["loss_rng"][rank]
     sampler = _Prefetcher(volumes, local_batch, train, patches, rank)
     try:
         log_rows = _epochs(network, model, optimizer, sampler, volumes, held_out, validation_set, train, loss_rng,
@@ -499,8 +511,8 @@ def _epochs(network, model, optimizer, sampler: _Prefetcher, volumes: _Volumes, 
                  "machine": trained_on}
         if rank == 0:
             if improved:
-                _save(state, out_dir / "checkpoint_best.pt")
-            _save(state, out_dir / "checkpoint_latest.pt")
+                save_checkpoint(state, out_dir / "checkpoint_best.pt")
+            save_checkpoint(state, out_dir / "checkpoint_latest.pt")
             write_table(pd.DataFrame(log_rows), out_dir / "training_log.tsv", float_format="%.6f")
         if world > 1:
             dist.barrier()
@@ -528,11 +540,6 @@ def _validation_loss(model, validation_set: tuple[list, dict], spacing_mm: float
     with torch.no_grad():
         loss, per_scale = _pair_loss(model, pairs, train, spacing_mm, rng, device)
     return [loss.item(), *per_scale]
-
-
-def _save(state: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def plot_progress(log: pd.DataFrame, out_png: str | Path) -> None:

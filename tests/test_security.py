@@ -1,0 +1,109 @@
+"""Untrusted inputs: a checkpoint that carries code runs none of it, in any command that reads one.
+The inputs are made here (no reference data needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import made_ct
+
+from lesiontrack.checkpoint import read_checkpoint, save_checkpoint
+from lesiontrack.cli import main
+from lesiontrack.io import InputError
+from lesiontrack.model import build_model
+
+
+class _RunsCode:
+    """What an attacker pickles: unpickling it calls ``os.system`` (here: creates ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _config(width: int = 4) -> dict:
+    return {"model": {"width": width, "embedding_dim": 8, "n_scales": 5, "norm": "group"},
+            "train": {"seed": 0}, "window_hu": [-1000.0, 400.0], "spacing_mm": 3.0}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("untrusted")
+    f = {"ct": made_ct(d / "baseline.nii.gz"), "follow_up": made_ct(d / "follow_up.nii.gz", (6.0, -3.0, 3.0))}
+    pd.DataFrame({"lesion_id": ["L0", "L1"], "x": [-15.0, 12.0], "y": [0.0, 6.0], "z": [0.0, -9.0]}).to_csv(
+        d / "points.csv", index=False)
+    f["points"] = d / "points.csv"
+    f["marker"] = d / "code_ran"
+    f["evil"] = d / "shared_model.pt"
+    torch.save({"model": _RunsCode(f["marker"]), "config": _config()}, f["evil"])
+    f["other_architecture"] = d / "other_architecture.pt"
+    save_checkpoint({"model": build_model(4, 8, norm="group").state_dict(), "config": _config(width=8)},
+                    f["other_architecture"])
+    f["no_config"] = d / "no_config.pt"
+    torch.save({"model": build_model(4, 8, norm="group").state_dict()}, f["no_config"])
+    return f
+
+
+def _resume_dir(inputs: dict[str, Path], tmp_path: Path) -> Path:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "checkpoint_latest.pt").write_bytes(inputs["evil"].read_bytes())
+    return out
+
+
+COMMANDS = {
+    "track hybrid": lambda f, t: ["track", "--source", f["ct"], "--target", f["follow_up"], "--points", f["points"],
+                                  "--method", "hybrid", "--checkpoint", f["evil"], "--out", t / "tracked.csv"],
+    "track multiscale": lambda f, t: ["track", "--source", f["ct"], "--target", f["follow_up"], "--points",
+                                      f["points"], "--method", "multiscale", "--checkpoint", f["evil"], "--out",
+                                      t / "tracked.csv"],
+    "embed": lambda f, t: ["embed", "--checkpoint", f["evil"], "--volumes", f["ct"], "--out-dir", t / "embeddings"],
+    "follow": lambda f, t: ["follow", "--scans", f["ct"], f["follow_up"], "--points", f["points"], "--checkpoint",
+                            f["evil"], "--out", t / "history"],
+    "pretrain resume": lambda f, t: ["pretrain", "--volumes", f["ct"], "--validation", f["follow_up"], "--out-dir",
+                                     _resume_dir(f, t)],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_checkpoint_that_carries_code_runs_none_of_it(inputs, tmp_path, capsys, command):
+    argv = [str(a) for a in COMMANDS[command](inputs, tmp_path)]
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert not inputs["marker"].exists(), f"{command}: the checkpoint's code ran"
+    checkpoint = tmp_path / "model" / "checkpoint_latest.pt" if command == "pretrain resume" else inputs["evil"]
+    assert stderr.splitlines() == [f"lesiontrack {argv[0]}: {checkpoint}: refused: the checkpoint's pickle names "
+                                   "posix.system; a lesiontrack checkpoint holds only weights and plain values, and "
+                                   "nothing in it was run"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_checkpoints_of_another_network_or_without_config_are_named(inputs):
+    with pytest.raises(InputError, match=r"other_architecture.pt: its model weights do not fit the network"):
+        from lesiontrack.track.embed import load_model
+        load_model(inputs["other_architecture"])
+    with pytest.raises(InputError, match=r"no_config.pt: not a lesiontrack pretraining checkpoint: no config"):
+        read_checkpoint(inputs["no_config"])
+
+
+def test_a_checkpoint_written_before_the_state_was_plain_still_reads(tmp_path):
+    """Earlier checkpoints hold numpy scalars in their log and torch's version string: exactly those
+    types are allowed, and they come back as they were."""
+    import numpy as np
+
+    state = {"model": build_model(4, 8, norm="group").state_dict(), "config": _config(),
+             "log": [{"epoch": 0, "train_loss": np.float64(1.25), "steps": np.int64(3)}],
+             "machine": {"torch": torch.__version__}}
+    torch.save(state, tmp_path / "earlier.pt")
+    read = read_checkpoint(tmp_path / "earlier.pt")
+    assert read["log"][0]["train_loss"] == 1.25 and read["log"][0]["steps"] == 3
+    save_checkpoint(state, tmp_path / "now.pt")  # written plain: no numpy or torch type left
+    now = torch.load(tmp_path / "now.pt", weights_only=True)
+    assert type(now["log"][0]["train_loss"]) is float and type(now["machine"]["torch"]) is str
