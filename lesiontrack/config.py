@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -92,6 +93,7 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | None = None, so
     schema = load_schema() if schema is None else schema
     errors = sorted(_Validator(schema).iter_errors(config),
                     key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    _check_finite(config, [], source)
     if not errors:
         _check_ranges(config, schema, schema, [], source)
         _check_reference(config, source)
@@ -116,14 +118,33 @@ def validate(config: dict[str, Any], schema: Mapping[str, Any] | None = None, so
         "minItems": f"needs at least {error.validator_value} item(s)",
         "maxItems": f"takes at most {error.validator_value} item(s)",
     }.get(str(error.validator), error.message)
-    raise ConfigError(f"{source}: {where} = {error.instance!r}: {expected}")
+    raise ConfigError(f"{source}: {where} = {_shown(error.instance)}: {expected}")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_finite(instance: Any, path: list[str], source: str) -> None:
+    """Every number of a config is finite: YAML's .nan and .inf pass the schema's bounds (a NaN
+    compares false with every bound) and would fail much later."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        raise ConfigError(f"{source}: {'.'.join(path)} = {instance!r}: expected a finite number")
+    if isinstance(instance, dict):
+        for key, value in instance.items():
+            _check_finite(value, [*path, str(key)], source)
+    elif isinstance(instance, list):
+        for k, value in enumerate(instance):
+            _check_finite(value, [*path, str(k)], source)
 
 
 def _check_ranges(instance: Any, schema: Mapping, root: Mapping, path: list[str], source: str) -> None:
     """Ranges (``$ref: #/definitions/range_*``) must read [low, high] with low <= high."""
     ref = schema.get("$ref", "")
     if ref.startswith("#/definitions/range_") and instance[0] > instance[1]:
-        raise ConfigError(f"{source}: {'.'.join(path)} = {instance!r}: must be [low, high] with low <= high")
+        raise ConfigError(f"{source}: {'.'.join(path)} = {_shown(instance)}: must be [low, high] with low <= high")
     if isinstance(instance, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in instance:
@@ -155,13 +176,49 @@ def load(paths: list[str | os.PathLike]) -> dict[str, Any]:
     return validate(merged, source=", ".join(str(p) for p in paths) or "the packaged defaults")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of settings; anything near a megabyte is not one
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, without anchors and aliases (a config needs neither, and aliases of
+    aliases expand exponentially: the "billion laughs") and with each key once per mapping (a key
+    given twice would otherwise keep the last value without a word)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML {kind}{event.anchor} refused: a config file "
+                              "holds plain keys and values (no anchors or aliases)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one mapping "
+                                  f"(first at line {seen[key] + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _ConfigLoader.construct_mapping)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML config file as a mapping; a syntax error names the file and line."""
+    """A YAML config file as a mapping; a syntax error, an anchor or alias, a key given twice and a
+    file over :data:`MAX_CONFIG_BYTES` name the file (and line)."""
     try:
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes: not a config file (at most {MAX_CONFIG_BYTES})")
         with open(path) as fh:
-            values = yaml.safe_load(fh)
+            values = yaml.load(fh, Loader=_ConfigLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

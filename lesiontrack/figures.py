@@ -37,7 +37,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import blended_transform_factory
 
 from lesiontrack.evaluate import hits_radius
-from lesiontrack.io import Geometry, atomic_path, read_image, read_table, volume_paths
+from lesiontrack.io import Geometry, atomic_path, named_path, read_image, read_table, volume_paths
 from lesiontrack.landmarks import read_landmarks
 from lesiontrack.preprocess import window
 from lesiontrack.tables import (
@@ -259,7 +259,7 @@ def synthetic_preview(dataset_dir: str | Path, out_png: str | Path,
         volume = window(sitk.GetArrayViewFromImage(image), window_hu)
         here = lesions[lesions["image_id"] == image_id]
         focus = here[here["lesion_id"] == tracked_id][["x", "y", "z"]].to_numpy(float)[0]
-        truth_path = dataset_dir / "truth" / f"{image_id}.csv"
+        truth_path = named_path(dataset_dir / "truth", image_id, suffix=".csv")
         landmarks = read_table(truth_path, required=["name", "x", "y", "z"]) if truth_path.exists() else pd.DataFrame()
         for col, (view, fixed) in enumerate(_VIEWS):
             ax = axes[row, col]
@@ -332,14 +332,15 @@ def _show_view(ax, volume: np.ndarray, geometry: Geometry, point: np.ndarray, fi
 
 def tracking_qa_images(source_image: sitk.Image, target_image: sitk.Image, points: pd.DataFrame,
                        tracked: pd.DataFrame, qa_dir: str | Path, method: str) -> list[Path]:
-    """One :func:`tracking_qa` picture per lesion of an own-data run into ``qa_dir``:
+    """One :func:`tracking_qa` picture per lesion of an own-data run into ``qa_dir``
+    (``<id>.png``, the id written by :func:`lesiontrack.io.safe_name`):
     ``points`` (``lesion_id, x, y, z[, radius_mm]``) on the source scan, ``tracked`` (the same
     rows: ``x, y, z, confidence``) on the target scan."""
     radius = points["radius_mm"].to_numpy(float) if "radius_mm" in points else np.full(len(points), np.nan)
     shown = display_volume(source_image), display_volume(target_image)
     source_mm, predicted_mm = points[["x", "y", "z"]].to_numpy(float), tracked[["x", "y", "z"]].to_numpy(float)
     confidence = tracked["confidence"].to_numpy(float)
-    return [tracking_qa(*shown, source_mm[k], predicted_mm[k], Path(qa_dir) / f"{lesion_id}.png",
+    return [tracking_qa(*shown, source_mm[k], predicted_mm[k], named_path(qa_dir, lesion_id, suffix=".png"),
                         title=f"{lesion_id} ({method}, confidence {confidence[k]:.3f})", radius_mm=radius[k])
             for k, lesion_id in enumerate(points["lesion_id"].astype(str))]
 
@@ -753,7 +754,7 @@ def dataset_figures(pairs_csv: str | Path, errors_csv: dict[str, str | Path], pr
     if embeddings_dir is not None:
         ranked = _ranked(pairs, predictions, errors[reference])
         pair = ranked.iloc[len(ranked) // 2]
-        source, target = (VolumeMaps(Embeddings.load(Path(embeddings_dir) / pair[f"{end}_image"]))
+        source, target = (VolumeMaps(Embeddings.load(named_path(embeddings_dir, pair[f"{end}_image"])))
                           for end in ("source", "target"))
         maps = {k: m.numpy() for k, m in similarity_maps(source, target, _point(pair, "source")).items()}
         written += similarity_scales(pair, maps, target.geometry, out_dir / "similarity_scales")
@@ -775,7 +776,7 @@ def landmark_figure(volume_tables: list[str | Path], landmark_tables: list[str |
         splits = pd.concat([read_table(t, required=["image_id", "split"]) for t in split_tables], ignore_index=True)
         volumes = volumes.merge(splits[["image_id", "split"]], on="image_id", how="left")
     if truth_dir is not None:
-        truth = {i: Path(truth_dir) / f"{i}.csv" for i in volumes["image_id"]}
+        truth = {i: named_path(truth_dir, i, suffix=".csv") for i in volumes["image_id"]}
         tables = {i: path for i, path in truth.items() if path.exists()}
     else:
         shards = pd.concat([read_table(t, required=["image_id", "landmarks"]) for t in landmark_tables or []],

@@ -13,7 +13,6 @@ once for the whole history (:func:`lesiontrack.track.predict.own_scans`).
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,16 @@ import pandas as pd
 from lesiontrack.dicom_sr import derived_uid, series_headers, tracking_report
 from lesiontrack.evaluate_presence import flag_new
 from lesiontrack.figures import display_volume, history_picture
-from lesiontrack.io import Geometry, InputError, check_slices, check_writable, read_image, staged_folder, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    check_slices,
+    check_writable,
+    named_path,
+    read_image,
+    staged_folder,
+    write_table,
+)
 from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
 from lesiontrack.track import trackers
 from lesiontrack.track.choose import choose
@@ -169,9 +177,9 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
 
 
 def picture_name(lesion_id: str) -> str:
-    """The file name (without .png) of a lesion's picture: its id with anything but letters,
-    digits, ``-``, ``_`` and ``.`` replaced."""
-    return "lesion_" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(lesion_id))
+    """The file name (without .png) of a lesion's picture: ``lesion_`` and its id as
+    :func:`lesiontrack.io.safe_name` writes it (distinct ids, distinct names)."""
+    return named_path("", str(lesion_id), prefix="lesion_").name
 
 
 def history_page(history: pd.DataFrame, scans: list[str], method: str, pictures: dict[str, str]) -> str:

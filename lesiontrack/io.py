@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from pandas._libs.parsers import STR_NA_VALUES
 
 
 class InputError(ValueError):
@@ -305,17 +306,25 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, float_format: str 
 
 
 # identifiers are text, whatever they look like: DLS pair ids are numbers in the test split and
-# "valid-<k>" beside them, and two tables must join on them
-ID_DTYPES = {"pair_id": str, "lesion_id": str}
+# "valid-<k>" beside them, two tables must join on them, and an id "NA" or "null" is an id, not a
+# missing value (pandas' default NA strings are kept as text in these columns, and only there)
+TEXT_COLUMNS = ("pair_id", "lesion_id", "image_id", "source_image", "target_image")
+ID_DTYPES = dict.fromkeys(TEXT_COLUMNS, str)
 
 
 def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a CSV/TSV table and check that ``required`` columns are present."""
+    """Read a CSV/TSV table and check that ``required`` columns are present; id columns
+    (:data:`TEXT_COLUMNS`) are text exactly as written."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a table")
+    sep = "\t" if path.suffix == ".tsv" else ","
     try:
-        table = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=ID_DTYPES)
+        header = pd.read_csv(path, sep=sep, nrows=0).columns
+        na_values = {c: sorted(STR_NA_VALUES) for c in header if c not in TEXT_COLUMNS}
+        table = pd.read_csv(path, sep=sep, dtype=ID_DTYPES, keep_default_na=False, na_values=na_values)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -327,11 +336,81 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     return table
 
 
+# file names made from data (lesion, image and series ids): letters, digits, "-", "_" and "." stay;
+# anything else, "~" itself, a leading or trailing ".", and the first letter of a name Windows keeps
+# for a device become ~XX (the UTF-8 bytes in hex), so no name climbs out of its folder, names
+# stay distinct, and original_name gives the id back
+_NAME_KEEPS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{k}" for k in range(10)),
+                              *(f"LPT{k}" for k in range(10))})
+MAX_NAME_BYTES = 160  # the encoded id; a file system allows 255, and a prefix and suffix are added
+
+
+def _escaped(char: str) -> str:
+    return "".join(f"~{b:02X}" for b in char.encode("utf-8"))
+
+
+def safe_name(text: str) -> str:
+    """``text`` (an id) as one file-name component that stays inside its folder on POSIX and Windows
+    file systems: distinct ids give distinct names, :func:`original_name` reverses it, and ids of
+    letters, digits, ``-``, ``_`` and inner ``.`` keep their name. ValueError for an empty id or
+    one whose name would be longer than :data:`MAX_NAME_BYTES`."""
+    text = str(text)
+    if not text:
+        raise ValueError("an empty id")
+    chars = [c if c in _NAME_KEEPS else _escaped(c) for c in text]
+    for k in (0, len(chars) - 1):
+        if chars[k] == ".":
+            chars[k] = _escaped(".")
+    if text.split(".")[0].upper() in _WINDOWS_DEVICES:
+        chars[0] = _escaped(text[0])
+    name = "".join(chars)
+    if len(name) > MAX_NAME_BYTES:
+        written = "" if len(name) == len(text) else f", {len(name)} once written as a file name"
+        raise ValueError(f"{len(text)} characters{written}: too long to name a file (at most {MAX_NAME_BYTES})")
+    return name
+
+
+def original_name(name: str) -> str:
+    """The id that :func:`safe_name` wrote as ``name``."""
+    raw, k = bytearray(), 0
+    while k < len(name):
+        if name[k] == "~":
+            raw.append(int(name[k + 1:k + 3], 16))
+            k += 3
+        else:
+            raw.extend(name[k].encode("ascii"))
+            k += 1
+    return raw.decode("utf-8")
+
+
+def check_ids(table: pd.DataFrame, columns: list[str] | tuple[str, ...], source: str) -> None:
+    """Stop where an id in ``columns`` is empty or too long to name a file (:func:`safe_name`),
+    naming the file, the row and the column: before any work, not when a file is written."""
+    for column in columns:
+        if column not in table.columns:
+            continue
+        for k, (index, value) in enumerate(zip(table.index, table[column].tolist(), strict=True)):
+            number = int(index) + 1 if isinstance(index, (int, np.integer)) else k + 1
+            text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+            try:
+                safe_name(text)
+            except ValueError as why:
+                shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+                raise InputError(f"{source}: row {number}: {column} = {shown}: {why}") from None
+
+
+def named_path(folder: str | os.PathLike, text: str, prefix: str = "", suffix: str = "") -> Path:
+    """``folder / (prefix + safe_name(text) + suffix)``: the one way a file is named from data."""
+    return Path(folder) / f"{prefix}{safe_name(text)}{suffix}"
+
+
 def volume_paths(tables: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> dict[str, str]:
     """``image_id -> path`` from volume tables (CSV with columns ``image_id, path``); later tables win."""
     paths: dict[str, str] = {}
     for table in tables:
         frame = read_table(table, required=["image_id", "path"])
+        check_ids(frame, ["image_id"], str(table))
         paths.update(zip(frame["image_id"], frame["path"], strict=True))
     return paths
 

@@ -33,7 +33,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lesiontrack.dicom_seg import is_dicom_seg, read_seg
-from lesiontrack.io import Geometry, InputError, read_image, read_table, write_table
+from lesiontrack.io import Geometry, InputError, named_path, read_image, read_table, write_table
 from lesiontrack.vocabulary import LANDMARK_NAMES, LUNG_LABELS, TOTALSEG_V2_NAMES, VERTEBRAE, check_landmark_name
 
 COLUMNS = ("name", "x", "y", "z", "confidence")
@@ -515,9 +515,9 @@ def landmarks_shard(images_csv: str | Path, backend: str, out_dir: str | Path, o
     rows = []
     for record in images.to_dict("records"):
         began = time.perf_counter()
-        truth = Path(truth_dir) / f"{record['image_id']}.csv" if truth_dir else None
+        truth = named_path(truth_dir, record["image_id"], suffix=".csv") if truth_dir else None
         table = volume_landmarks(backend, record["path"], record.get("label_path"), table=truth)
-        out = Path(out_dir) / f"{record['image_id']}.csv"
+        out = named_path(out_dir, record["image_id"], suffix=".csv")
         write_table(table, out, float_format="%.4f")
         rows.append({"image_id": record["image_id"], "landmarks": str(out), "rows": len(table),
                      "seconds": round(time.perf_counter() - began, 3)})

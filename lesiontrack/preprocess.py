@@ -12,6 +12,7 @@ from lesiontrack.io import (
     Geometry,
     InputError,
     check_writable,
+    named_path,
     read_image,
     read_table,
     sha256,
@@ -81,7 +82,7 @@ def resample_table(images_table: str | Path, out_dir: str | Path, out_table: str
     with staged_folder(out_dir) as staging:
         for image_id, path in tqdm(list(zip(images["image_id"], images["path"], strict=True)), desc="resample",
                                    disable=not progress):
-            staged = resample_file(path, staging / f"{image_id}.nii.gz", spacing_mm)
+            staged = resample_file(path, named_path(staging, image_id, suffix=".nii.gz"), spacing_mm)
             rows.append({"image_id": image_id, "path": str(Path(out_dir) / staged.name), "source_path": path,
                          "spacing_mm": spacing_mm, "sha256": sha256(staged)})
         table = pd.DataFrame(rows)

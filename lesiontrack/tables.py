@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesiontrack.io import InputError, read_table
+from lesiontrack.io import TEXT_COLUMNS, InputError, check_ids, read_table
 
 KEY = ["pair_id", "direction"]  # one directed pair
 ID_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image"]
@@ -170,8 +170,10 @@ def validate_table(table: pd.DataFrame, source: str, *, required: Sequence[str] 
                    ids: Sequence[str] = ()) -> pd.DataFrame:
     """The checks above for a table whose contract lives elsewhere (a dataset's own input format):
     ``required`` columns present, ``numeric`` columns finite numbers, ``positive`` ones > 0 (in
-    ``unit``), one row per ``unique`` key; messages name the row by its ``ids``."""
+    ``unit``), one row per ``unique`` key; messages name the row by its ``ids``; ids of
+    :data:`lesiontrack.io.TEXT_COLUMNS` (files are named from them) checked by ``check_ids``."""
     _check_columns(table, required, source)
+    check_ids(table, [c for c in ids if c in TEXT_COLUMNS], source)
     _check_numeric(table, [*numeric, *positive], source, ids)
     _check_positive(table, positive, source, ids, unit)
     if unique:
@@ -188,6 +190,7 @@ def validate_points(points: pd.DataFrame, source: str) -> pd.DataFrame:
     _check_numeric(points, ["x", "y", "z"], source, ["lesion_id"])
     _check_numeric(points, ["radius_mm"], source, ["lesion_id"])
     _check_positive(points, ["radius_mm"], source, ["lesion_id"])
+    check_ids(points, ["lesion_id"], source)
     _check_unique(points, ["lesion_id"], source)
     return points
 
@@ -196,6 +199,7 @@ def validate_pairs(pairs: pd.DataFrame, source: str, required: Sequence[str] = P
     """A pairs table (or the queries of one): points finite, one row per (pair_id, direction),
     radii positive."""
     _check_columns(pairs, required, source)
+    check_ids(pairs, ["pair_id", "lesion_id", "source_image", "target_image"], source)
     _check_numeric(pairs, [*SOURCE_POINT, *TARGET_POINT, "target_radius_mm", "source_radius_mm"], source, KEY)
     _check_positive(pairs, ["target_radius_mm", "source_radius_mm"], source, KEY)
     _check_unique(pairs, KEY, source)
@@ -216,6 +220,7 @@ def validate_lesions(lesions: pd.DataFrame, source: str, required: Sequence[str]
     lesion and image."""
     _check_columns(lesions, required, source)
     ids = ["lesion_id", "image_id"]
+    check_ids(lesions, ids, source)
     _check_numeric(lesions, ["x", "y", "z", "radius_mm"], source, ids)
     _check_positive(lesions[lesions["status"] != "disappeared"], ["radius_mm"], source, ids)  # gone: radius 0
     unknown = ~lesions["status"].isin(LESION_STATUSES).to_numpy()

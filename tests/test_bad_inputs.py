@@ -4,6 +4,7 @@ leaves no output behind (the files the test writes, and the real files of $LESIO
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 import struct
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from conftest import made_ct
 
 from lesiontrack.cli import main
 
@@ -347,12 +349,73 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """Bad inputs made here from a generated CT (no reference data): hostile configs, targets that
+    hold no scan, tables whose ids and radii cannot be meant."""
+    d = tmp_path_factory.mktemp("made")
+    ct = made_ct(d / "baseline.nii.gz")
+    f = {"ct": ct, "follow_up": made_ct(d / "follow_up.nii.gz", (6.0, -3.0, 3.0))}
+    image = sitk.ReadImage(str(ct))
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(np.asarray(image.GetSize()) / 2 - 0.5))
+    inside = [[f"L{k}", *(centre + offset)] for k, offset in enumerate(([-20.0, 0, 0], [20.0, 0, 0]))]
+    f["points"] = _points(d / "points.csv", inside)
+    f["points_long_id"] = _points(d / "points_long_id.csv", [inside[0], ["x" * 300, *inside[1][1:]]])
+    f["points_empty_id"] = d / "points_empty_id.csv"
+    f["points_empty_id"].write_text(f"lesion_id,x,y,z\nL0,{inside[0][1]},{inside[0][2]},{inside[0][3]}\n"
+                                    f",{inside[1][1]},{inside[1][2]},{inside[1][3]}\n")
+    f["a_file"] = d / "a_file.txt"
+    f["a_file"].write_text("a file where a folder is expected\n")
+    f["yaml_bomb"] = d / "bomb.yaml"
+    f["yaml_bomb"].write_text("".join([f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]\n" if k else
+                                       'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+                                       for k in range(9)]) + "preprocess:\n  window_hu: *l8\n")
+    f["yaml_duplicate"] = d / "duplicate.yaml"
+    f["yaml_duplicate"].write_text("track:\n  context_mm: 24\n  refine_mm: 4\n  context_mm: 30\n")
+    f["yaml_nan"] = d / "nan.yaml"
+    f["yaml_nan"].write_text("preprocess:\n  spacing_mm: .nan\n")
+    f["yaml_huge"] = d / "huge.yaml"
+    f["yaml_huge"].write_text("# " + "x" * (1 << 20) + "\n")
+    return f
+
+
+MADE = ["track", "--source", "{ct}", "--target", "{follow_up}", "--points", "{points}", "--method", "identity",
+        "--out", "{o}/tracked.csv"]
+
+
+def _made(**replace: str) -> list[str]:
+    args = list(MADE)
+    for flag, value in replace.items():
+        flag = "--" + flag.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return args
+
+
+MADE_CASES = [
+    # configs: untrusted YAML
+    ("YAML bomb for the workflow", ["config", "{yaml_bomb}"], "bomb.yaml: line 1: YAML anchor &l0 refused"),
+    ("YAML bomb in a tracking overlay", _made(config="{yaml_bomb}"), "bomb.yaml: line 1: YAML anchor &l0 refused"),
+    ("YAML key given twice", ["config", "{yaml_duplicate}"],
+     "duplicate.yaml: line 4: key 'context_mm' given twice in one mapping (first at line 2)"),
+    ("YAML spacing .nan", ["config", "{yaml_nan}"], "preprocess.spacing_mm = nan: expected a finite number"),
+    ("config file of a megabyte", ["config", "{yaml_huge}"], "huge.yaml: 1048579 bytes: not a config file"),
+    # ids that cannot name a file
+    ("lesion id of 300 characters", _made(points="{points_long_id}"),
+     "points_long_id.csv: row 2: lesion_id = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...: 300 characters: too long to name a file"),
+    ("empty lesion id", _made(points="{points_empty_id}"), "points_empty_id.csv: row 2: lesion_id = '': an empty id"),
+]
+
+
 def _snapshot(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize(("argv", "culprit"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, capsys, monkeypatch, argv, culprit):
+def _one_clear_line(files, tmp_path, capsys, monkeypatch, argv, culprit) -> None:
+    """Exit 2, ``culprit`` named in one line, no traceback, nothing new in the output folder, the
+    test's other folders or the inputs' folder, and every input file unchanged (by hash)."""
     out = tmp_path / "o"
     out.mkdir()
     (tmp_path / "a_folder").mkdir()
@@ -360,7 +423,9 @@ def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, caps
     values = {**{k: str(v) for k, v in files.items()}, "o": str(out), "a_folder": str(tmp_path / "a_folder")}
     argv = [a.format(**values) for a in argv]
     culprit = culprit.format(**values)
-    before = _snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(files["a_file"].parent)
+    inputs_folder = files["a_file"].parent
+    before = _snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(inputs_folder)
+    hashes = _hashes(inputs_folder)
     try:
         code = main(argv)
     except SystemExit as exited:  # argparse's own usage errors
@@ -372,11 +437,29 @@ def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, caps
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "Nifti"))
              and "%|" not in line]  # progress bars
     assert len(lines) == 1 or lines[0].startswith("usage:"), lines  # one line (argparse adds its usage)
-    assert (_snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(files["a_file"].parent)) == before
+    assert (_snapshot(out), _snapshot(tmp_path / "a_folder"), _snapshot(inputs_folder)) == before
+    assert _hashes(inputs_folder) == hashes
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("argv", "culprit"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_line_and_leaves_nothing(files, tmp_path, capsys, monkeypatch, argv, culprit):
+    _one_clear_line(files, tmp_path, capsys, monkeypatch, argv, culprit)
+
+
+@pytest.mark.parametrize(("argv", "culprit"), [c[1:] for c in MADE_CASES], ids=[c[0] for c in MADE_CASES])
+def test_bad_made_input_gives_one_clear_line_and_leaves_nothing(made, tmp_path, capsys, monkeypatch, argv, culprit):
+    """The same contract on inputs this test makes (no reference data needed)."""
+    _one_clear_line(made, tmp_path, capsys, monkeypatch, argv, culprit)
 
 
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len({c[0] for c in MADE_CASES}) == len(MADE_CASES)
 
 
 def test_the_real_files_still_work(files, tmp_path, capsys):

@@ -107,3 +107,75 @@ def test_a_checkpoint_written_before_the_state_was_plain_still_reads(tmp_path):
     save_checkpoint(state, tmp_path / "now.pt")  # written plain: no numpy or torch type left
     now = torch.load(tmp_path / "now.pt", weights_only=True)
     assert type(now["log"][0]["train_loss"]) is float and type(now["machine"]["torch"]) is str
+
+
+HOSTILE_IDS = ["../../evil", "/abs/path/owned", "a/b", "a_b", "a~2Fb", "..", ".hidden", "Läsion 7 ✓", "CON", "nul.txt",
+               "NA", "null", "C:\\temp\\x", "x" * 150]
+
+
+def test_safe_name_keeps_ids_inside_their_folder_distinct_and_reversible():
+    from lesiontrack.io import MAX_NAME_BYTES, original_name, safe_name
+
+    names = [safe_name(i) for i in HOSTILE_IDS]
+    assert len(set(names)) == len(names)  # a/b, a_b and a~2Fb: three names
+    for text, name in zip(HOSTILE_IDS, names, strict=True):
+        assert original_name(name) == text
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and not name.endswith(".")
+        assert name.encode("ascii") and len(name) <= MAX_NAME_BYTES
+        assert name.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL"}
+    assert [safe_name(i) for i in ("L0", "test011_t0", "1.2.840.113654.2.55")] == ["L0", "test011_t0",
+                                                                                 "1.2.840.113654.2.55"]
+    with pytest.raises(ValueError, match="at most"):
+        safe_name("x" * 300)
+
+
+def _hostile_points(inputs: dict[str, Path], tmp_path: Path) -> Path:
+    points = pd.read_csv(inputs["points"])
+    table = pd.DataFrame({"lesion_id": HOSTILE_IDS, "x": points["x"].iloc[0], "y": points["y"].iloc[0],
+                          "z": points["z"].iloc[0]})
+    path = tmp_path / "inputs" / "hostile.csv"
+    path.parent.mkdir()
+    table.to_csv(path, index=False)
+    return path
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_no_lesion_id_writes_outside_the_qa_folder_and_each_gets_its_own_picture(inputs, tmp_path, monkeypatch):
+    from lesiontrack.io import original_name
+
+    points = _hostile_points(inputs, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # "../../evil" would land two folders above the QA folder
+    before = _files(tmp_path)
+    assert main(["track", "--source", str(inputs["ct"]), "--target", str(inputs["ct"]), "--points", str(points),
+                 "--method", "identity", "--out", str(work / "out" / "tracked.csv"), "--qa-dir",
+                 str(work / "out" / "qa")]) == 0
+    assert not Path("/abs/path/owned.png").exists()
+    written = _files(tmp_path) - before
+    assert {p.parent for p in written} == {work / "out", work / "out" / "qa"}
+    pictures = sorted(p for p in written if p.parent.name == "qa")
+    assert sorted(original_name(p.name.removesuffix(".png")) for p in pictures) == sorted(HOSTILE_IDS)
+    tracked = pd.read_csv(work / "out" / "tracked.csv", keep_default_na=False, dtype={"lesion_id": str})
+    assert tracked["lesion_id"].tolist() == HOSTILE_IDS  # "NA" and "null" are ids, not missing values
+
+
+def test_follow_gives_a_b_and_a_b_their_own_pictures(inputs, tmp_path):
+    from lesiontrack.follow import picture_name
+
+    points = _hostile_points(inputs, tmp_path)
+    out = tmp_path / "history"
+    before = _files(tmp_path)
+    assert main(["follow", "--scans", str(inputs["ct"]), str(inputs["ct"]), "--points", str(points), "--method",
+                 "identity", "--out", str(out)]) == 0
+    written = _files(tmp_path) - before
+    assert {p.parent for p in written} == {out}
+    pictures = {p.name for p in written if p.suffix == ".png"}
+    assert pictures == {f"{picture_name(i)}.png" for i in HOSTILE_IDS} and len(pictures) == len(HOSTILE_IDS)
+    history = pd.read_csv(out / "history.csv", keep_default_na=False, dtype={"lesion_id": str})
+    assert set(history["lesion_id"]) == set(HOSTILE_IDS)
+    page = (out / "index.html").read_text()
+    assert f'src="{picture_name("a/b")}.png"' in page and f'src="{picture_name("a_b")}.png"' in page

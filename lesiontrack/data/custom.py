@@ -22,6 +22,7 @@ from lesiontrack.io import (
     Geometry,
     InputError,
     check_writable,
+    named_path,
     read_image,
     read_table,
     staged_folder,
@@ -78,8 +79,9 @@ def convert(patterns: Sequence[str], images_dir: str | os.PathLike, out: str | o
         check_writable(path)
     with staged_folder(images_dir) as staging:  # all volumes or none: a bad one leaves nothing
         for image_id, src in zip(table["image_id"], table["source"], strict=True):
-            write_image(read_image(src), staging / f"{image_id}.nii.gz")
-        table.insert(1, "path", [str(Path(images_dir) / f"{image_id}.nii.gz") for image_id in table["image_id"]])
+            write_image(read_image(src), named_path(staging, image_id, suffix=".nii.gz"))
+        table.insert(1, "path", [str(named_path(images_dir, image_id, suffix=".nii.gz"))
+                                 for image_id in table["image_id"]])
         table["subject_id"] = table["image_id"]
         table["split"] = "train"
         for path in outs:

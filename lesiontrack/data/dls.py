@@ -31,7 +31,16 @@ import SimpleITK as sitk
 
 from lesiontrack.download import download
 from lesiontrack.evaluate import load_dls_entries, recist_radius_mm
-from lesiontrack.io import Geometry, InputError, read_table, write_image, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    check_writable,
+    named_path,
+    read_table,
+    staged_folder,
+    write_image,
+    write_table,
+)
 from lesiontrack.tables import DLS_PAIR_COLUMNS, SOURCE_POINT, TARGET_POINT
 
 HU_OFFSET = 32768
@@ -81,7 +90,7 @@ class VolumeName:
 
     @property
     def filename(self) -> str:
-        return f"{self.image_id}.nii.gz"
+        return named_path("", self.image_id, suffix=".nii.gz").name
 
     @property
     def n_slices(self) -> int:
@@ -350,13 +359,16 @@ def series_image(hu: np.ndarray, volume: VolumeName, spacing_mm: Sequence[float]
 
 
 def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: Sequence[float],
-                   out_dir: str | Path, check: bool = True) -> list[dict[str, Any]]:
+                   out_dir: str | Path, check: bool = True, staging: str | Path | None = None
+                   ) -> list[dict[str, Any]]:
     """All sub-volumes of one series (runs of contiguous slices in the archives) -> NIfTI in ``out_dir``.
 
     Each sub-volume is checked head-feet on its own, then the series' sub-volumes together (by slice
     number): ``head_feet`` is ``confirmed``, ``confirmed-series`` or ``inconclusive``; nothing is
-    written for a series that fails. Returns rows ``image_id, path, series_id, n_slices, head_feet``."""
+    written for a series that fails. Returns rows ``image_id, path, series_id, n_slices, head_feet``.
+    ``staging``: where the files are written instead (their rows and messages name ``out_dir``)."""
     out_dir = Path(out_dir)
+    written_in = Path(staging) if staging is not None else out_dir
     located = locate_slices(archives).get(series_id, {})
     if not located:
         raise InputError(f"{list(map(str, archives))}: no PNG slices of series {series_id}")
@@ -376,8 +388,8 @@ def convert_series(series_id: str, archives: Sequence[str | Path], spacing_mm: S
             volumes = [(v, hu, "confirmed" if s == "confirmed" else "confirmed-series") for v, hu, s in volumes]
     rows = []
     for volume, hu, status in volumes:  # written only once every check has passed
-        path = write_image(series_image(hu, volume, spacing_mm), out_dir / volume.filename)
-        rows.append({"image_id": volume.image_id, "path": str(path), "series_id": series_id,
+        write_image(series_image(hu, volume, spacing_mm), written_in / volume.filename)
+        rows.append({"image_id": volume.image_id, "path": str(out_dir / volume.filename), "series_id": series_id,
                      "n_slices": volume.n_slices, "head_feet": status})
     return rows
 
@@ -392,17 +404,20 @@ def convert(index: str | Path, dl_info: str | Path | None, series_ids: Iterable[
     located = pd.read_csv(index, dtype={"series_id": str})
     spacing = checked_spacings(split_jsons, dl_info)
     rows: list[dict[str, Any]] = []
-    for series_id in tqdm(sorted(set(series_ids)), desc="convert", unit="series"):
-        archives = located.loc[located["series_id"] == series_id, "archive"].tolist()
-        if not archives:
-            raise InputError(f"{index}: series {series_id} is in no downloaded archive")
-        if series_id not in spacing:
-            where = dl_info if dl_info is not None else "DL_info.csv (not given: dls.dl_info_url unset)"
-            raise InputError(f"{where}: no spacing for series {series_id}, which no DLS annotation file names")
-        rows += convert_series(series_id, archives, spacing[series_id], out_dir, check)
-    result = pd.DataFrame(rows, columns=["image_id", "path", "series_id", "n_slices", "head_feet"])
     if table is not None:
-        write_table(result, table)
+        check_writable(table)
+    with staged_folder(out_dir) as staging:  # every series or none: a bad one later leaves nothing
+        for series_id in tqdm(sorted(set(series_ids)), desc="convert", unit="series"):
+            archives = located.loc[located["series_id"] == series_id, "archive"].tolist()
+            if not archives:
+                raise InputError(f"{index}: series {series_id} is in no downloaded archive")
+            if series_id not in spacing:
+                where = dl_info if dl_info is not None else "DL_info.csv (not given: dls.dl_info_url unset)"
+                raise InputError(f"{where}: no spacing for series {series_id}, which no DLS annotation file names")
+            rows += convert_series(series_id, archives, spacing[series_id], out_dir, check, staging)
+        result = pd.DataFrame(rows, columns=["image_id", "path", "series_id", "n_slices", "head_feet"])
+        if table is not None:
+            write_table(result, table)
     return result
 
 

@@ -31,9 +31,13 @@ from lesiontrack.io import (
     DicomSeries,
     Geometry,
     InputError,
+    check_ids,
+    check_writable,
     dicom_series,
+    named_path,
     read_image,
     read_table,
+    staged_folder,
     volume_paths,
     write_image,
     write_table,
@@ -239,9 +243,9 @@ def download_series(series: pd.DataFrame, dicom_dir: str | os.PathLike,
     dicom_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for image_id, count in zip(series["image_id"], series["instanceCount"], strict=True):
-        final = dicom_dir / str(image_id)
+        final = named_path(dicom_dir, str(image_id))
         if not series_complete(final, int(count)):
-            part = dicom_dir / f".{image_id}.part"
+            part = named_path(dicom_dir, str(image_id), prefix=".", suffix=".part")
             part.mkdir(exist_ok=True)
             downloader(str(image_id), part)
             got = sum(1 for p in part.glob("*.dcm"))
@@ -330,7 +334,7 @@ def slice_scores(nlstx: pd.DataFrame, dicom_dir: str | os.PathLike) -> pd.DataFr
     dicom_dir = Path(dicom_dir)
     rows = []
     for image_id, found in nlstx.groupby("image_id"):
-        folder = dicom_dir / str(image_id)
+        folder = named_path(dicom_dir, str(image_id))
         if not folder.is_dir():
             continue
         series = dicom_series(folder)
@@ -380,7 +384,7 @@ def nlst_tables(nlstx: pd.DataFrame, volumes: dict[str, str], dicom_dir: str | o
         reader.SetFileName(str(volumes[image_id]))
         reader.ReadImageInformation()
         geometry = Geometry(reader.GetOrigin(), reader.GetSpacing(), reader.GetSize(), reader.GetDirection())
-        points.append(box_points(rows, dicom_series(dicom_dir / str(image_id)), geometry, convention))
+        points.append(box_points(rows, dicom_series(named_path(dicom_dir, str(image_id))), geometry, convention))
     lesions = pd.concat(points, ignore_index=True).assign(status="present")
     pairs = nlstx_pairs(nlstx)
     at = lesions.set_index(["lesion_id", "image_id"])
@@ -443,13 +447,16 @@ def convert_stage(dicom_table: str | os.PathLike, images_dir: str | os.PathLike,
 
 
     folders = read_table(dicom_table, required=["image_id", "path"])
+    check_ids(folders, ["image_id"], str(dicom_table))
+    check_writable(out)
     rows = []
-    for image_id, folder in tqdm(list(zip(folders["image_id"].astype(str), folders["path"], strict=True)),
-                                 desc="convert", unit="series"):
-        path = write_image(read_image(folder), Path(images_dir) / f"{image_id}.nii.gz")
-        rows.append({"image_id": image_id, "path": str(path)})
-    table = pd.DataFrame(rows, columns=["image_id", "path"])
-    write_table(table, out)
+    with staged_folder(images_dir) as staging:  # every series or none: a bad one leaves nothing
+        for image_id, folder in tqdm(list(zip(folders["image_id"].astype(str), folders["path"], strict=True)),
+                                     desc="convert", unit="series"):
+            staged = write_image(read_image(folder), named_path(staging, image_id, suffix=".nii.gz"))
+            rows.append({"image_id": image_id, "path": str(Path(images_dir) / staged.name)})
+        table = pd.DataFrame(rows, columns=["image_id", "path"])
+        write_table(table, out)
     return table
 
 

@@ -30,7 +30,7 @@ from lesiontrack import tables
 from lesiontrack.config import settings_from
 from lesiontrack.data import dls
 from lesiontrack.data import phantom as ph
-from lesiontrack.io import Geometry, sha256, write_image, write_table
+from lesiontrack.io import Geometry, named_path, sha256, write_image, write_table
 from lesiontrack.vocabulary import LANDMARKS, LUNG_LABELS, TOTALSEG_V2
 
 DATASET = "synthetic"
@@ -750,9 +750,9 @@ def generate_shard(cfg: SyntheticConfig, subject_indices: list[int], out_dir: st
             tissue = _timepoint_tissue(rendered, planned.timepoint)
             for scan, owners in exported_scans(cfg, rendered, planned, index):
                 image, label = render_scan(rendered, scan, tissue)
-                image_path = write_image(image, out_dir / "images" / f"{scan.image_id}.nii.gz")
-                label_path = write_image(label, out_dir / "labels" / f"{scan.image_id}.nii.gz")
-                write_table(landmark_table(rendered, scan), out_dir / "truth" / f"{scan.image_id}.csv")
+                image_path = write_image(image, named_path(out_dir / "images", scan.image_id, suffix=".nii.gz"))
+                label_path = write_image(label, named_path(out_dir / "labels", scan.image_id, suffix=".nii.gz"))
+                write_table(landmark_table(rendered, scan), named_path(out_dir / "truth", scan.image_id, suffix=".csv"))
                 image_rows.append(image_row(scan, image_path, label_path))
                 rows = lesion_rows(rendered, scan)
                 lesion_records.extend(r for r in rows if owners is None or r["lesion_id"] in owners)

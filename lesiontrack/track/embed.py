@@ -29,7 +29,17 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from lesiontrack.checkpoint import load_weights, read_checkpoint
-from lesiontrack.io import Geometry, InputError, atomic_path, read_image, read_table, sha256, volume_paths, write_table
+from lesiontrack.io import (
+    Geometry,
+    InputError,
+    atomic_path,
+    named_path,
+    read_image,
+    read_table,
+    sha256,
+    volume_paths,
+    write_table,
+)
 from lesiontrack.model import CUMULATIVE_STRIDES, MultiScaleEmbedding, build_model
 from lesiontrack.preprocess import window
 
@@ -182,7 +192,8 @@ def embed_volume(model: MultiScaleEmbedding, image: sitk.Image, window_hu: tuple
 
 def embed_files(checkpoint: str | Path, volumes: dict[str, str | Path], out_dir: str | Path,
                 device: str = "cpu", max_voxels: int = 64_000_000, progress: bool = True) -> list[dict]:
-    """Embed each ``image_id -> resampled NIfTI`` into ``out_dir/<image_id>/``; returns one row per volume."""
+    """Embed each ``image_id -> resampled NIfTI`` into ``out_dir/<image_id>/`` (named by
+    :func:`lesiontrack.io.safe_name`); returns one row per volume."""
     from tqdm import tqdm
 
 
@@ -193,7 +204,7 @@ def embed_files(checkpoint: str | Path, volumes: dict[str, str | Path], out_dir:
         embeddings = embed_volume(model, read_image(path), tuple(config["window_hu"]), max_voxels, device=device,
                                   spacing_mm=config.get("spacing_mm"), source=str(path))
         embeddings.info.update({"checkpoint_sha256": digest, "volume": str(path)})
-        folder = embeddings.save(Path(out_dir) / image_id)
+        folder = embeddings.save(named_path(out_dir, image_id))
         rows.append({"image_id": image_id, "embeddings": str(folder), "volume": str(path),
                      "seconds": embeddings.info["seconds"]})
     return rows

@@ -22,6 +22,7 @@ from lesiontrack.io import (
     LoadCache,
     check_slices,
     check_writable,
+    named_path,
     read_image,
     volume_paths,
     write_table,
@@ -137,7 +138,7 @@ def workflow_scans(embeddings_dir: str | Path | None, volume_tables: list[str | 
 
     def load_maps(key: tuple[str, bool]) -> VolumeMaps:
         image_id, with_voxels = key
-        embeddings = Embeddings.load(Path(embeddings_dir) / image_id)
+        embeddings = Embeddings.load(named_path(embeddings_dir, image_id))
         voxels = windowed_voxels(images(image_id), embeddings.info["window_hu"]) if with_voxels else None
         return VolumeMaps(embeddings, image=voxels)
 
