@@ -369,7 +369,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
     f["yaml_bomb"] = d / "bomb.yaml"
     f["yaml_bomb"].write_text("".join([f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]\n" if k else
                                        'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
-                                       for k in range(9)]) + "preprocess:\n  window_hu: *l8\n")
+                                       for k in range(6)]) + "preprocess:\n  window_hu: *l5\n")  # 9^6 lols
     f["yaml_duplicate"] = d / "duplicate.yaml"
     f["yaml_duplicate"].write_text("track:\n  context_mm: 24\n  refine_mm: 4\n  context_mm: 30\n")
     f["yaml_nan"] = d / "nan.yaml"
