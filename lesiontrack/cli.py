@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -19,12 +20,22 @@ from lesiontrack.download import DownloadError, download
 from lesiontrack.evaluate import method_slug
 from lesiontrack.evaluate_presence import evaluate_presence
 from lesiontrack.figures import tracking_qa_images
-from lesiontrack.io import InputError, check_writable, read_image, read_table, staged_folder, volume_paths, write_table
+from lesiontrack.io import (
+    InputError,
+    check_apart,
+    check_writable,
+    read_image,
+    read_table,
+    staged_folder,
+    volume_paths,
+    write_table,
+)
 from lesiontrack.landmarks import read_landmarks
 from lesiontrack.track import predict, presence, registration
 from lesiontrack.track.embed import embed_files
 from lesiontrack.track.trackers import TRACKERS, check_settings
 from lesiontrack.train.loop import image_id_of, model_settings, pretrain, train_settings
+from lesiontrack.workflow import forward_interrupts
 
 METHODS = list(TRACKERS)
 
@@ -702,6 +713,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the arguments that name what a command writes; every other argument naming an existing path is
+# an input, and those of SCAN_ARGUMENTS may be DICOM series folders, which nothing is written into
+OUTPUT_ARGUMENTS = ("out", "output", "qa_dir", "out_dir", "table", "images_dir", "report")
+SCAN_ARGUMENTS = ("--source", "--target", "--scans", "--inputs", "--volumes", "--validation", "--image")
+
+
+def _outputs_and_inputs(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """``--flag -> path`` of a parsed command's outputs and of its inputs (``--flag[k]`` for the
+    k-th of several)."""
+    outputs, inputs = {}, {}
+    for dest, value in vars(args).items():
+        if dest in ("func", "command") or value is None or isinstance(value, bool):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest in OUTPUT_ARGUMENTS:
+            outputs[flag] = str(value)
+            continue
+        values = value if isinstance(value, list) else [value]
+        flat = [v for item in values for v in (item if isinstance(item, list) else [item])]
+        texts = [v for v in flat if isinstance(v, str)]
+        for k, text in enumerate(texts):
+            inputs[flag if len(texts) == 1 else f"{flag}[{k + 1}]"] = text
+    return outputs, inputs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -712,15 +748,24 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("resample: give either --input and --output, or --images, --out-dir and --table")
 
     registration.use_threads(getattr(args, "threads", None))
+    forward_interrupts()  # SIGTERM too unwinds: staging folders and temporary files are removed
+    outputs, inputs = _outputs_and_inputs(args)
     try:
+        check_apart(outputs, inputs, folders_of_scans=SCAN_ARGUMENTS)
         args.func(args)
     except (ConfigError, InputError, DownloadError) as err:  # bad input: one line, no traceback
         print(f"lesiontrack {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"lesiontrack {args.command}: stopped by {signal.Signals(signum).name}; nothing of this run was left "
+              "behind", file=sys.stderr)
+        return 128 + signum
     except OSError as err:  # the file system refused (permissions, a full disk): name the path
-        if err.filename is None:
+        if err.filename is None and err.errno is None:
             raise
-        print(f"lesiontrack {args.command}: {err.filename}: {err.strerror}", file=sys.stderr)
+        where = err.filename or ", ".join(outputs.values()) or "the working folder"  # a write's errno names no file
+        print(f"lesiontrack {args.command}: {where}: {err.strerror or err}", file=sys.stderr)
         return 2
     return 0
 

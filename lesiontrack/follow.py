@@ -13,6 +13,7 @@ once for the whole history (:func:`lesiontrack.track.predict.own_scans`).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from lesiontrack.io import (
     check_writable,
     named_path,
     read_image,
-    staged_folder,
+    replaced_folder,
     write_table,
 )
 from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
@@ -90,6 +91,8 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
         raise InputError(f"--lesions: one list per follow-up scan ({len(scans) - 1}), got {len(lesions)}")
     out_dir = Path(out_dir)
     check_writable(out_dir, folder=True)
+    check_history_folder(out_dir, [*scans, points_csv, *(lesions or []), *(p for p in (checkpoint, presence_calibration)
+                                                                            if p is not None)])
     minimum = int((track or {}).get("min_slices", 3))
     images = {_scan_id(k): check_slices(read_image(path), path, minimum) for k, path in enumerate(scans)}
     path_of = {_scan_id(k): path for k, path in enumerate(scans)}
@@ -159,7 +162,7 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
                 position = np.vstack([position, appeared[["x", "y", "z"]].to_numpy(float)])
     history = pd.concat(rows, ignore_index=True).sort_values(["timepoint"], kind="stable")
     history = history[HISTORY_COLUMNS].reset_index(drop=True)
-    with staged_folder(out_dir) as staged:  # the pictures and the page land only with the table
+    with replaced_folder(out_dir) as staged:  # all of it lands with the table, replacing an earlier history
         pictures = {}
         if pictures_wanted:
             shown = [display_volume(images[_scan_id(k)]) for k in range(len(scans))]
@@ -174,6 +177,30 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
         (staged / "index.html").write_text(history_page(history, [str(p) for p in scans], method, pictures))
         write_table(history, staged / "history.csv")
     return history
+
+
+# what follow writes into its folder: a folder holding only these (and history.csv) is an earlier
+# history, replaced whole by the next run
+HISTORY_FILES = re.compile(r"history\.csv|index\.html|sr_t\d+\.dcm|lesion_[A-Za-z0-9_.~-]+\.png")
+
+
+def check_history_folder(out_dir: Path, inputs: list) -> None:
+    """Stop before any work where ``out_dir`` (replaced whole on success) holds an input, or holds
+    anything but an earlier history (a folder of other files is not follow's to replace)."""
+    if not out_dir.is_dir():
+        return
+    inside = [str(p) for p in inputs if out_dir.resolve() in Path(p).resolve().parents or
+              Path(p).resolve() == out_dir.resolve()]
+    if inside:
+        raise InputError(f"--out {out_dir}: holds the input {inside[0]}; follow replaces its folder whole: give "
+                         "another folder")
+    names = sorted(p.name for p in out_dir.iterdir())
+    other = [n for n in names if not HISTORY_FILES.fullmatch(n) or (out_dir / n).is_dir()]
+    if names and (other or "history.csv" not in names):
+        shown = other[0] if other else names[0]
+        raise InputError(f"--out {out_dir}: a folder that is not an earlier history (it holds {shown!r}"
+                         f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}); give a new or empty folder, "
+                         "or an earlier history to replace")
 
 
 def picture_name(lesion_id: str) -> str:

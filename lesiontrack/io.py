@@ -7,6 +7,7 @@ destination folder and renamed, so a failed step never leaves a half-written fil
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import math
@@ -115,6 +116,25 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{path}: cannot be written ({parent} is not a writable folder)")
     return path
+
+
+def check_apart(outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike],
+                folders_of_scans: tuple[str, ...] = ()) -> None:
+    """Stop before any work where an output would write over an input: an output path that is an
+    input (resolved: links, ``..`` and relative paths followed), or one inside an input named in
+    ``folders_of_scans`` that is a folder (a DICOM series: nothing is written into a series).
+    ``outputs`` and ``inputs`` map what the user typed (``--out``) to a path; inputs that do not
+    exist are left to their own checks."""
+    given = {name: Path(path).resolve() for name, path in inputs.items() if os.path.exists(path)}
+    for out_name, out_path in outputs.items():
+        out = Path(out_path).resolve()
+        for in_name, path in given.items():
+            if out == path:
+                raise InputError(f"{out_name} {out_path}: is the input {in_name} ({inputs[in_name]}); an output never "
+                                 "replaces an input: give another path")
+            if in_name.split("[")[0] in folders_of_scans and path.is_dir() and path in out.parents:
+                raise InputError(f"{out_name} {out_path}: lies inside the input {in_name} ({inputs[in_name]}); "
+                                 "nothing is written into a scan's folder: give another path")
 
 
 def check_volume(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
@@ -287,12 +307,44 @@ def staged_folder(path: str | os.PathLike | None) -> Iterator[Path | None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def replaced_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it becomes ``path``, and what was there
+    before goes whole (two renames, then the old folder is removed: nothing of it is merged with
+    the new); on failure it is removed and ``path`` is as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        for item in tmp.rglob("*"):
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_UMASK)
+        if os.path.lexists(path):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old / path.name, path)  # put the earlier one back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:
     """Write ``image`` atomically (gzip level 1 for ``.nii.gz``: fast, about as small)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"),
-                        compressionLevel=compression_level)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=path.name.endswith(".gz"),
+                            compressionLevel=compression_level)
+        except RuntimeError as err:  # ITK's word for a full disk or a refused write: one line naming the file
+            raise OSError(errno.EIO, f"could not be written (ITK: {str(err).strip().splitlines()[-1]})",
+                          str(path)) from None
     return path
 
 

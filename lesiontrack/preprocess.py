@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from lesiontrack.io import (
     Geometry,
     InputError,
+    check_apart,
     check_writable,
     named_path,
     read_image,
@@ -78,6 +79,9 @@ def resample_table(images_table: str | Path, out_dir: str | Path, out_table: str
     images = validate_table(read_table(images_table, required=["image_id", "path"]), str(images_table),
                             unique=["image_id"], ids=["image_id"])
     check_writable(out_table)
+    check_apart({f"{images_table}: row {k + 1}: the resampled volume": named_path(out_dir, i, suffix=".nii.gz")
+                 for k, i in enumerate(images["image_id"])},
+                {f"{images_table}: row {k + 1}": p for k, p in enumerate(images["path"])})
     rows = []
     with staged_folder(out_dir) as staging:
         for image_id, path in tqdm(list(zip(images["image_id"], images["path"], strict=True)), desc="resample",

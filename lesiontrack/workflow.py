@@ -19,6 +19,15 @@ from lesiontrack.download import DownloadError
 from lesiontrack.io import InputError
 
 
+class Stopped(KeyboardInterrupt):
+    """A SIGINT or SIGTERM, raised where the process is, so that ``finally`` blocks (staging
+    folders, temporary files) run before it ends."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def forward_interrupts() -> None:
     """Make ``kill -INT`` (or ``-TERM``) of the snakemake process reach the jobs it runs.
 
@@ -41,7 +50,7 @@ def forward_interrupts() -> None:
             if callable(previous):
                 previous(number, frame)
             elif number == signal.SIGINT or previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
+                raise Stopped(number)
 
         handler.forwards_to_jobs = True
         signal.signal(signum, handler)

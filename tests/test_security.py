@@ -179,3 +179,126 @@ def test_follow_gives_a_b_and_a_b_their_own_pictures(inputs, tmp_path):
     assert set(history["lesion_id"]) == set(HOSTILE_IDS)
     page = (out / "index.html").read_text()
     assert f'src="{picture_name("a/b")}.png"' in page and f'src="{picture_name("a_b")}.png"' in page
+
+
+def _hashes(*paths: Path) -> dict[str, str]:
+    import hashlib
+
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.fixture
+def copies(inputs, tmp_path) -> dict[str, Path]:
+    """Copies of the inputs that a command may be asked to write over, and a DICOM-like folder."""
+    import shutil
+
+    d = tmp_path / "in"
+    d.mkdir()
+    f = {name: Path(shutil.copy2(inputs[name], d / inputs[name].name)) for name in ("ct", "follow_up", "points")}
+    f["series"] = d / "series"
+    f["series"].mkdir()
+    shutil.copy2(inputs["ct"], f["series"] / "slice.nii.gz")
+    return f
+
+
+OVERLAPS = {
+    "track --out the source CT": (lambda f, t: ["track", "--source", f["ct"], "--target", f["follow_up"], "--points",
+                                                f["points"], "--method", "identity", "--out", f["ct"]],
+                                  "--out {ct}: is the input --source"),
+    "track --out the points": (lambda f, t: ["track", "--source", f["ct"], "--target", f["follow_up"], "--points",
+                                             f["points"], "--method", "identity", "--out",
+                                             f["points"].parent / ".." / "in" / f["points"].name],
+                               "is the input --points"),
+    "track --qa-dir the target's folder": (lambda f, t: ["track", "--source", f["ct"], "--target", f["series"],
+                                                         "--points", f["points"], "--method", "identity", "--out",
+                                                         t / "t.csv", "--qa-dir", f["series"]],
+                                           "--qa-dir {series}: is the input --target"),
+    "track --out inside the target's folder": (lambda f, t: ["track", "--source", f["ct"], "--target", f["series"],
+                                                             "--points", f["points"], "--method", "identity", "--out",
+                                                             f["series"] / "t.csv"],
+                                               "lies inside the input --target"),
+    "follow --out a scan's folder": (lambda f, t: ["follow", "--scans", f["ct"], f["series"], "--points",
+                                                   f["points"], "--method", "identity", "--out", f["series"]],
+                                     "--out {series}: is the input --scans[2]"),
+    "follow --out the folder of its inputs": (lambda f, t: ["follow", "--scans", f["ct"], f["follow_up"], "--points",
+                                                            f["points"], "--method", "identity", "--out",
+                                                            f["ct"].parent],
+                                              "holds the input"),
+    "resample --output its input": (lambda f, t: ["resample", "--input", f["ct"], "--output", f["ct"]],
+                                    "--output {ct}: is the input --input"),
+    "evaluate --out its predictions": (lambda f, t: ["evaluate", "--predictions", f["points"], "--pairs",
+                                                     f["points"], "--out", f["points"]], "is the input --predictions"),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERLAPS))
+def test_an_output_over_an_input_stops_before_any_work(copies, tmp_path, capsys, case):
+    make, culprit = OVERLAPS[case]
+    argv = [str(a) for a in make(copies, tmp_path)]
+    before = _hashes(copies["ct"].parent)
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and culprit.format(**copies) in lines[0], lines
+    assert _hashes(copies["ct"].parent) == before and sorted(copies["ct"].parent.iterdir()) == sorted(
+        copies[k] for k in ("ct", "follow_up", "points", "series"))
+
+
+def test_follow_replaces_an_earlier_history_whole_and_refuses_other_folders(inputs, tmp_path, capsys):
+    out = tmp_path / "history"
+    follow = ["follow", "--scans", str(inputs["ct"]), str(inputs["follow_up"]), "--points", str(inputs["points"]),
+              "--method", "identity", "--out", str(out)]
+    assert main(follow) == 0
+    first = sorted(p.name for p in out.iterdir())
+    (out / "sr_t2.dcm").write_bytes(b"an earlier run's report of another lesion set")
+    (out / "lesion_gone.png").write_bytes(b"an earlier run's picture")
+    assert main(follow) == 0  # an earlier history: replaced whole, nothing of it merged
+    assert sorted(p.name for p in out.iterdir()) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old folder left
+    (out / "notes.txt").write_text("the user's own notes")
+    capsys.readouterr()
+    assert main(follow) == 2
+    assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "scan.nii.gz").write_bytes(b"x")
+    assert main([*follow[:-1], str(other)]) == 2 and (other / "scan.nii.gz").read_bytes() == b"x"
+
+
+def test_sigterm_during_follow_leaves_no_staging_folder(inputs, tmp_path):
+    """SIGTERM while follow writes its pictures: the process ends (exit 143) and leaves neither
+    the history nor its hidden staging folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    points = pd.DataFrame({"lesion_id": [f"L{k}" for k in range(60)], "x": -15.0, "y": 0.0, "z": 0.0})
+    points.to_csv(tmp_path / "many.csv", index=False)
+    out = tmp_path / "history"
+    process = subprocess.Popen([sys.executable, "-m", "lesiontrack.cli", "follow", "--scans", str(inputs["ct"]),
+                                str(inputs["follow_up"]), "--points", str(tmp_path / "many.csv"), "--method",
+                                "identity", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.endswith(".png") for p in tmp_path.rglob(".history.*/*")):
+        time.sleep(0.02)
+    assert process.poll() is None, "follow ended before its pictures were half written"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "lesiontrack follow: stopped by SIGTERM; nothing of this run was left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.csv"]
+
+
+def test_a_full_disk_is_one_line_naming_the_output(inputs, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    out = tmp_path / "tracked.csv"
+    assert main(["track", "--source", str(inputs["ct"]), "--target", str(inputs["follow_up"]), "--points",
+                 str(inputs["points"]), "--method", "identity", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"lesiontrack track: {out}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from lesiontrack.io import (
     Geometry,
     InputError,
+    check_apart,
     check_writable,
     named_path,
     read_image,
@@ -77,6 +78,8 @@ def convert(patterns: Sequence[str], images_dir: str | os.PathLike, out: str | o
     outs = [out] if isinstance(out, (str, os.PathLike)) else list(out)
     for path in outs:
         check_writable(path)
+    check_apart({f"the converted {i}": named_path(images_dir, i, suffix=".nii.gz") for i in table["image_id"]},
+                dict(zip(table["image_id"], table["source"], strict=True)))
     with staged_folder(images_dir) as staging:  # all volumes or none: a bad one leaves nothing
         for image_id, src in zip(table["image_id"], table["source"], strict=True):
             write_image(read_image(src), named_path(staging, image_id, suffix=".nii.gz"))
