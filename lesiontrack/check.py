@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from lesiontrack.data import dls, nlst
-from lesiontrack.io import InputError, atomic_path, check_slices, read_image, read_table
+from lesiontrack.io import InputError, atomic_path, check_scan, read_image, read_table
 
 CONVENTION_MIN_SCORE = 0.1  # the best convention's mean score (a dense blob ringed by lung where it says)
 CONVENTION_P = 0.01  # the sign test of the best convention's scores against each other answer's
@@ -252,7 +252,7 @@ def check_custom(images_csv: str | Path, min_slices: int = 3) -> Report:
         problems = []
         for path in table["path"]:
             try:
-                check_slices(read_image(path), path, min_slices)
+                check_scan(read_image(path), path, min_slices)
             except InputError as err:
                 problems.append(str(err))
         findings.append(Finding("volumes readable", "FAIL" if problems else "ok",

@@ -169,7 +169,8 @@ def cmd_follow(args: argparse.Namespace) -> None:
     check_writable(args.out, folder=True)
     check_device(args.device)
     history = follow.follow(args.scans, args.points, args.out, args.lesions, args.checkpoint, args.method,
-                            cfg["track"], args.device, cfg["preprocess"]["spacing_mm"], args.presence)
+                            cfg["track"], args.device, cfg["preprocess"]["spacing_mm"], args.presence,
+                            allow_order=args.allow_order)
     counts = history["status"].value_counts()
     print(f"{args.method}: {history['lesion_id'].nunique()} lesion(s) over {len(args.scans)} scans "
           f"({counts.get('gone', 0)} gone, {counts.get('new', 0)} new, {int(history['inconsistent'].sum())} "
@@ -604,6 +605,8 @@ def _parser_follow(sub) -> None:
     p.add_argument("--presence", metavar="JSON", help="presence calibration: found and gone by its appearance test")
     p.add_argument("--config", action="append", default=[], metavar="YAML")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-order", action="store_true",
+                   help="track scans given twice or whose DICOM StudyDates run backwards (refused by default)")
     _add_threads(p)
     p.set_defaults(func=cmd_follow)
 

@@ -202,12 +202,27 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
 # --- Deep Lesion Tracker (DLS) JSON, converted here, at the edge --------------------------------
 
 
+MAX_DLS_JSON_BYTES = 64 << 20  # the published files are under 2 MB
+MAX_DLS_ENTRIES = 100_000  # DeepLesion has 32,735 lesions in all
+
+
 def load_dls_entries(path: str | Path) -> list[dict[str, Any]]:
     """Entries of a DLS-format JSON in any published shape: an object keyed by entry id
     (``test.json``), a list, or ``{"results": [...]}`` (``DLTMix.json``); in entry order."""
+    return dls_document(path)[0]
+
+
+def dls_document(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The entries of a DLS-format JSON and their ids (``0001`` ... where the file has none). A
+    file over :data:`MAX_DLS_JSON_BYTES` is refused before it is parsed, one of over
+    :data:`MAX_DLS_ENTRIES` entries before any entry is read."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_DLS_JSON_BYTES:
+        raise InputError(f"{path}: {size / 2**20:.0f} MB: not a DLS annotation file (the published ones are under "
+                         f"2 MB; at most {MAX_DLS_JSON_BYTES >> 20} MB read)")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -215,12 +230,17 @@ def load_dls_entries(path: str | Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text (JSON) file") from None
     if isinstance(data, dict) and "results" in data:
-        return list(data["results"])
-    if isinstance(data, dict):
-        return [data[key] for key in sorted(data)]
-    if isinstance(data, list):
-        return data
-    raise InputError(f"{path}: expected an object or a list of DLS entries, found {type(data).__name__}")
+        entries, keys = list(data["results"]), None
+    elif isinstance(data, dict):
+        keys = sorted(data)
+        entries = [data[key] for key in keys]
+    elif isinstance(data, list):
+        entries, keys = data, None
+    else:
+        raise InputError(f"{path}: expected an object or a list of DLS entries, found {type(data).__name__}")
+    if len(entries) > MAX_DLS_ENTRIES:
+        raise InputError(f"{path}: {len(entries)} entries: more than DeepLesion holds (at most {MAX_DLS_ENTRIES})")
+    return entries, keys or [f"{n:04d}" for n in range(1, len(entries) + 1)]
 
 
 def _numbers(entry: dict[str, Any], name: str, n: int, path: Path, number: int) -> np.ndarray:

@@ -13,6 +13,7 @@ once for the whole history (:func:`lesiontrack.track.predict.own_scans`).
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from lesiontrack.figures import display_volume, history_picture
 from lesiontrack.io import (
     Geometry,
     InputError,
-    check_slices,
+    check_scan,
     check_writable,
     named_path,
     read_image,
@@ -38,7 +39,7 @@ from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
 from lesiontrack.track import trackers
 from lesiontrack.track.choose import choose
 from lesiontrack.track.predict import _calibration, own_scans
-from lesiontrack.track.tracker import Context, Scans, check_inside
+from lesiontrack.track.tracker import Context, Scans, check_inside, check_radii
 
 UNSIZED_RADIUS_MM = 10.0  # the consistency flag's bound for a lesion given without radius_mm
 
@@ -70,7 +71,7 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
            method: str = "hybrid", track: dict[str, Any] | None = None, device: str = "cpu",
            registration_spacing_mm: float = 2.0, presence_calibration: str | Path | None = None,
            pictures_wanted: bool = True, tracked_scans: Scans | None = None,
-           volume_path: Callable[[str], str] | None = None) -> pd.DataFrame:
+           volume_path: Callable[[str], str] | None = None, allow_order: bool = False) -> pd.DataFrame:
     """Follow the lesions of ``points_csv`` (on ``scans[0]``) through ``scans`` (time order; NIfTI
     files or DICOM folders); ``lesions``: optionally one list per follow-up (``lesions[k-1]`` on
     ``scans[k]``, the same columns), whose lesions that no tracked lesion reaches are new. Writes
@@ -79,6 +80,9 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     pictures) and, for each follow-up that is a DICOM series, ``sr_t<k>.dcm`` (its lesions' points as
     a DICOM SR, :mod:`lesiontrack.dicom_sr`), and returns the table. Every input is read and checked
     before anything is tracked; nothing is written where it fails.
+
+    A scan given twice, or DICOM series whose StudyDate (and StudyTime) run backwards, stop it
+    unless ``allow_order``.
 
     ``tracked_scans``: the scans to track in, by ``t<k>``, where the caller has them already (the
     workflow's embedding caches and resampled volumes; ``volume_path`` then gives each one's
@@ -94,19 +98,23 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
     check_history_folder(out_dir, [*scans, points_csv, *(lesions or []), *(p for p in (checkpoint, presence_calibration)
                                                                             if p is not None)])
     minimum = int((track or {}).get("min_slices", 3))
-    images = {_scan_id(k): check_slices(read_image(path), path, minimum) for k, path in enumerate(scans)}
+    images = {_scan_id(k): check_scan(read_image(path), path, minimum) for k, path in enumerate(scans)}
     path_of = {_scan_id(k): path for k, path in enumerate(scans)}
     baseline = read_points(points_csv)
     check_inside(baseline[["x", "y", "z"]].to_numpy(float), Geometry.of(images["t0"]), baseline,
                  str(points_csv), f"scan {scans[0]}")
+    check_radii(baseline, Geometry.of(images["t0"]), str(points_csv), f"scan {scans[0]}")
     listed = {}
     for k, path in enumerate(lesions or [], start=1):
         table = read_points(path)
         check_inside(table[["x", "y", "z"]].to_numpy(float), Geometry.of(images[_scan_id(k)]), table, str(path),
                      f"scan {scans[k]}")
+        check_radii(table, Geometry.of(images[_scan_id(k)]), str(path), f"scan {scans[k]}")
         listed[k] = table
     # DICOM series get a structured report per follow-up: their headers checked now, before tracking
     headers = {k: series_headers(path) for k, path in enumerate(scans) if Path(path).is_dir()}
+    if not allow_order:
+        check_time_order(scans, headers)
     baseline_uid = (str(headers[0][0].SeriesInstanceUID) if 0 in headers
                     else derived_uid(str(Path(scans[0]).resolve())))
     sized = "radius_mm" in baseline and all("radius_mm" in t for t in listed.values())
@@ -135,7 +143,8 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
             queries["source_radius_mm"] = both["radius_mm"].to_numpy(float)
         calibration = _calibration(presence_calibration, queries, str(points_csv))
         candidates = tracker.candidates(queries, context)
-        chosen, found = choose(queries, candidates, calibration, track, volume_path or path_of.__getitem__)
+        chosen, found = choose(queries, candidates, calibration, track, volume_path or path_of.__getitem__,
+                               lambda scan: Geometry.of(images[scan]))
         predicted = candidates.iloc[chosen][PRED_POINT].to_numpy(float)
         confidence = candidates.iloc[chosen]["confidence"].to_numpy(float)
         is_direct = (both["kind"] == "direct").to_numpy()
@@ -177,6 +186,28 @@ def follow(scans: list[str | Path], points_csv: str | Path, out_dir: str | Path,
         (staged / "index.html").write_text(history_page(history, [str(p) for p in scans], method, pictures))
         write_table(history, staged / "history.csv")
     return history
+
+
+def check_time_order(scans: list[str | Path], headers: dict[int, list]) -> None:
+    """Stop where one scan is given twice (the same path, or the same DICOM series) or where DICOM
+    series are not in time order (StudyDate, then StudyTime; scans without them are not compared)."""
+    seen: dict[str, int] = {}
+    for k, path in enumerate(scans):
+        keys = [str(Path(path).resolve())]
+        if k in headers:
+            keys.append(str(headers[k][0].get("SeriesInstanceUID", "")))
+        for key in keys:
+            if key and key in seen:
+                raise InputError(f"--scans: scan {k + 1} ({path}) is scan {seen[key] + 1} ({scans[seen[key]]}) again; "
+                                 "give each timepoint once (or --allow-order)")
+            seen[key] = k
+    dated = [(k, str(h[0].get("StudyDate", "") or ""), str(h[0].get("StudyTime", "") or "")) for k, h in
+             sorted(headers.items())]
+    dated = [(k, day, time) for k, day, time in dated if day]
+    for (a, day_a, time_a), (b, day_b, time_b) in itertools.pairwise(dated):
+        if (day_b, time_b) < (day_a, time_a):
+            raise InputError(f"--scans: scan {b + 1} ({scans[b]}) has StudyDate {day_b}, before scan {a + 1} "
+                             f"({scans[a]}, StudyDate {day_a}): give the scans in time order (or --allow-order)")
 
 
 # what follow writes into its folder: a folder holding only these (and history.csv) is an earlier

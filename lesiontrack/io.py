@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from collections import OrderedDict
@@ -82,12 +83,18 @@ def _check_nifti_header(path: Path, data_bytes: int) -> None:
             bitpix = struct.unpack(f"{order}h", header[72:74])[0]
             pixdim = struct.unpack(f"{order}8f", header[76:108])
             offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+            codes = struct.unpack(f"{order}2h", header[252:256])
+            quatern = struct.unpack(f"{order}6f", header[256:280])
+            srow = struct.unpack(f"{order}12f", header[280:328])
             break
         if size == 540 and len(header) >= 540:  # NIfTI-2
             dims = struct.unpack(f"{order}8q", header[16:80])
             bitpix = struct.unpack(f"{order}h", header[14:16])[0]
             pixdim = struct.unpack(f"{order}8d", header[104:168])
             offset = int(struct.unpack(f"{order}q", header[168:176])[0])
+            codes = struct.unpack(f"{order}2i", header[344:352])
+            quatern = struct.unpack(f"{order}6d", header[352:400])
+            srow = struct.unpack(f"{order}12d", header[400:496])
             break
     else:
         return  # not a NIfTI header SimpleITK reads the way we know: leave it to SimpleITK
@@ -101,6 +108,34 @@ def _check_nifti_header(path: Path, data_bytes: int) -> None:
     if data_bytes < expected:
         raise InputError(f"{path}: truncated: the NIfTI header describes {expected} bytes, the file holds "
                          f"{data_bytes}")
+    if n_dims >= 3 and codes[0] > 0 and codes[1] > 0:
+        _check_qform_sform(path, [int(d) for d in dims[1:4]], pixdim, quatern, srow)
+
+
+QFORM_SFORM_TOLERANCE_MM = 1.0
+
+
+def _check_qform_sform(path: Path, size: list[int], pixdim, quatern, srow) -> None:
+    """Stop where a NIfTI header's two geometries (qform and sform, both set) place the volume's
+    corners more than :data:`QFORM_SFORM_TOLERANCE_MM` apart: ITK would take one of them silently."""
+    b, c, d, qx, qy, qz = (float(v) for v in quatern)
+    a = math.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+    qfac = -1.0 if pixdim[0] < 0 else 1.0
+    qform = np.eye(4)
+    qform[:3, :3] = rotation * np.array([pixdim[1], pixdim[2], qfac * pixdim[3]])
+    qform[:3, 3] = (qx, qy, qz)
+    sform = np.eye(4)
+    sform[:3] = np.asarray(srow, float).reshape(3, 4)
+    corners = np.array([[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)])
+    apart = float(np.linalg.norm(corners @ qform.T - corners @ sform.T, axis=1).max())
+    if not apart <= QFORM_SFORM_TOLERANCE_MM:
+        shown = [tuple(round(float(v), 1) for v in m[:3, 3]) for m in (qform, sform)]
+        raise InputError(f"{path}: the NIfTI header's qform and sform disagree by {apart:.1f} mm (origin {shown[0]} "
+                         f"against {shown[1]} mm, RAS): which one is right cannot be told from the file; make them "
+                         "agree (or set one's code to 0)")
 
 
 def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
@@ -139,8 +174,9 @@ def check_apart(outputs: dict[str, str | os.PathLike], inputs: dict[str, str | o
 
 def check_volume(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     """``image`` if it is a 3D volume with a finite positive spacing and an orthonormal direction."""
-    if image.GetDimension() < 3:
-        raise InputError(f"{path}: a {image.GetDimension()}D image, not a 3D volume")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: a {image.GetDimension()}D image (size {tuple(image.GetSize())}), not a 3D volume: "
+                         "give one volume")
     spacing = np.asarray(image.GetSpacing(), float)
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise InputError(f"{path}: spacing {tuple(float(s) for s in spacing)} mm is not finite and positive")
@@ -151,12 +187,40 @@ def check_volume(image: sitk.Image, path: str | os.PathLike) -> sitk.Image:
     return image
 
 
-def check_slices(image: sitk.Image, path: str | os.PathLike, minimum: int) -> sitk.Image:
-    """``image`` if it has at least ``minimum`` voxels along every axis (tracking needs neighbours
-    on both sides of a point along each axis for trilinear sampling and sub-voxel refinement)."""
+MIN_SLICE_VOXELS = 32  # a CT slice of fewer than 32 x 32 voxels holds no anatomy to track by
+BODY_HU = -500.0  # above: soft tissue, bone, contrast; below: air and lung
+MIN_BODY_SHARE = 0.01
+_warned: set[str] = set()
+
+
+def check_scan(image: sitk.Image, path: str | os.PathLike, minimum: int) -> sitk.Image:
+    """``image`` if it can be tracked in: at least ``minimum`` voxels along every axis (trilinear
+    sampling and sub-voxel refinement need neighbours on both sides of a point), at least
+    :data:`MIN_SLICE_VOXELS` along two, finite values, and a body (at least
+    :data:`MIN_BODY_SHARE` of its voxels above :data:`BODY_HU`). A volume whose values do not look
+    like CT in HU (no air, a narrow range, a byte or boolean type: a mask or a screenshot) is
+    tracked as given, with one warning."""
     size = image.GetSize()
     if min(size) < minimum:
         raise InputError(f"{path}: size {tuple(size)} voxels: tracking needs at least {minimum} along every axis")
+    if sorted(size)[-2] < MIN_SLICE_VOXELS:
+        raise InputError(f"{path}: size {tuple(size)} voxels: a CT scan has at least {MIN_SLICE_VOXELS} x "
+                         f"{MIN_SLICE_VOXELS} voxels in a slice")
+    values = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(values) if values.dtype.kind == "f" else None
+    if finite is not None and not finite.any():
+        raise InputError(f"{path}: every voxel is NaN or infinite: no scan to track in")
+    shown = values[finite] if finite is not None and not finite.all() else values
+    low, high = float(shown.min()), float(shown.max())
+    body = float(np.count_nonzero(shown > BODY_HU)) / shown.size
+    if body < MIN_BODY_SHARE:
+        raise InputError(f"{path}: no body in the scan: {body:.1%} of its voxels lie above {BODY_HU:g} HU (values "
+                         f"{low:g} to {high:g}); at least {MIN_BODY_SHARE:.0%} needed")
+    if str(path) not in _warned and ((values.dtype.kind in "bu" and values.dtype.itemsize == 1) or low > BODY_HU
+                                     or high - low < 200):
+        _warned.add(str(path))
+        print(f"lesiontrack: warning: {path}: values {low:g} to {high:g} ({values.dtype}) do not look like CT in HU "
+              "(air near -1000, bone above 300): a mask or a rescaled image? tracked as given", file=sys.stderr)
     return image
 
 
@@ -382,10 +446,23 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not a readable {'TSV' if path.suffix == '.tsv' else 'CSV'} table "
                          f"({str(error).strip().splitlines()[-1]})") from None
+    _check_fields(path, sep, len(header))
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
     return table
+
+
+def _check_fields(path: Path, sep: str, n_columns: int) -> None:
+    """Stop on the first data row with more or fewer fields than the header (pandas would take an
+    extra first field as the index, shifting every value one column, and fill a short row with
+    NaN)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        for number, fields in enumerate(csv.reader(fh, delimiter=sep)):
+            if number and fields and len(fields) != n_columns:
+                raise InputError(f"{path}: row {number} has {len(fields)} fields, the header {n_columns}")
 
 
 # file names made from data (lesion, image and series ids): letters, digits, "-", "_" and "." stay;
@@ -524,12 +601,31 @@ class Geometry:
         z = self.corners()[:, 2]
         return float(z.max() - z.min())
 
+    def covers(self, points_mm: np.ndarray) -> np.ndarray:
+        """Whether each world point lies within the grid's voxels (half a voxel beyond the outer
+        voxel centres)."""
+        idx = self.world_to_index(points_mm)
+        return np.all((idx >= -0.5 - 1e-6) & (idx <= np.asarray(self.size, float) - 0.5 + 1e-6), axis=1)
+
     def contains(self, points_mm: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
         """Whether each world point lies inside the grid (voxel centres) by ``margin_mm``."""
         idx = self.world_to_index(points_mm)
         margin = margin_mm / np.asarray(self.spacing)
         upper = np.asarray(self.size, float) - 1.0 - margin
         return np.all((idx >= margin - 1e-6) & (idx <= upper + 1e-6), axis=1)
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """The grid of a volume file, from its header (no voxels read); a DICOM series folder is read."""
+    if Path(path).is_dir():
+        return Geometry.of(read_image(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise InputError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
+    return Geometry(reader.GetOrigin(), reader.GetSpacing(), reader.GetSize(), reader.GetDirection())
 
 
 class LoadCache:

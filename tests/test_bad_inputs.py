@@ -376,6 +376,30 @@ def made(tmp_path_factory) -> dict[str, Path]:
     f["yaml_nan"].write_text("preprocess:\n  spacing_mm: .nan\n")
     f["yaml_huge"] = d / "huge.yaml"
     f["yaml_huge"].write_text("# " + "x" * (1 << 20) + "\n")
+    # targets that hold no scan
+    for name, array in (("target_air", np.full((40, 56, 56), -1024, np.int16)),
+                        ("target_nan", np.full((40, 56, 56), np.nan, np.float32)),
+                        ("target_tiny", np.zeros((8, 8, 8), np.int16))):
+        f[name] = d / f"{name}{'.mha' if name == 'target_nan' else '.nii.gz'}"  # ITK's NIfTI writer drops NaN
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(f[name]))
+    f["four_d"] = d / "four_d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([image, image]), str(f["four_d"]))
+    raw = bytearray(gzip.decompress(ct.read_bytes()))  # qform and sform both set; the sform moved 50 mm
+    srow_x = list(struct.unpack("<4f", raw[280:296]))
+    raw[280:296] = struct.pack("<4f", *srow_x[:3], srow_x[3] + 50.0)
+    f["qform_sform"] = d / "qform_sform.nii"
+    f["qform_sform"].write_bytes(bytes(raw))
+    f["points_huge_radius"] = _points(d / "points_huge_radius.csv", [[*inside[0], 5.0], [*inside[1], 1e9]],
+                                      ("lesion_id", "x", "y", "z", "radius_mm"))
+    f["points_ragged"] = d / "points_ragged.csv"  # one field too many in every row
+    f["points_ragged"].write_text("lesion_id,x,y,z\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},9\n" for r in inside))
+    f["dls_too_many"] = d / "dls_too_many.json"
+    f["dls_too_many"].write_text("[" + ", ".join(["{}"] * 100_001) + "]")
+    from lesiontrack.data.nlst_synth import _write_dicom
+
+    for name, year in (("dicom_2001", 2), ("dicom_2000", 1)):
+        f[name] = d / name
+        _write_dicom(image, f[name], f"1.2.826.0.1.3680043.8.498.{year}", "100001", year)
     return f
 
 
@@ -404,8 +428,35 @@ MADE_CASES = [
     ("config file of a megabyte", ["config", "{yaml_huge}"], "huge.yaml: 1048579 bytes: not a config file"),
     # ids that cannot name a file
     ("lesion id of 300 characters", _made(points="{points_long_id}"),
-     "points_long_id.csv: row 2: lesion_id = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...: 300 characters: too long to name a file"),
+     "points_long_id.csv: row 2: lesion_id = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...: 300 characters: "
+     "too long to name a file"),
     ("empty lesion id", _made(points="{points_empty_id}"), "points_empty_id.csv: row 2: lesion_id = '': an empty id"),
+    # targets and sources that hold no scan, or two geometries
+    ("all-air target", _made(target="{target_air}"), "target_air.nii.gz: no body in the scan: 0.0% of its voxels"),
+    ("all-air target with hybrid", _made(target="{target_air}", method="hybrid"), "target_air.nii.gz: no body"),
+    ("all-NaN target", _made(target="{target_nan}"), "target_nan.mha: every voxel is NaN or infinite"),
+    ("8x8x8 target", _made(target="{target_tiny}"), "target_tiny.nii.gz: size (8, 8, 8) voxels: a CT scan has at "
+                                                    "least 32 x 32 voxels in a slice"),
+    ("4-D source", _made(source="{four_d}"), "four_d.nii.gz: a 4D image (size (56, 56, 40, 2)), not a 3D volume"),
+    ("qform and sform 50 mm apart", _made(source="{qform_sform}"),
+     "qform_sform.nii: the NIfTI header's qform and sform disagree by 50.0 mm"),
+    ("follow with an all-air follow-up", ["follow", "--scans", "{ct}", "{target_air}", "--points", "{points}",
+                                          "--method", "identity", "--out", "{o}/h"], "target_air.nii.gz: no body"),
+    # tables
+    ("radius of 1e9 mm", _made(points="{points_huge_radius}"),
+     "points_huge_radius.csv: row 2 (L1): radius_mm = 1e+09 does not fit in the source"),
+    ("radius of 1e9 mm in follow", ["follow", "--scans", "{ct}", "{follow_up}", "--points", "{points_huge_radius}",
+                                    "--method", "identity", "--out", "{o}/h"], "radius_mm = 1e+09 does not fit"),
+    ("a field too many in every row", _made(points="{points_ragged}"), "points_ragged.csv: row 1 has 5 fields, the "
+                                                                       "header 4"),
+    ("DLS file of 100,001 entries", ["evaluate", "--predictions", "{dls_too_many}", "--out", "{o}/m.json"],
+     "dls_too_many.json: 100001 entries: more than DeepLesion holds"),
+    # follow: the scans' time order
+    ("DICOM scans out of StudyDate order", ["follow", "--scans", "{dicom_2001}", "{dicom_2000}", "--points",
+                                            "{points}", "--method", "identity", "--out", "{o}/h"],
+     "scan 2 ({dicom_2000}) has StudyDate 20000102, before scan 1 ({dicom_2001}, StudyDate 20010102)"),
+    ("one scan twice", ["follow", "--scans", "{ct}", "{follow_up}", "{ct}", "--points", "{points}", "--method",
+                        "identity", "--out", "{o}/h"], "scan 3 ({ct}) is scan 1 ({ct}) again"),
 ]
 
 

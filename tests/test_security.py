@@ -169,7 +169,7 @@ def test_follow_gives_a_b_and_a_b_their_own_pictures(inputs, tmp_path):
     points = _hostile_points(inputs, tmp_path)
     out = tmp_path / "history"
     before = _files(tmp_path)
-    assert main(["follow", "--scans", str(inputs["ct"]), str(inputs["ct"]), "--points", str(points), "--method",
+    assert main(["follow", "--scans", str(inputs["ct"]), str(inputs["follow_up"]), "--points", str(points), "--method",
                  "identity", "--out", str(out)]) == 0
     written = _files(tmp_path) - before
     assert {p.parent for p in written} == {out}
@@ -286,7 +286,8 @@ def test_sigterm_during_follow_leaves_no_staging_folder(inputs, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert stderr.strip().splitlines()[-1] == "lesiontrack follow: stopped by SIGTERM; nothing of this run was left behind"
+    assert stderr.strip().splitlines()[-1] == ("lesiontrack follow: stopped by SIGTERM; nothing of this run was left "
+                                               "behind")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many.csv"]
 
 
@@ -302,3 +303,32 @@ def test_a_full_disk_is_one_line_naming_the_output(inputs, tmp_path, capsys, mon
                  str(inputs["points"]), "--method", "identity", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"lesiontrack track: {out}: No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_prediction_outside_the_target_is_never_found(inputs, tmp_path):
+    """The identity tracker predicts the source point itself; on a follow-up that covers only
+    part of the baseline, a lesion outside it must come back not found (it was "found" 55 mm
+    outside the scan), the one inside found."""
+    far = made_ct(tmp_path / "elsewhere.nii.gz", (0.0, 0.0, 100.0))  # z from 40 to 160 mm
+    points = pd.DataFrame({"lesion_id": ["inside", "outside"], "x": [0.0, 0.0], "y": [0.0, 0.0], "z": [50.0, -40.0]})
+    ct = made_ct(tmp_path / "long.nii.gz", (0.0, 0.0, 30.0), size=(56, 56, 80))  # z from -90 to 150 mm
+    points.to_csv(tmp_path / "p.csv", index=False)
+    assert main(["track", "--source", str(ct), "--target", str(far), "--points", str(tmp_path / "p.csv"), "--method",
+                 "identity", "--out", str(tmp_path / "t.csv")]) == 0
+    tracked = pd.read_csv(tmp_path / "t.csv")
+    assert tracked["found"].tolist() == [True, False]
+
+
+def test_a_mask_given_as_a_ct_is_tracked_with_one_warning(inputs, tmp_path, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(inputs["follow_up"]))
+    mask = sitk.Cast(sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > -500).astype(np.uint8)), sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    assert main(["track", "--source", str(inputs["ct"]), "--target", str(tmp_path / "mask.nii.gz"), "--points",
+                 str(inputs["points"]), "--method", "identity", "--out", str(tmp_path / "t.csv")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"lesiontrack: warning: {tmp_path / 'mask.nii.gz'}: values 0 to 1 (uint8) do not look like "
+                        "CT in HU (air near -1000, bone above 300): a mask or a rescaled image? tracked as given"]

@@ -15,7 +15,6 @@ every sub-volume of one series shares one world frame (slice n at z = -(n - 1) *
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,7 +29,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lesiontrack.download import download
-from lesiontrack.evaluate import load_dls_entries, recist_radius_mm
+from lesiontrack.evaluate import dls_document, load_dls_entries, recist_radius_mm
 from lesiontrack.io import (
     Geometry,
     InputError,
@@ -462,10 +461,7 @@ def pair_rows(path: str | Path, split: str) -> pd.DataFrame:
     required = ["source", "target", "source center", "target center", "source spacing", "target spacing",
                 "target recist diameter", "target box"]
     rows = []
-    entries = load_dls_entries(path)
-    data = json.loads(path.read_text())
-    keys = sorted(data) if isinstance(data, dict) and "results" not in data else [f"{n:04d}" for n in
-                                                                                  range(1, len(entries) + 1)]
+    entries, keys = dls_document(path)
     for number, entry in enumerate(entries, start=1):
         missing = [k for k in required if k not in entry]
         if missing:

@@ -11,23 +11,44 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lesiontrack.io import Geometry
 from lesiontrack.tables import PRED_POINT
 from lesiontrack.track.presence import Calibration, decide, score_at
 
 
 def choose(queries: pd.DataFrame, candidates: pd.DataFrame, calibration: Calibration | None,
-           track: dict[str, Any] | None, path_of: Callable[[str], str | os.PathLike]
-           ) -> tuple[np.ndarray, np.ndarray]:
+           track: dict[str, Any] | None, path_of: Callable[[str], str | os.PathLike],
+           geometry_of: Callable[[str], Geometry | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each query's prediction (its position in ``candidates``) and ``found``: without a
     (calibrated) ``calibration`` the best candidate, found; with one, the appearance test decides,
-    among all candidates with ``track.presence_rerank`` (:func:`choose_present`), else at the best."""
+    among all candidates with ``track.presence_rerank`` (:func:`choose_present`), else at the best.
+    A prediction outside its target scan (``geometry_of(target_image)``, where known) is never
+    found: the lesion cannot be shown there."""
     first = np.flatnonzero(candidates["rank"].to_numpy() == 0)
     if calibration is None or not calibration.calibrated:
-        return first, np.ones(len(first), bool)
-    if (track or {}).get("presence_rerank", False):
-        return choose_present(queries, candidates, calibration, path_of)
-    chosen, found = choose_present(queries, candidates.iloc[first], calibration, path_of)
-    return first[chosen], found
+        chosen, found = first, np.ones(len(first), bool)
+    elif (track or {}).get("presence_rerank", False):
+        chosen, found = choose_present(queries, candidates, calibration, path_of)
+    else:
+        chosen, found = choose_present(queries, candidates.iloc[first], calibration, path_of)
+        chosen = first[chosen]
+    if geometry_of is not None:
+        found = found & inside_targets(queries, candidates[PRED_POINT].to_numpy(float)[chosen], geometry_of)
+    return chosen, found
+
+
+def inside_targets(queries: pd.DataFrame, points_mm: np.ndarray, geometry_of: Callable[[str], Geometry | None]
+                   ) -> np.ndarray:
+    """Whether each query's point lies within its target scan's voxels (true where the scan's
+    geometry is not known)."""
+    inside = np.ones(len(points_mm), bool)
+    targets = queries["target_image"].astype(str).to_numpy()
+    for target in np.unique(targets):
+        geometry = geometry_of(target)
+        if geometry is not None:
+            rows = targets == target
+            inside[rows] = geometry.covers(points_mm[rows])
+    return inside
 
 
 SWITCH_SCORE = 0.0  # a candidate other than the best needs a score above this too: evidence for "still there"

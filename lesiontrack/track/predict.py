@@ -20,9 +20,10 @@ from lesiontrack.io import (
     Geometry,
     InputError,
     LoadCache,
-    check_slices,
+    check_scan,
     check_writable,
     named_path,
+    read_geometry,
     read_image,
     volume_paths,
     write_table,
@@ -42,7 +43,7 @@ from lesiontrack.track.embed import Embeddings, embed_volume, load_model
 from lesiontrack.track.embedding import windowed_voxels
 from lesiontrack.track.match import VolumeMaps
 from lesiontrack.track.presence import Calibration
-from lesiontrack.track.tracker import Context, Scans, check_inside
+from lesiontrack.track.tracker import Context, Scans, check_inside, check_radii
 
 
 def from_candidates(pairs: pd.DataFrame, candidates: pd.DataFrame, chosen: np.ndarray | None = None,
@@ -170,7 +171,9 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
     context = Context(workflow_scans(embeddings_dir, volume_tables, source, registrations), dict(track or {}),
                       progress, source)
     candidates = tracker.candidates(pairs, context)
-    return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__))
+    geometries = LoadCache(lambda image_id: read_geometry(paths[image_id]) if image_id in paths else None, size=64)
+    return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__,
+                                                      geometries))
 
 
 def own_scans(originals: dict[str, Any], method: str, checkpoint: str | Path | None, device: str,
@@ -225,12 +228,14 @@ def track_points(source: str | Path, target: str | Path, points_csv: str | Path,
         queries["source_radius_mm"] = points["radius_mm"].to_numpy(float)
     calibration = _calibration(presence_calibration, queries, str(points_csv))
     minimum = int((track or {}).get("min_slices", 3))
-    source_image, target_image = (check_slices(read_image(path), path, minimum) for path in (source, target))
+    source_image, target_image = (check_scan(read_image(path), path, minimum) for path in (source, target))
     check_inside(xyz, Geometry.of(source_image), points, str(points_csv), f"source {source}")
+    check_radii(points, Geometry.of(source_image), str(points_csv), f"source {source}")
     scans = own_scans({"source": source_image, "target": target_image}, method, checkpoint, device,
                       registration_spacing_mm)
     candidates = tracker.candidates(queries, Context(scans, dict(track or {}), False, str(points_csv)))
-    chosen, found = choose(queries, candidates, calibration, track, {"source": source, "target": target}.__getitem__)
+    chosen, found = choose(queries, candidates, calibration, track, {"source": source, "target": target}.__getitem__,
+                           {"source": Geometry.of(source_image), "target": Geometry.of(target_image)}.get)
     picked = candidates.iloc[chosen]
     result = points[["lesion_id"]].copy()
     result["x"], result["y"], result["z"] = picked[PRED_POINT].to_numpy(float).T

@@ -109,3 +109,18 @@ def check_inside(points: np.ndarray, geometry: Geometry, rows: pd.DataFrame, sou
         origin = tuple(round(float(v), 1) for v in geometry.origin)
         raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({label}): point {point} mm lies outside the {what} "
                          f"volume (origin {origin} mm, size {tuple(int(n) for n in geometry.size)} voxels)")
+
+
+def check_radii(rows: pd.DataFrame, geometry: Geometry, source: str, what: str) -> None:
+    """Stop on the first ``radius_mm`` larger than half the scan's largest extent: a lesion that
+    does not fit in its scan is a typo (or a unit slip), and such a radius would swallow every
+    new lesion near it."""
+    if "radius_mm" not in rows:
+        return
+    extent = float((np.asarray(geometry.size, float) * np.asarray(geometry.spacing, float)).max())
+    radius = rows["radius_mm"].to_numpy(float)
+    too_large = radius > extent / 2
+    if too_large.any():
+        k = int(np.flatnonzero(too_large)[0])
+        raise InputError(f"{source}: row {int(rows.index[k]) + 1} ({rows['lesion_id'].iloc[k]}): radius_mm = "
+                         f"{radius[k]:g} does not fit in the {what} (its largest extent {extent:.0f} mm)")
