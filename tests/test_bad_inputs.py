@@ -1,5 +1,5 @@
 """A catalogue of bad inputs: each gives exit code 2, one line naming the culprit, no traceback, and
-leaves no output behind (the files the test writes, and the real files of $LESIONTRACK_TEST_DATA)."""
+leaves no output behind, the inputs unchanged; every input is made here (no reference data needed)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,21 @@ def _points(path: Path, rows: list[list], columns=("lesion_id", "x", "y", "z")) 
 
 
 @pytest.fixture(scope="module")
-def files(test_data, tmp_path_factory) -> dict[str, Path]:
-    """Good and bad inputs, written once: a real CT and its label map, a DICOM series, and broken
-    copies, tables and checkpoints."""
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Good and bad inputs, written once, all made here (no reference data): a CT-like volume, its
+    label map and DICOM series, broken copies, tables in the DLS and NLSTx formats, checkpoints."""
+    from lesiontrack.data.nlst_synth import _write_dicom
+
     d = tmp_path_factory.mktemp("inputs")
-    ct = test_data / "totalseg" / "example_ct_sm.nii.gz"
-    seg = test_data / "totalseg" / "example_seg.nii.gz"
-    dicom = test_data / "totalseg" / "example_ct_dicom"
+    ct = made_ct(d / "made_ct.nii.gz", size=(64, 64, 48), spacing=(2.5, 2.5, 3.0), seed=1)
     image = sitk.ReadImage(str(ct))
+    hu = sitk.GetArrayFromImage(image)
+    seg = d / "made_seg.nii.gz"  # TotalSegmentator v2 ids: 5 (liver) in the soft tissue, 27 (L5) in the bone
+    labels = sitk.GetImageFromArray(np.where(hu > 500, 27, np.where(hu > -500, 5, 0)).astype(np.uint8))
+    labels.CopyInformation(image)
+    sitk.WriteImage(labels, str(seg))
+    dicom = d / "made_ct_dicom"
+    _write_dicom(image, dicom, "1.2.826.0.1.3680043.8.498.77", "100002", 0)
     centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(np.asarray(image.GetSize()) / 2 - 0.5))
     f = {"ct": ct, "seg": seg, "dicom": dicom, "one_slice": sorted(dicom.iterdir())[0]}
     f["trunc_gz"] = d / "truncated.nii.gz"
@@ -137,8 +144,15 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
     f["dls_truncated"].write_text(json.dumps({"0001": entry, "0002": entry})[:70])
     f["dls_string_centre"] = d / "dls_string_centre.json"
     f["dls_string_centre"].write_text(json.dumps({"0001": entry, "0002": {**entry, "target center": "60,50,15"}}))
-    real = json.loads((test_data / "dls" / "test.json").read_text())
-    first, second = real["0001"], real["0002"]
+    first = {"source": "000016_01_01_002-014.nii.gz", "target": "000016_02_01_223-283.nii.gz",
+             "source box": [250.0, 200.0, 3.0, 30.0, 30.0, 6.0], "target box": [255.0, 190.0, 20.0, 30.0, 28.0, 16.0],
+             "source center": [265.0, 215.0, 6.0], "target center": [270.0, 204.0, 28.0],
+             "source spacing": [0.7, 0.7, 5.0], "target spacing": [0.8, 0.8, 1.0],
+             "source recist diameter": [22.0, 20.0], "target recist diameter": [20.0, 18.0]}
+    second = {**first, "source": first["target"], "target": first["source"], "source box": first["target box"],
+              "target box": first["source box"], "source center": first["target center"],
+              "target center": first["source center"], "source spacing": first["target spacing"],
+              "target spacing": first["source spacing"]}
     for name, field, value in (("dls_string_recist", "target recist diameter", ["12", "x"]),
                                ("dls_negative_recist", "target recist diameter", [-5.0, 3.0]),
                                ("dls_string_spacing", "source spacing", "0.8,0.8,5"),
@@ -147,7 +161,11 @@ def files(test_data, tmp_path_factory) -> dict[str, Path]:
                                ("dls_short_box", "target box", [1, 2, 3])):
         f[name] = d / f"{name}.json"
         f[name].write_text(json.dumps({"0001": first, "0002": {**second, field: value}}))
-    nlstx = pd.read_csv(test_data / "nlstx" / "nlstx_dataset.csv").head(6)
+    from lesiontrack.data.nlst_synth import NLSTX_HEADER
+
+    nlstx = pd.DataFrame([[0, pid, year, "B", f"1.2.826.0.1.3680043.8.498.{pid}.{year}", 1.0, 98.0 + 4 * year,
+                           200.0, 150.0, 17.0, 13.0] for pid in (100001, 100002) for year in (0, 1, 2)],
+                         columns=NLSTX_HEADER)
     for name, column, value in (("nlstx_text_year", "study_yr", "T1"),
                                 ("nlstx_text_slice", "Slice number", "middle"),
                                 ("nlstx_zero_width", "Bounding box width (pixels)", 0.0),
@@ -521,8 +539,7 @@ def test_the_real_files_still_work(files, tmp_path, capsys):
     np.testing.assert_allclose(tracked[["x", "y", "z"]].to_numpy(), points[["x", "y", "z"]].to_numpy(), atol=1e-4)
     assert main(["convert", "--dataset", "custom", "--inputs", str(files["ct"]), str(files["dicom"]), "--images-dir",
                  str(tmp_path / "images"), "--table", str(tmp_path / "images.csv")]) == 0
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["example_ct_dicom.nii.gz",
-                                                                       "example_ct_sm.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["made_ct.nii.gz", "made_ct_dicom.nii.gz"]
     shutil.rmtree(tmp_path / "images")
 
 
