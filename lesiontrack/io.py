@@ -421,16 +421,17 @@ def write_table(table: pd.DataFrame, path: str | os.PathLike, float_format: str 
     return path
 
 
-# identifiers are text, whatever they look like: DLS pair ids are numbers in the test split and
-# "valid-<k>" beside them, two tables must join on them, and an id "NA" or "null" is an id, not a
-# missing value (pandas' default NA strings are kept as text in these columns, and only there)
-TEXT_COLUMNS = ("pair_id", "lesion_id", "image_id", "source_image", "target_image")
-ID_DTYPES = dict.fromkeys(TEXT_COLUMNS, str)
+def is_id_column(name: object) -> bool:
+    """Identifiers are the columns named ``*_id`` or ``*_image`` (``pair_id``, ``lesion_id``,
+    ``image_id``, ``source_image``, ...): text, whatever they look like. DLS pair ids are numbers
+    in the test split and "valid-<k>" beside them, two tables must join on them, a patient
+    "000016" keeps its zeros, and an id "NA" or "null" is an id, not a missing value."""
+    return isinstance(name, str) and name.endswith(("_id", "_image"))
 
 
 def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Read a CSV/TSV table and check that ``required`` columns are present; id columns
-    (:data:`TEXT_COLUMNS`) are text exactly as written."""
+    (:func:`is_id_column`) are text exactly as written (pandas' NA strings kept there, only there)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -439,8 +440,9 @@ def read_table(path: str | os.PathLike, required: list[str] | tuple[str, ...] = 
     sep = "\t" if path.suffix == ".tsv" else ","
     try:
         header = pd.read_csv(path, sep=sep, nrows=0).columns
-        na_values = {c: sorted(STR_NA_VALUES) for c in header if c not in TEXT_COLUMNS}
-        table = pd.read_csv(path, sep=sep, dtype=ID_DTYPES, keep_default_na=False, na_values=na_values)
+        ids = [c for c in header if is_id_column(c)]
+        na_values = {c: sorted(STR_NA_VALUES) for c in header if c not in ids}
+        table = pd.read_csv(path, sep=sep, dtype=dict.fromkeys(ids, str), keep_default_na=False, na_values=na_values)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file (no header row)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

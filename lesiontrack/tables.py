@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesiontrack.io import TEXT_COLUMNS, InputError, check_ids, read_table
+from lesiontrack.io import InputError, check_ids, is_id_column, read_table
 
 KEY = ["pair_id", "direction"]  # one directed pair
 ID_COLUMNS = ["pair_id", "lesion_id", "direction", "source_image", "target_image"]
@@ -171,9 +171,9 @@ def validate_table(table: pd.DataFrame, source: str, *, required: Sequence[str] 
     """The checks above for a table whose contract lives elsewhere (a dataset's own input format):
     ``required`` columns present, ``numeric`` columns finite numbers, ``positive`` ones > 0 (in
     ``unit``), one row per ``unique`` key; messages name the row by its ``ids``; ids of
-    :data:`lesiontrack.io.TEXT_COLUMNS` (files are named from them) checked by ``check_ids``."""
+    :func:`lesiontrack.io.is_id_column` (files are named from them) checked by ``check_ids``."""
     _check_columns(table, required, source)
-    check_ids(table, [c for c in ids if c in TEXT_COLUMNS], source)
+    check_ids(table, [c for c in ids if is_id_column(c)], source)
     _check_numeric(table, [*numeric, *positive], source, ids)
     _check_positive(table, positive, source, ids, unit)
     if unique:
