@@ -413,8 +413,18 @@ def made(tmp_path_factory) -> dict[str, Path]:
     f["points_ragged"].write_text("lesion_id,x,y,z\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},9\n" for r in inside))
     f["dls_too_many"] = d / "dls_too_many.json"
     f["dls_too_many"].write_text("[" + ", ".join(["{}"] * 100_001) + "]")
-    from lesiontrack.data.nlst_synth import _write_dicom
+    import torch
 
+    from lesiontrack.checkpoint import save_checkpoint
+    from lesiontrack.data.nlst_synth import _write_dicom
+    from lesiontrack.model import build_model
+
+    model = {"width": 8, "embedding_dim": 8, "n_scales": 5, "norm": "group"}
+    f["ckpt_other_network"] = save_checkpoint({"model": build_model(4, 8, norm="group").state_dict(),
+                                               "config": {"model": model, "window_hu": [-1000, 400]}},
+                                              d / "other_network.pt")
+    f["ckpt_no_config"] = d / "no_config.pt"
+    torch.save({"model": build_model(4, 8, norm="group").state_dict()}, f["ckpt_no_config"])
     for name, year in (("dicom_2001", 2), ("dicom_2000", 1)):
         f[name] = d / name
         _write_dicom(image, f[name], f"1.2.826.0.1.3680043.8.498.{year}", "100001", year)
@@ -469,6 +479,11 @@ MADE_CASES = [
                                                                        "header 4"),
     ("DLS file of 100,001 entries", ["evaluate", "--predictions", "{dls_too_many}", "--out", "{o}/m.json"],
      "dls_too_many.json: 100001 entries: more than DeepLesion holds"),
+    # checkpoints that are not this network's
+    ("checkpoint of another network", _made(method="multiscale", checkpoint="{ckpt_other_network}"),
+     "other_network.pt: its model weights do not fit the network its config describes"),
+    ("checkpoint without its config", ["embed", "--checkpoint", "{ckpt_no_config}", "--volumes", "{ct}", "--out-dir",
+                                       "{o}/e"], "no_config.pt: not a lesiontrack pretraining checkpoint: no config"),
     # follow: the scans' time order
     ("DICOM scans out of StudyDate order", ["follow", "--scans", "{dicom_2001}", "{dicom_2000}", "--points",
                                             "{points}", "--method", "identity", "--out", "{o}/h"],
