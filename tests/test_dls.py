@@ -217,6 +217,24 @@ def test_head_feet_check_rejects_flipped_stack(tmp_path):
     assert list((tmp_path / "images").iterdir()) == []
 
 
+def test_a_conversion_is_all_or_nothing(tmp_path):
+    """Two series, the second feet first: the first one's NIfTI is not left behind (it was)."""
+    stack = chest_to_abdomen()
+    later = "000043_01_01"
+    archives = [write_archive(tmp_path / "Images_png_01.zip", {n + 1: hu for n, hu in enumerate(stack)}),
+                write_archive(tmp_path / "Images_png_02.zip", {n + 1: hu for n, hu in enumerate(stack[::-1])}, later)]
+    dl_info = write_dl_info(tmp_path / "DL_info.csv", [(SERIES, 1, 6, SPACING), (later, 1, 6, SPACING)])
+    dls.archive_index(archives, tmp_path / "index.csv")
+    with pytest.raises(InputError, match=rf"{later}_001-006\.nii\.gz.*head-feet check failed"):
+        dls.convert(tmp_path / "index.csv", dl_info, [SERIES, later], tmp_path / "images", tmp_path / "images.csv")
+    assert not (tmp_path / "images").exists() and not (tmp_path / "images.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DL_info.csv", "Images_png_01.zip", "Images_png_02.zip",
+                                                          "index.csv"]
+    table = dls.convert(tmp_path / "index.csv", dl_info, [SERIES], tmp_path / "images", tmp_path / "images.csv")
+    assert table["path"].tolist() == [str(tmp_path / "images" / f"{SERIES}_001-006.nii.gz")]
+    assert sitk.ReadImage(table["path"].iloc[0]).GetSize() == (COLS, ROWS, 6)
+
+
 def test_bad_names_and_spacing_name_the_value(tmp_path):
     with pytest.raises(InputError, match=r"'000042_01_02_006-003\.nii\.gz'"):
         dls.VolumeName.parse("000042_01_02_006-003.nii.gz")
