@@ -154,7 +154,8 @@ def follow_subjects(lesions_csv: str | Path, images_csv: str | Path, method: str
                 for k, (_, listed) in enumerate(scans):
                     paths.append(Path(lists) / f"t{k}.csv")
                     listed.to_csv(paths[-1], index=False)
-                history = follow([originals[i] for i in ids], paths[0], named_path(staged, str(subject)), paths[1:], method=method,
+                history = follow([originals[i] for i in ids], paths[0], named_path(staged, str(subject)), paths[1:],
+                                 method=method,
                                  track=track, presence_calibration=presence_calibration,
                                  pictures_wanted=pictures_wanted, tracked_scans=tracked,
                                  volume_path=lambda sid, by_time=by_time: resampled[by_time[sid]])
