@@ -410,6 +410,34 @@ def _parser_synth(sub) -> None:
     p.set_defaults(func=cmd_synth)
 
 
+def _parser_simulate(sub) -> None:
+    from lesiontrack.data.simulate import CONDITIONS
+
+    p = sub.add_parser("simulate", help="follow-ups of your own scans with known motion, to measure trackers on",
+                       description="Insert lesions into each scan and make follow-ups of it with known motion and "
+                                   "acquisition changes (lesiontrack.data.simulate): OUT/images/, OUT/images.csv "
+                                   "and OUT/pairs.csv (both directions, world mm), ready for track --pairs and "
+                                   "evaluate, or the custom dataset.")
+    p.add_argument("--scans", nargs="+", required=True, help="NIfTI files or DICOM series folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS), metavar="NAME",
+                   help=f"which follow-ups (default: all: {', '.join(CONDITIONS)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one follow-up per seed (default: 0)")
+    p.add_argument("--lesions", type=int, default=8, help="lesions inserted per scan (default: %(default)s)")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from lesiontrack.data.simulate import simulate
+
+    if args.lesions < 1:
+        raise InputError(f"--lesions {args.lesions}: at least 1")
+    check_writable(args.out, folder=True)
+    pairs = simulate(args.scans, args.out, args.conditions, args.seeds, args.lesions)
+    print(f"{pairs['pair_id'].nunique()} lesion pair(s) in {pairs['subject_id'].nunique()} image pair(s) -> "
+          f"{Path(args.out) / 'pairs.csv'}")
+
+
 def _parser_resample(sub) -> None:
     p = sub.add_parser("resample", help="resample volumes to isotropic spacing",
                        description="Linear resampling to isotropic spacing; world coordinates are preserved.")
@@ -708,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesiontrack", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lesiontrack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_parser_synth, _parser_resample, _parser_figures, _parser_landmarks,
+    for add in (_parser_synth, _parser_simulate, _parser_resample, _parser_figures, _parser_landmarks,
                 _parser_pretrain, _parser_evaluate, _parser_embed, _parser_track, _parser_register, _parser_follow,
                 _parser_presence_calibrate, _parser_presence, _parser_table, _add_dataset_commands, _parser_check,
                 _parser_config):

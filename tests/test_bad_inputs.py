@@ -191,8 +191,9 @@ OWN = ["track", "--source", "{ct}", "--target", "{ct}", "--points", "{points}", 
        "--out", "{o}/tracked.csv"]
 
 
-def _own(**replace: str) -> list[str]:
-    args = list(OWN)
+def _own(base: list[str] = OWN, **replace: str) -> list[str]:
+    """``base`` with each ``--flag`` of ``replace`` given that value (added where it is not there)."""
+    args = list(base)
     for flag, value in replace.items():
         flag = "--" + flag.replace("_", "-")
         if flag in args:
@@ -436,14 +437,7 @@ MADE = ["track", "--source", "{ct}", "--target", "{follow_up}", "--points", "{po
 
 
 def _made(**replace: str) -> list[str]:
-    args = list(MADE)
-    for flag, value in replace.items():
-        flag = "--" + flag.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    return args
+    return _own(MADE, **replace)
 
 
 MADE_CASES = [
