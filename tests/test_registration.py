@@ -183,7 +183,8 @@ def test_registration_tracker_one_registration_per_direction(tmp_path, monkeypat
     assert list(out["pair_id"]) == list(pairs["pair_id"]) and list(out["direction"]) == list(pairs["direction"])
     np.testing.assert_allclose(out["pred_x"], [101.0, -98.0, 103.0, -96.0, 105.0])
     np.testing.assert_allclose(out["pred_z"], 7.0)
-    assert out["confidence"].isna().all() and out["found"].all() and (out["seconds"] >= 0).all()
+    assert out["confidence"].isna().all() and (out["seconds"] >= 0).all()
+    assert not out["found"].any()  # every prediction lies outside its 4-voxel target: never found there
     # seconds is the group's time over its rows: equal within a group
     assert out["seconds"].iloc[0] == out["seconds"].iloc[2] == out["seconds"].iloc[4]
     with pytest.raises(ValueError, match="method"):
