@@ -16,6 +16,7 @@ from lesiontrack import __version__, check, config, evaluate, figures, follow, l
 from lesiontrack.config import ConfigError
 from lesiontrack.data import custom, dls, nlst, synthetic
 from lesiontrack.data.datasets import title
+from lesiontrack.data.simulate import CONDITIONS, simulate
 from lesiontrack.download import DownloadError, download
 from lesiontrack.evaluate import method_slug
 from lesiontrack.evaluate_presence import evaluate_presence
@@ -411,8 +412,6 @@ def _parser_synth(sub) -> None:
 
 
 def _parser_simulate(sub) -> None:
-    from lesiontrack.data.simulate import CONDITIONS
-
     p = sub.add_parser("simulate", help="follow-ups of your own scans with known motion, to measure trackers on",
                        description="Insert lesions into each scan and make follow-ups of it with known motion and "
                                    "acquisition changes (lesiontrack.data.simulate): OUT/images/, OUT/images.csv "
@@ -428,8 +427,6 @@ def _parser_simulate(sub) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from lesiontrack.data.simulate import simulate
-
     if args.lesions < 1:
         raise InputError(f"--lesions {args.lesions}: at least 1")
     check_writable(args.out, folder=True)

@@ -38,7 +38,7 @@ from lesiontrack.io import (
     write_image,
     write_table,
 )
-from lesiontrack.tables import GENERATED_PAIR_COLUMNS, pair_id
+from lesiontrack.tables import GENERATED_PAIR_COLUMNS, SOURCE_POINT, TARGET_POINT, pair_id
 
 
 @dataclass(frozen=True)
@@ -333,8 +333,8 @@ def _pair_rows(lesions: pd.DataFrame, subject: str, ids: tuple[str, str]) -> lis
             (source, source_radius), (target, target_radius) = ends[a], ends[b]
             rows.append({"pair_id": pair_id(lesion_id, 0, 1), "lesion_id": lesion_id, "direction": direction,
                          "source_image": ids[a], "target_image": ids[b],
-                         **dict(zip(("source_x", "source_y", "source_z"), source, strict=True)),
-                         **dict(zip(("target_x", "target_y", "target_z"), target, strict=True)),
+                         **dict(zip(SOURCE_POINT, source, strict=True)),
+                         **dict(zip(TARGET_POINT, target, strict=True)),
                          "target_radius_mm": target_radius, "subject_id": subject, "split": "test",
                          "lesion_type": "inserted", "source_radius_mm": source_radius,
                          **{f"target_box_{m}_{a}": np.nan for m in ("min", "max") for a in "xyz"}})
