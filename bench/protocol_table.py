@@ -2,8 +2,10 @@
 was scored with ``evaluate.min_radius_mm``), MED, the median and the share over 20 mm beside it,
 the paired t-test against the reference, and the wall time of the method's ``track`` job (from its
 Snakemake benchmark file) plus that of the stored registrations it reads (rule ``register``; shared
-by ``deformable`` and ``hybrid``, so counted in both rows). Nothing is recomputed: the table, the
-metrics and the benchmarks are the run's own. An ablation row ``method [model]`` reads what its tracker reads.
+by ``deformable`` and ``hybrid``, so counted in both rows); under the table, the lesions ``hybrid``
+loses on image pairs where ``deformable`` has every lesion, and those it has that ``deformable``
+misses. Nothing is recomputed but that count: the table, the metrics and the benchmarks are the
+run's own. An ablation row ``method [model]`` reads what its tracker reads.
 
     python bench/protocol_table.py runs/dls-like/results [--dataset synthetic] [--config configs/dls-like.yaml]
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lesiontrack.evaluate import row_slug
+from lesiontrack.evaluate import lost_on_perfect, row_slug
 from lesiontrack.io import read_table
 from lesiontrack.track import trackers
 
@@ -40,6 +42,12 @@ def rows(results: Path, dataset: str, config: dict) -> list[str]:
         p_text = "-" if p != p else "< 0.001" if p < 0.001 else f"{p:.3f}"
         out.append(f"| {method} | {row['CPM@10mm']:.1f} | {row['CPM@Radius']:.1f} | {row['MED']} | "
                    f"{metrics['median']:.1f} | {metrics['over_20mm']:.1f} % | {p_text} | {seconds} |")
+    distances = {m: results / dataset / "metrics" / f"{m}-pairs.csv" for m in ("hybrid", "deformable")}
+    if all(path.exists() for path in distances.values()):
+        lost, rescued = lost_on_perfect(read_table(distances["hybrid"]), read_table(distances["deformable"]),
+                                        read_table(results / dataset / "pairs.csv"))
+        out += ["", f"`hybrid` loses {lost} lesion(s) on image pairs where `deformable` has every lesion and has "
+                    f"{rescued} that `deformable` misses."]
     return out
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from lesiontrack import config  # noqa: E402
 from lesiontrack.data.simulate import CONDITIONS, simulate  # noqa: E402
-from lesiontrack.evaluate import hits_10mm, hits_radius, per_pair  # noqa: E402
+from lesiontrack.evaluate import hits_10mm, hits_radius, lost_on_perfect, per_pair  # noqa: E402
 from lesiontrack.io import read_table, volume_paths  # noqa: E402
 from lesiontrack.preprocess import resample_table  # noqa: E402
 from lesiontrack.tables import read_pairs  # noqa: E402
@@ -40,22 +40,6 @@ from lesiontrack.track.trackers import TRACKERS  # noqa: E402
 def default_scans() -> list[str]:
     data = Path(os.environ.get("LESIONTRACK_TEST_DATA", REPO.parent / "shared" / "data")) / "totalseg"
     return [str(data / "example_ct_sm.nii.gz"), str(data / "example_ct_dicom")]
-
-
-def lost_on_perfect(distances: dict[str, pd.DataFrame], pairs: pd.DataFrame, method: str = "hybrid",
-                    reference: str = "deformable") -> tuple[int, int]:
-    """(lesions ``method`` misses on image pairs where ``reference`` has every lesion within its
-    radius, lesions ``method`` rescues where ``reference`` misses)."""
-    if method not in distances or reference not in distances:
-        return 0, 0
-    joined = {m: distances[m].set_index(["pair_id", "direction"]) for m in (method, reference)}
-    subject = pairs.set_index(["pair_id", "direction"])["subject_id"]
-    hit = {m: pd.Series(hits_radius(t["distance_mm"], t["target_radius_mm"]), index=t.index) for m, t in joined.items()}
-    perfect = hit[reference].groupby(subject.loc[hit[reference].index].to_numpy()).all()
-    on_perfect = subject.loc[hit[method].index].map(perfect).to_numpy()
-    lost = int((on_perfect & ~hit[method].to_numpy()).sum())
-    rescued = int((~hit[reference].to_numpy() & hit[method].loc[hit[reference].index].to_numpy()).sum())
-    return lost, rescued
 
 
 def main() -> None:
@@ -105,7 +89,8 @@ def main() -> None:
             return table[(condition_of.loc[keys] == condition).to_numpy()]
 
         chosen = {m: of_condition(t) for m, t in distances.items()}
-        lost, rescued = lost_on_perfect(chosen, pairs)
+        lost, rescued = (lost_on_perfect(chosen["hybrid"], chosen["deformable"], pairs)
+                         if {"hybrid", "deformable"} <= set(chosen) else ("", ""))
         for method in args.methods:
             part = chosen[method]
             d, r = part["distance_mm"].to_numpy(float), part["target_radius_mm"].to_numpy(float)

@@ -171,6 +171,25 @@ def metrics(pairs: pd.DataFrame, min_radius_mm: float = 0.0, bootstrap_samples: 
     return out
 
 
+def lost_on_perfect(method: pd.DataFrame, reference: pd.DataFrame, pairs: pd.DataFrame) -> tuple[int, int]:
+    """(lesions ``method`` misses on image pairs where ``reference`` has every lesion, lesions it
+    has where ``reference`` misses), by CPM@Radius; ``method`` and ``reference``: per-pair
+    distances (:func:`per_pair`) of the same lesion pairs; an image pair is the two images of
+    ``pairs``, either direction."""
+    images = pairs.set_index(["pair_id", "direction"])[["source_image", "target_image"]].astype(str)
+    image_pair = pd.Series(["|".join(sorted(two)) for two in images.to_numpy()], index=images.index)
+    hit = {}
+    for name, table in (("method", method), ("reference", reference)):
+        table = table.set_index(["pair_id", "direction"])
+        hit[name] = pd.Series(hits_radius(table["distance_mm"], table["target_radius_mm"]), index=table.index)
+    hit["method"] = hit["method"].loc[hit["reference"].index]
+    group = image_pair.loc[hit["reference"].index].to_numpy()
+    perfect = hit["reference"].groupby(group).transform("all").to_numpy()
+    lost = int((perfect & ~hit["method"].to_numpy()).sum())
+    rescued = int((~hit["reference"].to_numpy() & hit["method"].to_numpy()).sum())
+    return lost, rescued
+
+
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
     """Compare two methods on the same pairs: paired t-test on distances (as the paper), Wilcoxon
     signed-rank on distances, exact McNemar on CPM@Radius hit/miss. Two methods that placed every

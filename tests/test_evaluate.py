@@ -195,3 +195,19 @@ def test_protocol_table_reads_an_ablation_rows_own_metrics(tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines()[2:]}
     assert rows["multiscale"][4] == "2.3" and rows["multiscale [long]"][4] == "2.4"
     assert rows["multiscale [long]"][6] == "0.389"
+
+
+def test_lost_on_perfect_counts_only_pairs_the_reference_has_whole():
+    """Image pair a|b: the reference has both lesions, the method misses one (lost 1); image pair
+    c|d: the reference misses one that the method has (rescued 1), the method's other miss there
+    is not counted as lost (the reference was not perfect on c|d)."""
+    from lesiontrack.evaluate import lost_on_perfect
+
+    pairs = pd.DataFrame({"pair_id": ["1", "1", "2", "3", "4"],
+                          "direction": ["forward", "backward", "forward", "forward", "forward"],
+                          "source_image": ["a", "b", "a", "c", "d"], "target_image": ["b", "a", "b", "d", "c"]})
+    radius = 5.0
+    reference = pairs[["pair_id", "direction"]].assign(distance_mm=[1.0, 1.0, 2.0, 9.0, 1.0], target_radius_mm=radius)
+    method = pairs[["pair_id", "direction"]].assign(distance_mm=[1.0, 7.0, 2.0, 1.0, 8.0], target_radius_mm=radius)
+    assert lost_on_perfect(method, reference, pairs) == (1, 1)
+    assert lost_on_perfect(reference, reference, pairs) == (0, 0)
