@@ -214,7 +214,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         if size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {size} bytes: not a config file (at most {MAX_CONFIG_BYTES})")
         with open(path) as fh:
-            values = yaml.load(fh, Loader=_ConfigLoader)
+            values = yaml.load(fh, Loader=_ConfigLoader)  # a SafeLoader: no tag builds a Python object
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except ConfigError as error:

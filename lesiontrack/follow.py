@@ -30,9 +30,9 @@ from lesiontrack.io import (
     InputError,
     check_scan,
     check_writable,
-    named_path,
     read_image,
     replaced_folder,
+    safe_name,
     write_table,
 )
 from lesiontrack.tables import HISTORY_COLUMNS, PRED_POINT, read_points
@@ -237,7 +237,7 @@ def check_history_folder(out_dir: Path, inputs: list) -> None:
 def picture_name(lesion_id: str) -> str:
     """The file name (without .png) of a lesion's picture: ``lesion_`` and its id as
     :func:`lesiontrack.io.safe_name` writes it (distinct ids, distinct names)."""
-    return named_path("", str(lesion_id), prefix="lesion_").name
+    return "lesion_" + safe_name(str(lesion_id))
 
 
 def history_page(history: pd.DataFrame, scans: list[str], method: str, pictures: dict[str, str]) -> str:

@@ -391,6 +391,8 @@ def made(tmp_path_factory) -> dict[str, Path]:
                                        for k in range(6)]) + "preprocess:\n  window_hu: *l5\n")  # 9^6 lols
     f["yaml_duplicate"] = d / "duplicate.yaml"
     f["yaml_duplicate"].write_text("track:\n  context_mm: 24\n  refine_mm: 4\n  context_mm: 30\n")
+    f["yaml_code"] = d / "code.yaml"  # a tag that would run code under yaml's unsafe loaders
+    f["yaml_code"].write_text(f"track: !!python/object/apply:os.system [\"touch {d / 'code_ran'}\"]\n")
     f["yaml_nan"] = d / "nan.yaml"
     f["yaml_nan"].write_text("preprocess:\n  spacing_mm: .nan\n")
     f["yaml_huge"] = d / "huge.yaml"
@@ -446,6 +448,9 @@ MADE_CASES = [
     ("YAML bomb in a tracking overlay", _made(config="{yaml_bomb}"), "bomb.yaml: line 1: YAML anchor &l0 refused"),
     ("YAML key given twice", ["config", "{yaml_duplicate}"],
      "duplicate.yaml: line 4: key 'context_mm' given twice in one mapping (first at line 2)"),
+    ("YAML tag that runs code", ["config", "{yaml_code}"],
+     "code.yaml: line 1: not valid YAML (could not determine a constructor for the tag"),
+    ("YAML tag that runs code in a tracking overlay", _made(config="{yaml_code}"), "code.yaml: line 1: not valid"),
     ("YAML spacing .nan", ["config", "{yaml_nan}"], "preprocess.spacing_mm = nan: expected a finite number"),
     ("config file of a megabyte", ["config", "{yaml_huge}"], "huge.yaml: 1048579 bytes: not a config file"),
     # ids that cannot name a file

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from lesiontrack.io import (
     Geometry,
@@ -24,6 +23,7 @@ from lesiontrack.io import (
     check_apart,
     check_writable,
     named_path,
+    read_geometry,
     read_image,
     read_table,
     staged_folder,
@@ -92,13 +92,6 @@ def convert(patterns: Sequence[str], images_dir: str | os.PathLike, out: str | o
     return table
 
 
-def _geometry(path: str) -> Geometry:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    return Geometry(reader.GetOrigin(), reader.GetSpacing(), reader.GetSize(), reader.GetDirection())
-
-
 def check_pairs(pairs_csv: str | os.PathLike, volumes: dict[str, str]) -> pd.DataFrame:
     """Read a pairs CSV in world mm; reject an unknown image or a point outside its volume, naming the row."""
     pairs = validate_pairs(read_table(pairs_csv), str(pairs_csv), PAIR_COLUMNS)
@@ -111,7 +104,7 @@ def check_pairs(pairs_csv: str | os.PathLike, volumes: dict[str, str]) -> pd.Dat
                                  f"one of the custom images {sorted(volumes)}")
             point = np.array([getattr(record, f"{end}_{a}") for a in "xyz"], float)
             if image not in geometries:
-                geometries[image] = _geometry(volumes[image])
+                geometries[image] = read_geometry(volumes[image])
             if not np.isfinite(point).all() or not geometries[image].contains(point[None])[0]:
                 raise InputError(f"{pairs_csv}: row {row} (pair_id {record.pair_id}): {end} point "
                                  f"({point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f}) mm is outside {image} "

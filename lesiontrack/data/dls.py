@@ -34,8 +34,8 @@ from lesiontrack.io import (
     Geometry,
     InputError,
     check_writable,
-    named_path,
     read_table,
+    safe_name,
     staged_folder,
     write_image,
     write_table,
@@ -89,7 +89,7 @@ class VolumeName:
 
     @property
     def filename(self) -> str:
-        return named_path("", self.image_id, suffix=".nii.gz").name
+        return f"{safe_name(self.image_id)}.nii.gz"
 
     @property
     def n_slices(self) -> int:

@@ -171,9 +171,11 @@ def track_table(pairs: pd.DataFrame, method: str, embeddings_dir: str | Path | N
     context = Context(workflow_scans(embeddings_dir, volume_tables, source, registrations), dict(track or {}),
                       progress, source)
     candidates = tracker.candidates(pairs, context)
-    geometries = LoadCache(lambda image_id: read_geometry(paths[image_id]) if image_id in paths else None, size=64)
+    def geometry_of(image_id: str) -> Geometry | None:  # asked once per target image
+        return read_geometry(paths[image_id]) if image_id in paths else None
+
     return from_candidates(pairs, candidates, *choose(pairs, candidates, calibration, track, paths.__getitem__,
-                                                      geometries))
+                                                      geometry_of))
 
 
 def own_scans(originals: dict[str, Any], method: str, checkpoint: str | Path | None, device: str,
